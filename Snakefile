@@ -1,0 +1,17 @@
+# Activation-analysis workflow: train demo models, record activations, analyse, report.
+# Run with `snakemake --cores N` (see README.md); all logic lives in the `pipeline` package.
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/train.smk"
+include: "rules/extract.smk"
+include: "rules/stats.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        layout.report_index(REPORT_DIR),
+    default_target: True

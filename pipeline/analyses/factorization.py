@@ -1,0 +1,726 @@
+"""Tensor component analysis (Williams et al. 2018): CP and Tucker decompositions, rank diagnostics.
+
+CP models a tensor ``X`` of shape (I_0, ..., I_{N-1}) as a sum of ``rank`` outer products,
+``X ~ sum_r w_r a_r^(0) o ... o a_r^(N-1)``. Unconstrained fits use alternating least squares
+(ALS), non-negative fits use hierarchical ALS (HALS). A ``mask`` (1 = observed) restricts the
+objective to observed entries; each factor row then solves its own weighted least-squares
+problem (ALS) or its own column-wise non-negative update (HALS), so missing entries are never
+imputed.
+
+The solvers are written against the array namespace of ``X`` (numpy, CuPy or any array-API
+namespace) and return arrays of that namespace. They fit several replicates of one rank in a
+single batch: factors are stored as (I_n, B, R) so that one matrix product streams the tensor
+once for all B replicates. The matricized-tensor times Khatri-Rao product (MTTKRP) is
+computed with a two-sided split of the modes, which streams the tensor twice per iteration
+whatever its order and never builds the Khatri-Rao product of all other modes; the normal
+equations use the identity Gram(Khatri-Rao) = Hadamard product of the factor Grams.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from pipeline.backend import array_namespace, to_numpy
+
+
+@dataclass
+class CPResult:
+    """A fitted CP model.
+
+    Attributes
+    ----------
+    weights : array, shape (rank,)
+        Component weights (non-negative; the product of the factor column norms).
+    factors : list of arrays, shape (I_n, rank)
+        One factor matrix per mode, columns of unit norm (zero columns stay zero).
+    rel_error : float
+        ``||X - X_hat||_F / ||X||_F`` over the observed entries.
+    n_iter : int
+        Number of iterations run.
+    loss_history : list of float
+        Relative error after each iteration.
+    """
+
+    weights: Any
+    factors: list
+    rel_error: float
+    n_iter: int
+    loss_history: list
+
+    @property
+    def rank(self) -> int:
+        return int(self.weights.shape[0])
+
+
+@dataclass
+class TuckerResult:
+    """A fitted Tucker model: ``X ~ core x_0 factors[0] x_1 ... x_{N-1} factors[N-1]``.
+
+    Attributes
+    ----------
+    core : array, shape ranks
+    factors : list of arrays, shape (I_n, ranks[n])
+    rel_error : float
+        ``||X - X_hat||_F / ||X||_F``.
+    n_iter : int
+    loss_history : list of float
+    """
+
+    core: Any
+    factors: list
+    rel_error: float
+    n_iter: int
+    loss_history: list
+
+
+@dataclass
+class RankEnsemble:
+    """CP fits over ranks x replicates (see ``rank_ensemble``).
+
+    Attributes
+    ----------
+    ranks : list of int
+    results : dict rank -> list of CPResult, sorted by ``rel_error`` (best first)
+    objectives : dict rank -> ndarray, shape (replicates,), the sorted relative errors
+    similarities : dict rank -> ndarray, shape (replicates,), ``factor_similarity`` of each
+        replicate to the best one (the first entry, the best model itself, is 1)
+    """
+
+    ranks: list
+    results: dict
+    objectives: dict
+    similarities: dict
+
+
+@dataclass
+class CrossValidation:
+    """Held-out error of CP fits (see ``cross_validated_error``).
+
+    Attributes
+    ----------
+    ranks : list of int
+    train_error : dict rank -> ndarray, shape (replicates,), relative error on the fitted entries
+    test_error : dict rank -> ndarray, shape (replicates,), relative error on the held-out entries
+    holdout : ndarray of bool, shape X.shape, True where an entry was held out
+    """
+
+    ranks: list
+    train_error: dict
+    test_error: dict
+    holdout: np.ndarray
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _astype(x, dtype, xp):
+    return xp.astype(x, dtype) if hasattr(xp, "astype") else x.astype(dtype)
+
+
+def _khatri_rao(mats, xp):
+    """Row-wise Kronecker product of (I_k, B, R) arrays -> (prod I_k, B, R), last index fastest."""
+    out = mats[0]
+    for m in mats[1:]:
+        out = xp.reshape(out[:, None, :, :] * m[None, :, :, :], (-1, m.shape[1], m.shape[2]))
+    return out
+
+
+def _gram(U, xp):
+    """(I, B, R) -> (B, R, R) Gram matrices U_b^T U_b."""
+    Ub = xp.moveaxis(U, 1, 0)
+    return xp.matmul(xp.moveaxis(Ub, -1, -2), Ub)
+
+
+def _column_norms(U, xp):
+    """(I, B, R) -> (B, R) column norms with zeros replaced by one (safe to divide by)."""
+    norms = xp.sqrt(xp.sum(U * U, axis=0))
+    return xp.where(norms > 0, norms, xp.ones_like(norms))
+
+
+def _contract_partial(Y, factors, keep, xp):
+    """Contract a partial tensor Y (d_0, ..., d_{k-1}, B, R) with ``factors[j]`` (d_j, B, R)
+    over every axis j != keep (column-wise, shared B and R); returns (d_keep, B, R)."""
+    k = len(factors)
+    for j in reversed(range(k)):
+        if j == keep:
+            continue
+        shape = [1] * Y.ndim
+        shape[j] = factors[j].shape[0]
+        shape[-2:] = factors[j].shape[1:]
+        Y = xp.sum(Y * xp.reshape(factors[j], tuple(shape)), axis=j)
+    return Y
+
+
+def _unfold(X, mode, xp):
+    """Mode-n unfolding (I_n, prod of the other dims), the other dims in increasing order."""
+    return xp.reshape(xp.moveaxis(X, mode, 0), (X.shape[mode], -1))
+
+
+def _as_float(X, xp):
+    if X.dtype in (xp.float32, xp.float64):
+        return X
+    return _astype(X, xp.float64, xp)
+
+
+def _host_float(a) -> np.ndarray:
+    return np.asarray(to_numpy(a), dtype=np.float64)
+
+
+class _Data:
+    """A validated tensor with the unfoldings the solvers reuse across fits."""
+
+    def __init__(self, X, mask=None):
+        xp = array_namespace(X, mask)
+        if X.ndim < 2:
+            raise ValueError(f"X must have at least 2 dimensions, got shape {tuple(X.shape)}")
+        X = _as_float(X, xp)
+        self.xp, self.dtype, self.shape = xp, X.dtype, tuple(int(d) for d in X.shape)
+        nan = xp.isnan(X)
+        if mask is None:
+            if bool(xp.any(nan)):
+                raise ValueError("X contains NaN; pass mask=~isnan(X) (1 = observed) to treat them as missing")
+            self.W = None
+        else:
+            if tuple(mask.shape) != self.shape:
+                raise ValueError(f"mask has shape {tuple(mask.shape)} but X has shape {self.shape}; pass a mask like X")
+            observed = mask if mask.dtype in (getattr(xp, "bool", None), getattr(xp, "bool_", None)) else mask != 0
+            if not bool(xp.any(observed)):
+                raise ValueError("mask marks no entry as observed; at least one entry of X must be observed")
+            if bool(xp.any(nan & observed)):
+                raise ValueError("X has NaN at entries the mask marks observed; set mask to 0 there")
+            X = xp.where(observed, X, xp.zeros_like(X))
+            self.W = _astype(observed, self.dtype, xp)
+        X64 = _astype(X, xp.float64, xp)
+        self.norm2 = float(xp.sum(X64 * X64))
+        if not math.isfinite(self.norm2):
+            raise ValueError("X contains inf; remove or mask the non-finite entries")
+        if self.norm2 == 0:
+            raise ValueError("X is zero on every observed entry; nothing to factorize")
+        for n in range(X.ndim):
+            axes = tuple(k for k in range(X.ndim) if k != n)
+            if bool(xp.any(xp.sum(X * X, axis=axes) == 0)):
+                warnings.warn(f"X has all-zero slices along mode {n}; their factor rows will be zero", stacklevel=3)
+        self.X = X
+        if self.W is None:
+            # split the modes where the two sides' sizes are most even: two tensor passes per sweep
+            sizes = [math.prod(self.shape[:m]) * 1.0 for m in range(1, X.ndim)]
+            self.split = 1 + int(np.argmin([max(s, math.prod(self.shape) / s) for s in sizes]))
+            self.X2 = xp.reshape(X, (math.prod(self.shape[: self.split]), -1))
+        else:
+            self.Xn = [_unfold(X, n, xp) for n in range(X.ndim)]
+            self.Wn = [_unfold(self.W, n, xp) for n in range(X.ndim)]
+
+
+def _check_rank(rank, shape) -> int:
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
+        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+    if rank > min(shape):
+        warnings.warn(
+            f"rank {rank} exceeds the smallest dimension of X {tuple(shape)}; the model is not unique", stacklevel=3
+        )
+    return int(rank)
+
+
+def _check_iter(n_iter_max, tol):
+    if isinstance(n_iter_max, bool) or not isinstance(n_iter_max, (int, np.integer)) or n_iter_max < 1:
+        raise ValueError(f"n_iter_max must be a positive integer, got {n_iter_max!r}")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol!r}")
+
+
+# ----------------------------------------------------------------------------- initialization
+
+
+def _leading_vectors(M, k, xp):
+    """The k leading left singular vectors of M (I, P) from the eigenvectors of M M^T; (I, min(k, I))."""
+    _, vecs = xp.linalg.eigh(xp.matmul(M, M.T))
+    k = min(k, M.shape[0])
+    return xp.flip(vecs[:, vecs.shape[1] - k :], axis=1)
+
+
+def _init_factors(data, rank, n_rep, init, nonneg, rng):
+    """Initial factors, one (I_n, n_rep, rank) array per mode, scaled so ||X_hat|| = ||X||."""
+    xp, shape = data.xp, data.shape
+    draw = rng.random if nonneg else rng.standard_normal
+    if isinstance(init, str) and init == "random":
+        U = [xp.asarray(draw((d, n_rep, rank)), dtype=data.dtype) for d in shape]
+    elif isinstance(init, str) and init == "svd":
+        U = []
+        for n, d in enumerate(shape):
+            Xn = data.Xn[n] if data.W is not None else _unfold(data.X, n, xp)
+            V = _leading_vectors(Xn, rank, xp)
+            if nonneg:
+                V = xp.abs(V)
+            if V.shape[1] < rank:
+                fill = xp.asarray(draw((d, rank - V.shape[1])), dtype=data.dtype)
+                V = (getattr(xp, "concat", None) or xp.concatenate)([V, fill], axis=1)
+            U.append(xp.broadcast_to(V[:, None, :], (d, n_rep, rank)) * 1)
+    elif not isinstance(init, str) and len(init) == len(shape):
+        U = []
+        for n, f in enumerate(init):
+            f = xp.asarray(f, dtype=data.dtype)
+            if tuple(f.shape) != (shape[n], rank):
+                raise ValueError(f"init[{n}] has shape {tuple(f.shape)}, expected {(shape[n], rank)}")
+            if nonneg and bool(xp.any(f < 0)):
+                raise ValueError(f"init[{n}] has negative entries; nonneg=True needs a non-negative start")
+            U.append(xp.broadcast_to(f[:, None, :], (shape[n], n_rep, rank)) * 1)
+    else:
+        raise ValueError(f"init must be 'svd', 'random' or a list of {len(shape)} factor matrices, got {init!r}")
+    full = _gram(U[0], xp)
+    for u in U[1:]:
+        full = full * _gram(u, xp)
+    model_norm = xp.sqrt(xp.sum(full, axis=(1, 2)))
+    scale = math.sqrt(data.norm2) / xp.where(model_norm > 0, model_norm, xp.ones_like(model_norm))
+    U[0] = U[0] * scale[None, :, None]
+    return U
+
+
+# ----------------------------------------------------------------------------- factor updates
+
+
+def _ridge(G, xp):
+    """A tiny diagonal load (relative to the trace) that keeps singular normal equations solvable."""
+    R = G.shape[-1]
+    eye = xp.eye(R, dtype=G.dtype)
+    trace = xp.sum(G * eye, axis=(-2, -1))
+    info = xp.finfo(G.dtype)
+    return G + (trace * info.eps / R + info.smallest_normal)[..., None, None] * eye
+
+
+def _update_als(M, V, xp):
+    """Least-squares factor: solve A V = M per replicate. M (I, B, R), V (B, R, R) -> (I, B, R)."""
+    sol = xp.linalg.solve(_ridge(V, xp), xp.moveaxis(M, 0, -1))
+    return xp.moveaxis(sol, -1, 0)
+
+
+def _update_als_rows(M, G, xp):
+    """Row-wise weighted least squares. M (I, B, R), G (I, B, R, R) per-row Grams -> (I, B, R)."""
+    return xp.linalg.solve(_ridge(G, xp), M[..., None])[..., 0]
+
+
+def _update_hals(A, M, V, xp):
+    """One HALS sweep over the columns of A (I, B, R) with V (B, R, R)."""
+    tiny = xp.finfo(A.dtype).smallest_normal
+    for r in range(A.shape[2]):
+        grad = M[:, :, r] - xp.sum(A * V[None, :, :, r], axis=2)
+        den = xp.maximum(V[:, r, r], tiny)
+        A[:, :, r] = xp.maximum(A[:, :, r] + grad / den[None, :], 0.0)
+    return A
+
+
+def _update_hals_rows(A, M, G, xp):
+    """One masked HALS sweep: per-row Grams G (I, B, R, R)."""
+    tiny = xp.finfo(A.dtype).smallest_normal
+    for r in range(A.shape[2]):
+        grad = M[:, :, r] - xp.sum(G[:, :, r, :] * A, axis=2)
+        den = xp.maximum(G[:, :, r, r], tiny)
+        A[:, :, r] = xp.maximum(A[:, :, r] + grad / den, 0.0)
+    return A
+
+
+# ----------------------------------------------------------------------------- batched CP solver
+
+
+def _sweep_dense(data, U, grams, nonneg):
+    """One ALS/HALS sweep over all modes of an unmasked tensor; returns squared error terms (B,)."""
+    xp, N, m = data.xp, len(U), data.split
+    B, R = U[0].shape[1], U[0].shape[2]
+    inner = model2 = None
+    for side in (range(m), range(m, N)):
+        if side.start == 0:
+            K = _khatri_rao(U[m:], xp)
+            Y = xp.matmul(data.X2, xp.reshape(K, (K.shape[0], B * R)))
+        else:
+            K = _khatri_rao(U[:m], xp)
+            Y = xp.matmul(data.X2.T, xp.reshape(K, (K.shape[0], B * R)))
+        Y = xp.reshape(Y, tuple(data.shape[side.start : side.stop]) + (B, R))
+        local = U[side.start : side.stop]
+        for n in side:
+            M = _contract_partial(Y, local, n - side.start, xp)
+            V = None
+            for k in range(N):
+                if k != n:
+                    V = grams[k] if V is None else V * grams[k]
+            U[n] = _update_hals(U[n], M, V, xp) if nonneg else _update_als(M, V, xp)
+            grams[n] = _gram(U[n], xp)
+            if n == N - 1:
+                inner = xp.sum(M * U[n], axis=(0, 2))
+                model2 = xp.sum(V * grams[n], axis=(1, 2))
+            _move_scale(U, grams, n, xp)
+            local = U[side.start : side.stop]
+    return inner, model2
+
+
+def _sweep_masked(data, U, grams, nonneg):
+    """One ALS/HALS sweep with per-row weighted normal equations; returns squared error terms (B,)."""
+    xp, N = data.xp, len(U)
+    B, R = U[0].shape[1], U[0].shape[2]
+    inner = model2 = None
+    for n in range(N):
+        K = _khatri_rao([U[k] for k in range(N) if k != n], xp)
+        P = K.shape[0]
+        M = xp.reshape(xp.matmul(data.Xn[n], xp.reshape(K, (P, B * R))), (-1, B, R))
+        pairs = xp.reshape(K[:, :, :, None] * K[:, :, None, :], (P, B * R * R))
+        G = xp.reshape(xp.matmul(data.Wn[n], pairs), (-1, B, R, R))
+        U[n] = _update_hals_rows(U[n], M, G, xp) if nonneg else _update_als_rows(M, G, xp)
+        grams[n] = _gram(U[n], xp)
+        if n == N - 1:
+            inner = xp.sum(M * U[n], axis=(0, 2))
+            model2 = xp.sum(xp.sum(G * U[n][:, :, None, :], axis=3) * U[n], axis=(0, 2))
+        _move_scale(U, grams, n, xp)
+    return inner, model2
+
+
+def _move_scale(U, grams, n, xp):
+    """Normalize the columns of U[n] and push their norms into the next mode (model unchanged)."""
+    nxt = (n + 1) % len(U)
+    norms = _column_norms(U[n], xp)
+    U[n] = U[n] / norms[None, :, :]
+    U[nxt] = U[nxt] * norms[None, :, :]
+    grams[n] = grams[n] / (norms[:, :, None] * norms[:, None, :])
+    grams[nxt] = grams[nxt] * (norms[:, :, None] * norms[:, None, :])
+
+
+def _finish(U, b, errors, xp):
+    """CPResult of replicate b: unit-norm factor columns, weights = product of column norms."""
+    factors, weights = [], None
+    for u in U:
+        f = u[:, b, :]
+        norms = xp.sqrt(xp.sum(f * f, axis=0))
+        weights = norms if weights is None else weights * norms
+        factors.append(f / xp.where(norms > 0, norms, xp.ones_like(norms))[None, :])
+    return CPResult(weights=weights, factors=factors, rel_error=errors[-1], n_iter=len(errors), loss_history=errors)
+
+
+def _fit_batch(data, U, nonneg, n_iter_max, tol):
+    """Fit B replicates jointly from initial factors U (list of (I_n, B, R)); list of CPResult."""
+    xp = data.xp
+    B = U[0].shape[1]
+    history = [[] for _ in range(B)]
+    done = [None] * B
+    active = list(range(B))
+    grams = [_gram(u, xp) for u in U]
+    sweep = _sweep_dense if data.W is None else _sweep_masked
+    for it in range(n_iter_max):
+        inner, model2 = sweep(data, U, grams, nonneg)
+        err2 = data.norm2 - 2 * _host_float(inner) + _host_float(model2)
+        rel = np.sqrt(np.maximum(err2, 0.0) / data.norm2)
+        keep = []
+        for j, b in enumerate(active):
+            history[b].append(float(rel[j]))
+            h = history[b]
+            converged = len(h) > 1 and abs(h[-2] - h[-1]) < tol * max(h[-2], np.finfo(np.float64).tiny)
+            if converged or it == n_iter_max - 1:
+                done[b] = _finish(U, j, h, xp)
+            else:
+                keep.append(j)
+        if not keep:
+            break
+        if len(keep) < len(active):
+            idx = xp.asarray(keep)
+            U = [xp.take(u, idx, axis=1) for u in U]
+            grams = [xp.take(g, idx, axis=0) for g in grams]
+            active = [active[j] for j in keep]
+    return done
+
+
+# ----------------------------------------------------------------------------- public CP API
+
+
+def cp(X, rank, nonneg=False, mask=None, n_iter_max=500, tol=1e-8, init="svd", random_state=None) -> CPResult:
+    """CP (PARAFAC) decomposition by ALS, or by HALS when ``nonneg``.
+
+    Parameters
+    ----------
+    X : array, shape (I_0, ..., I_{N-1}), N >= 2
+    rank : int
+        Number of components R.
+    nonneg : bool
+        Constrain all factors to be non-negative (HALS).
+    mask : array, shape X.shape, optional
+        1 (or True) where X is observed; the fit ignores the other entries (NaN allowed there).
+    n_iter_max : int
+        Maximum number of sweeps over the modes.
+    tol : float
+        Stop when the relative change of the relative error between sweeps is below ``tol``
+        (0 runs exactly ``n_iter_max`` sweeps).
+    init : {"svd", "random"} or list of arrays of shape (I_n, R)
+        Leading singular vectors of each unfolding (absolute values when ``nonneg``), random
+        factors, or explicit starting factors.
+    random_state : int or numpy Generator, optional
+        Seed for random initial factors (and for padding the SVD start when R > I_n).
+
+    Returns
+    -------
+    CPResult
+        weights (R,), factors [(I_n, R)] with unit-norm columns, rel_error, n_iter, loss_history.
+    """
+    data = _Data(X, mask)
+    rank = _check_rank(rank, data.shape)
+    _check_iter(n_iter_max, tol)
+    U = _init_factors(data, rank, 1, init, nonneg, np.random.default_rng(random_state))
+    return _fit_batch(data, U, nonneg, n_iter_max, tol)[0]
+
+
+def reconstruct(result):
+    """Full tensor of a CP model: ``sum_r w_r a_r^(0) o ... o a_r^(N-1)``; shape (I_0, ..., I_{N-1})."""
+    xp = array_namespace(result.weights, *result.factors)
+    U = [f[:, None, :] for f in result.factors]
+    K = _khatri_rao(U[1:], xp)[:, 0, :]
+    full = xp.matmul(result.factors[0] * result.weights[None, :], K.T)
+    return xp.reshape(full, tuple(f.shape[0] for f in result.factors))
+
+
+def factor_similarity(a, b):
+    """Similarity of two CP models after the best matching of their components.
+
+    For components r of ``a`` and s of ``b`` the score is (Williams et al. 2018)
+    ``(1 - |w_r - w'_s| / max(w_r, w'_s)) * prod_n |cos(a_r^(n), b_s^(n))|``; the matching that
+    maximizes the summed score is found by the Hungarian algorithm, and the similarity is the
+    mean score over the components of the larger model (unmatched components count as 0).
+    Absolute cosines make the score blind to sign flips of factor pairs.
+
+    Parameters
+    ----------
+    a, b : CPResult-like
+        Objects with ``weights`` (R,) and ``factors`` [(I_n, R)] (any array namespace).
+
+    Returns
+    -------
+    score : float in [0, 1]
+    permutation : ndarray of int, shape (rank of a,)
+        ``permutation[r]`` is the component of ``b`` matched to component r of ``a`` (-1 if none).
+    """
+    fa, fb = [_host_float(f) for f in a.factors], [_host_float(f) for f in b.factors]
+    if len(fa) != len(fb) or any(x.shape[0] != y.shape[0] for x, y in zip(fa, fb, strict=True)):
+        raise ValueError("a and b must have factors for the same tensor shape")
+    wa, wb = np.abs(_host_float(a.weights)), np.abs(_host_float(b.weights))
+    score = np.ones((wa.size, wb.size))
+    for x, y in zip(fa, fb, strict=True):
+        nx, ny = np.linalg.norm(x, axis=0), np.linalg.norm(y, axis=0)
+        x, y = x / np.where(nx > 0, nx, 1.0), y / np.where(ny > 0, ny, 1.0)
+        score *= np.abs(x.T @ y)
+    top = np.maximum(wa[:, None], wb[None, :])
+    score *= 1.0 - np.abs(wa[:, None] - wb[None, :]) / np.where(top > 0, top, 1.0)
+    rows, cols = linear_sum_assignment(score, maximize=True)
+    perm = np.full(wa.size, -1, dtype=np.int64)
+    perm[rows] = cols
+    return float(np.clip(score[rows, cols].sum() / max(wa.size, wb.size), 0.0, 1.0)), perm
+
+
+# ----------------------------------------------------------------------------- rank diagnostics
+
+
+def _check_ranks(ranks, shape):
+    ranks = [ranks] if isinstance(ranks, (int, np.integer)) else list(ranks)
+    if not ranks:
+        raise ValueError("ranks is empty; pass at least one rank")
+    return [_check_rank(r, shape) for r in ranks]
+
+
+def _check_replicates(replicates):
+    if isinstance(replicates, bool) or not isinstance(replicates, (int, np.integer)) or replicates < 1:
+        raise ValueError(f"replicates must be a positive integer, got {replicates!r}")
+    return int(replicates)
+
+
+def rank_ensemble(
+    X, ranks, replicates=5, nonneg=False, mask=None, n_iter_max=500, tol=1e-6, random_state=None
+) -> RankEnsemble:
+    """Fit CP models for each rank from ``replicates`` random starts (Williams et al. 2018).
+
+    The replicates of one rank are fitted jointly in one batch. Per rank the result holds the
+    relative errors (objective) and the similarity of each replicate to the best-fitting one;
+    a rank whose replicates all reach the same error and similarity near 1 is well determined.
+
+    Parameters
+    ----------
+    X : array, shape (I_0, ..., I_{N-1})
+    ranks : int or iterable of int
+    replicates : int
+    nonneg, mask, n_iter_max, tol : as in ``cp``
+    random_state : int or numpy Generator, optional
+
+    Returns
+    -------
+    RankEnsemble
+    """
+    data = _Data(X, mask)
+    ranks = _check_ranks(ranks, data.shape)
+    replicates = _check_replicates(replicates)
+    _check_iter(n_iter_max, tol)
+    rng = np.random.default_rng(random_state)
+    results, objectives, similarities = {}, {}, {}
+    for rank in ranks:
+        U = _init_factors(data, rank, replicates, "random", nonneg, rng)
+        fits = sorted(_fit_batch(data, U, nonneg, n_iter_max, tol), key=lambda r: r.rel_error)
+        results[rank] = fits
+        objectives[rank] = np.array([f.rel_error for f in fits])
+        similarities[rank] = np.array([factor_similarity(fits[0], f)[0] for f in fits])
+    return RankEnsemble(ranks=ranks, results=results, objectives=objectives, similarities=similarities)
+
+
+def cross_validated_error(
+    X, ranks, replicates=3, holdout=0.1, nonneg=False, mask=None, n_iter_max=500, tol=1e-6, random_state=None
+) -> CrossValidation:
+    """Held-out reconstruction error of CP models for each rank.
+
+    A random ``holdout`` fraction of the observed entries is hidden (one hold-out set shared by
+    all ranks and replicates, so ranks are compared on the same entries); each model is fitted
+    on the rest with a mask and scored as ``||X - X_hat||_F / ||X||_F`` on the hidden entries.
+
+    Parameters
+    ----------
+    X : array, shape (I_0, ..., I_{N-1})
+    ranks : int or iterable of int
+    replicates : int
+        Random starts per rank.
+    holdout : float in (0, 1)
+        Fraction of observed entries held out.
+    nonneg, mask, n_iter_max, tol, random_state : as in ``rank_ensemble``
+
+    Returns
+    -------
+    CrossValidation
+    """
+    if not 0 < holdout < 1:
+        raise ValueError(f"holdout must be a fraction in (0, 1), got {holdout!r}")
+    xp = array_namespace(X, mask)
+    data = _Data(X, mask)
+    ranks = _check_ranks(ranks, data.shape)
+    replicates = _check_replicates(replicates)
+    rng = np.random.default_rng(random_state)
+    observed = np.ones(data.shape, dtype=bool) if data.W is None else to_numpy(data.W) > 0
+    held = observed & (rng.random(data.shape) < holdout)
+    if not held.any() or held.sum() == observed.sum():
+        raise ValueError(f"holdout={holdout} leaves no entry to fit or none to test; choose a fraction in (0, 1)")
+    held_x = xp.asarray(held.astype(np.float64), dtype=data.dtype)
+    train = _Data(data.X, xp.asarray(observed & ~held))
+    test_norm = math.sqrt(float(xp.sum((data.X * held_x) ** 2)))
+    train_err, test_err = {}, {}
+    for rank in ranks:
+        U = _init_factors(train, rank, replicates, "random", nonneg, rng)
+        fits = _fit_batch(train, U, nonneg, n_iter_max, tol)
+        train_err[rank] = np.array([f.rel_error for f in fits])
+        test_err[rank] = np.array(
+            [math.sqrt(float(xp.sum(((data.X - reconstruct(f)) * held_x) ** 2))) / test_norm for f in fits]
+        )
+    return CrossValidation(ranks=ranks, train_error=train_err, test_error=test_err, holdout=held)
+
+
+def suggest_rank(ensemble=None, cv=None, error_tol=0.05, similarity_threshold=0.9) -> int:
+    """Suggest a CP rank from cross-validation or from replicate stability.
+
+    Rule: with ``cv``, each rank is scored by the held-out error of its replicate with the
+    lowest training error (failed starts stuck in poor local optima do not count against a
+    rank); the suggestion is the smallest rank whose score is within ``error_tol`` (relative) of
+    the best score over all ranks -- further components only fit noise. Without ``cv``, the
+    suggestion is the largest rank of ``ensemble`` whose mean replicate similarity is at least
+    ``similarity_threshold``: beyond the true rank, fits stop being reproducible.
+
+    Parameters
+    ----------
+    ensemble : RankEnsemble, optional
+    cv : CrossValidation, optional
+    error_tol : float
+    similarity_threshold : float
+
+    Returns
+    -------
+    int
+    """
+    if cv is not None:
+        score = {r: float(cv.test_error[r][np.argmin(cv.train_error[r])]) for r in cv.ranks}
+        best = min(score.values())
+        return min(r for r in cv.ranks if score[r] <= best * (1 + error_tol))
+    if ensemble is None:
+        raise ValueError("pass ensemble (from rank_ensemble) or cv (from cross_validated_error)")
+    stable = [r for r in ensemble.ranks if np.mean(ensemble.similarities[r]) >= similarity_threshold]
+    if not stable:
+        raise ValueError(f"no rank reaches mean similarity {similarity_threshold}; lower similarity_threshold")
+    return max(stable)
+
+
+# ----------------------------------------------------------------------------- Tucker
+
+
+def _mode_dot(X, M, mode, xp):
+    """Mode-n product X x_n M with M (J, I_n): replaces axis ``mode`` of length I_n by J."""
+    return xp.moveaxis(xp.tensordot(X, M, axes=([mode], [1])), -1, mode)
+
+
+def _multi_dot(X, mats, xp, skip=None):
+    for n, M in enumerate(mats):
+        if n != skip:
+            X = _mode_dot(X, M, n, xp)
+    return X
+
+
+def tucker(X, ranks, nonneg=False, n_iter_max=100, tol=1e-8, random_state=None) -> TuckerResult:
+    """Tucker decomposition: HOOI (orthonormal factors) or a non-negative fit.
+
+    Parameters
+    ----------
+    X : array, shape (I_0, ..., I_{N-1})
+    ranks : sequence of int, length N, with 1 <= ranks[n] <= I_n
+    nonneg : bool
+        Non-negative core and factors: a HALS sweep for each factor, then projected-gradient
+        steps (step 1 / Lipschitz constant) for the core.
+    n_iter_max, tol : as in ``cp``
+    random_state : int or numpy Generator, optional
+        Seed for the non-negative start.
+
+    Returns
+    -------
+    TuckerResult
+        core (ranks), factors [(I_n, ranks[n])], rel_error, n_iter, loss_history.
+    """
+    data = _Data(X)
+    xp, shape, X = data.xp, data.shape, data.X
+    ranks = [ranks] * len(shape) if isinstance(ranks, (int, np.integer)) else list(ranks)
+    if len(ranks) != len(shape) or any(
+        isinstance(r, bool) or not isinstance(r, (int, np.integer)) or not 1 <= r <= d
+        for r, d in zip(ranks, shape, strict=True)
+    ):
+        raise ValueError(f"ranks must hold one integer 1 <= ranks[n] <= I_n per mode of {shape}, got {ranks!r}")
+    _check_iter(n_iter_max, tol)
+    if nonneg and bool(xp.any(X < 0)):
+        raise ValueError("X has negative entries; nonneg=True needs a non-negative tensor")
+    U = [_leading_vectors(_unfold(X, n, xp), r, xp) for n, r in enumerate(ranks)]
+    if nonneg:
+        rng = np.random.default_rng(random_state)
+        U = [xp.abs(u) + xp.asarray(0.01 * rng.random(tuple(u.shape)), dtype=data.dtype) for u in U]
+        core = _multi_dot(X, [u.T for u in U], xp)
+        core = xp.maximum(core, 0.0) + xp.asarray(1e-3 * math.sqrt(data.norm2), dtype=data.dtype)
+    history = []
+    for _ in range(n_iter_max):
+        if nonneg:
+            for n in range(len(shape)):
+                grams = [u.T @ u for u in U]
+                GG = _multi_dot(core, grams, xp, skip=n)
+                num = _unfold(_multi_dot(X, [u.T for u in U], xp, skip=n), n, xp) @ _unfold(core, n, xp).T
+                V = _unfold(GG, n, xp) @ _unfold(core, n, xp).T
+                U[n] = _update_hals(U[n][:, None, :], num[:, None, :], V[None, :, :], xp)[:, 0, :]
+            proj = _multi_dot(X, [u.T for u in U], xp)
+            grams = [u.T @ u for u in U]
+            lipschitz = math.prod(float(xp.max(xp.linalg.eigh(g)[0])) for g in grams)
+            for _ in range(10):  # projected gradient on the core, step 1/L: monotone
+                core = xp.maximum(core - (_multi_dot(core, grams, xp) - proj) / lipschitz, 0.0)
+            model = _multi_dot(core, grams, xp)
+            fit2 = data.norm2 - 2 * float(xp.sum(proj * core)) + float(xp.sum(model * core))
+        else:
+            for n in range(len(shape)):
+                Y = _multi_dot(X, [u.T for u in U], xp, skip=n)
+                U[n] = _leading_vectors(_unfold(Y, n, xp), ranks[n], xp)
+            core = _multi_dot(X, [u.T for u in U], xp)
+            fit2 = data.norm2 - float(xp.sum(core * core))
+        history.append(math.sqrt(max(fit2, 0.0) / data.norm2))
+        if len(history) > 1 and abs(history[-2] - history[-1]) < tol * max(history[-2], np.finfo(np.float64).tiny):
+            break
+    return TuckerResult(core=core, factors=U, rel_error=history[-1], n_iter=len(history), loss_history=history)

@@ -1,0 +1,94 @@
+"""Compute backend: which array namespace (numpy or CuPy) an analysis runs in, and dtypes.
+
+Analyses are written against the array namespace of their inputs (``array_namespace``), so
+the same code runs on numpy, CuPy and strict array-API namespaces. This module is the one
+place that decides the device from config (``device: auto|cpu|gpu``), owns the dtype policy
+(float32 by default, float64 on request) and moves arrays between host and device.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import BackendError
+
+DEVICES = ("auto", "cpu", "gpu")
+DTYPES = ("float32", "float64")
+
+
+@functools.cache
+def gpu_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    try:
+        import cupy
+    except ImportError:
+        return False
+    try:
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # CUDA driver missing or broken: treat as no GPU
+        return False
+
+
+def get_namespace(device: str = "auto") -> ModuleType:
+    """Return the array module for ``device``: numpy for cpu, cupy for gpu, best for auto."""
+    if device not in DEVICES:
+        raise BackendError(f"device {device!r} is not one of {', '.join(DEVICES)}; fix 'device' in the config")
+    if device == "cpu" or (device == "auto" and not gpu_available()):
+        return np
+    if not gpu_available():
+        raise BackendError(
+            "device 'gpu' was requested but CuPy or a CUDA device is not available; "
+            "install the 'gpu' extra (pip install -e '.[gpu]') or set device: auto"
+        )
+    import cupy
+
+    return cupy
+
+
+def array_namespace(*arrays: Any) -> ModuleType:
+    """Namespace shared by ``arrays`` (numpy, cupy or any array-API namespace)."""
+    namespaces = set()
+    for a in arrays:
+        if a is None or isinstance(a, (int, float)):
+            continue
+        if hasattr(a, "__array_namespace__") and type(a).__module__.split(".")[0] not in ("numpy", "cupy"):
+            namespaces.add(a.__array_namespace__())
+        elif type(a).__module__.split(".")[0] == "cupy":
+            import cupy
+
+            namespaces.add(cupy)
+        else:
+            namespaces.add(np)
+    if len(namespaces) > 1:
+        names = sorted(getattr(ns, "__name__", str(ns)) for ns in namespaces)
+        raise BackendError(f"arrays come from different namespaces ({', '.join(names)}); move them to one device first")
+    return namespaces.pop() if namespaces else np
+
+
+def resolve_dtype(dtype: str, xp: ModuleType = np):
+    """The namespace's floating dtype named by the config (``float32`` or ``float64``)."""
+    if dtype not in DTYPES:
+        raise BackendError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}; fix 'dtype' in the config")
+    return getattr(xp, dtype)
+
+
+def to_device(x: Any, xp: ModuleType, dtype: str | None = None):
+    """Copy ``x`` (any array) into namespace ``xp``, optionally casting to ``dtype``."""
+    x = to_numpy(x) if xp is np or type(x).__module__.split(".")[0] not in ("numpy", "cupy") else x
+    out = xp.asarray(x)
+    if dtype is not None:
+        out = xp.astype(out, resolve_dtype(dtype, xp)) if hasattr(xp, "astype") else out.astype(dtype)
+    return out
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Host copy of ``x`` as a numpy array (no copy when it already is one)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if type(x).__module__.split(".")[0] == "cupy":
+        return x.get()
+    return np.asarray(x)

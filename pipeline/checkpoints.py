@@ -1,0 +1,246 @@
+"""Checkpoint files: save and load weights with metadata, find and order a training series.
+
+Checkpoints are written as safetensors files whose header carries the metadata as JSON under
+the key ``"pipeline"``. PyTorch pickles (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) are read with
+``weights_only=True``, so loading never executes code stored in a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from pipeline.errors import CheckpointError
+
+METADATA_KEY = "pipeline"
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+SAFETENSORS_SUFFIX = ".safetensors"
+_STATE_DICT_KEYS = ("state_dict", "model")
+_SHOWN_KEYS = 5
+
+
+def save_checkpoint(path, state_dict: dict[str, torch.Tensor], metadata: dict) -> None:
+    """Write weights and metadata to a safetensors file, atomically.
+
+    Parameters
+    ----------
+    path : str or Path
+        Target file; should end in ``.safetensors``. Missing parent folders are created.
+    state_dict : dict of str to torch.Tensor
+        Weights to store (moved to CPU and made contiguous).
+    metadata : dict
+        JSON-serializable metadata (training step, task, ...), stored under ``"pipeline"``.
+    """
+    path = Path(path)
+    try:
+        header = {METADATA_KEY: json.dumps(metadata, sort_keys=True)}
+    except TypeError as err:
+        raise ValueError(f"metadata for {path} is not JSON-serializable ({err}); pass plain Python values") from err
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read weights and metadata from a checkpoint file on the CPU.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.safetensors`` file, or a PyTorch file (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) holding
+        either a bare state dict or a dict with ``"state_dict"`` or ``"model"`` beside plain keys
+        such as ``step`` or ``epoch``.
+
+    Returns
+    -------
+    state_dict : dict of str to torch.Tensor
+    metadata : dict
+        The ``"pipeline"`` header of a safetensors file, or the plain keys beside the weights in a
+        PyTorch file; empty when there are none.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix != SAFETENSORS_SUFFIX and suffix not in TORCH_SUFFIXES:
+        known = ", ".join((SAFETENSORS_SUFFIX, *TORCH_SUFFIXES))
+        raise CheckpointError(f"checkpoint {path} has unknown extension {path.suffix!r}; use one of {known}")
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; check the path or the checkpoint folder in the config"
+        )
+    if suffix == SAFETENSORS_SUFFIX:
+        return _load_safetensors(path)
+    return _load_torch(path)
+
+
+def _corrupt(path: Path) -> CheckpointError:
+    return CheckpointError(f"checkpoint {path} is truncated or corrupt; re-save or delete it")
+
+
+def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            header = handle.metadata() or {}
+            state_dict = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise _corrupt(path) from err
+    if METADATA_KEY not in header:
+        return state_dict, {}
+    try:
+        metadata = json.loads(header[METADATA_KEY])
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"checkpoint {path} has unreadable {METADATA_KEY!r} metadata; re-save it") from err
+    return state_dict, metadata
+
+
+def _load_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" not in str(err).lower():
+            raise _corrupt(path) from err
+        raise CheckpointError(
+            f"checkpoint {path} contains non-tensor objects that would need code execution to load; "
+            "re-save it as a state dict (torch.save(model.state_dict(), path)) or as safetensors"
+        ) from err
+    except (EOFError, OSError, RuntimeError, ValueError) as err:
+        raise _corrupt(path) from err
+    if not isinstance(content, dict):
+        raise CheckpointError(
+            f"checkpoint {path} holds a {type(content).__name__}, not a state dict; "
+            "re-save it with torch.save(model.state_dict(), path)"
+        )
+    metadata = {}
+    for key in _STATE_DICT_KEYS:
+        if isinstance(content.get(key), dict):
+            metadata = {k: v for k, v in content.items() if k != key and _is_plain(v)}
+            content = content[key]
+            break
+    bad = [name for name, value in content.items() if not isinstance(value, torch.Tensor)]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path} has non-tensor entries {bad[:_SHOWN_KEYS]}; store the weights as a state dict "
+            "or under the key 'state_dict' or 'model'"
+        )
+    return dict(content), metadata
+
+
+def _is_plain(value) -> bool:
+    """True for JSON-like values: numbers, strings, booleans, None, and lists/dicts of them."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False
+
+
+def sha256_file(path, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 digest of a file, read in chunks of ``chunk_size`` bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _last_integer(path) -> int | None:
+    numbers = re.findall(r"\d+", Path(path).stem)
+    return int(numbers[-1]) if numbers else None
+
+
+def checkpoint_order_key(path, metadata: dict) -> tuple[float, str]:
+    """Sort key placing a checkpoint within its training series.
+
+    Returns ``(position, name)``: ``position`` is ``metadata["step"]``, else ``metadata["epoch"]``,
+    else the last integer in the file name, else infinity (such files sort last); ``name`` breaks ties.
+    """
+    path = Path(path)
+    for key in ("step", "epoch"):
+        value = metadata.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value, path.name
+    number = _last_integer(path)
+    return (math.inf if number is None else number), path.name
+
+
+def discover_checkpoints(folder, pattern: str) -> list[Path]:
+    """Checkpoint files in ``folder`` matching the glob ``pattern``, in training order.
+
+    The search does not descend into subfolders unless ``pattern`` contains ``'/'`` (e.g.
+    ``"*/model.pt"`` or ``"**/*.pt"``). Files sort by the last integer in their name (files without
+    one come last), then by name.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder {folder} does not exist; create it or fix the folder in the config")
+    files = [path for path in folder.glob(pattern) if path.is_file()]
+
+    def key(path: Path):
+        number = _last_integer(path)
+        return (number is None, number or 0, path.name)
+
+    return sorted(files, key=key)
+
+
+def checkpoint_name(path) -> str:
+    """File stem of a checkpoint with every character outside letters, digits, '-', '_', '.' replaced by '_'."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).stem)
+    if not name.strip("."):
+        raise CheckpointError(f"checkpoint {path} has no usable file name; rename it (e.g. step-000100.safetensors)")
+    return name
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source) -> None:
+    """Load ``state_dict`` into ``model`` strictly, with a one-line error naming what does not fit.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    state_dict : dict of str to torch.Tensor
+    source : str or Path
+        Where the weights come from, for the error message.
+    """
+    expected = model.state_dict()
+    missing = [name for name in expected if name not in state_dict]
+    unexpected = [name for name in state_dict if name not in expected]
+    mismatched = [
+        name for name in expected if name in state_dict and tuple(state_dict[name].shape) != tuple(expected[name].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_first(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_first(unexpected)}")
+    for name in mismatched[:_SHOWN_KEYS]:
+        found, wanted = tuple(state_dict[name].shape), tuple(expected[name].shape)
+        problems.append(f"shape mismatch for {name} (checkpoint {found} vs model {wanted})")
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {source} does not fit {type(model).__name__}: {', '.join(problems)}; "
+            "check the architecture params in the config"
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _first(names: list[str]) -> str:
+    shown = ", ".join(names[:_SHOWN_KEYS])
+    more = f", ... (+{len(names) - _SHOWN_KEYS} more)" if len(names) > _SHOWN_KEYS else ""
+    return f"[{shown}{more}]"

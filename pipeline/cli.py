@@ -1,0 +1,121 @@
+"""Command line: ``pipeline <command>``; the workflow's rules call these, people can too.
+
+Every command takes its settings as a JSON *spec* (built by ``pipeline.jobs``); errors in the
+input (config, checkpoint, store, stimuli, sites) end the command with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from pipeline.config import validate_config
+from pipeline.errors import ConfigError, InputError
+
+
+def _spec(text: str) -> dict:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--spec is not valid JSON ({err})") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("--log", type=Path, help="also write the log to this file")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check a config file and print it with defaults filled in")
+    p.add_argument("config", type=Path)
+
+    p = sub.add_parser("train", help="train one run of a built-in model into a checkpoint folder")
+    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--out", type=Path, required=True)
+
+    p = sub.add_parser("extract", help="record activations into an activation store")
+    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--out", type=Path, required=True, help="store path (.zarr)")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint file (not for Hugging Face models)")
+
+    p = sub.add_parser("stats", help="activation statistics of every site of a store")
+    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="result store path (.zarr); summary JSON beside it")
+
+    p = sub.add_parser("stats-across", help="activation statistics of a run across its checkpoints")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("results", type=Path, nargs="+", help="per-checkpoint result stores of 'stats'")
+
+    p = sub.add_parser("report-model", help="write one model's report pages")
+    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--out", type=Path, required=True, help="the model's report folder")
+
+    p = sub.add_parser("report-index", help="write the report index page")
+    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--out", type=Path, required=True)
+
+    p = sub.add_parser("show", help="print an activation store's sites, coordinates and provenance")
+    p.add_argument("store", type=Path)
+    return parser
+
+
+def _setup_logging(log_file: Path | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=handlers, force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.log)
+    try:
+        return _dispatch(args)
+    except InputError as err:
+        logging.getLogger("pipeline").error("%s", err)
+        return 1
+    except Exception:
+        logging.getLogger("pipeline").exception("%s failed unexpectedly", args.command)
+        return 2
+
+
+def _dispatch(args) -> int:
+    from pipeline import jobs
+
+    if args.command == "validate":
+        import yaml
+
+        with open(args.config) as f:
+            config = validate_config(yaml.safe_load(f) or {})
+        print(yaml.safe_dump(config, sort_keys=False))
+    elif args.command == "train":
+        jobs.run_train(args.spec, args.out)
+    elif args.command == "extract":
+        jobs.run_extract(args.spec, args.out, args.checkpoint)
+    elif args.command == "stats":
+        jobs.run_stats(args.spec, args.store, args.out)
+    elif args.command == "stats-across":
+        jobs.run_stats_across(args.results, args.out)
+    elif args.command == "report-model":
+        from pipeline.report.build import write_model_report
+
+        write_model_report(args.spec, args.out)
+    elif args.command == "report-index":
+        from pipeline.report.build import write_index
+
+        write_index(args.spec, args.out)
+    elif args.command == "show":
+        from pipeline.store import open_store
+
+        ds = open_store(args.store)
+        print(ds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Experiment configuration: schema validation with defaults, clear errors, and derived names.
+
+The schema lives in ``pipeline/schemas/config.schema.yaml``; the workflow validates with it in
+``rules/common.smk`` and the command line validates with it here, so both reject the same
+mistakes with the same one-line messages.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from pipeline.errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _validator_filling_defaults():
+    """A Draft 2020-12 validator that writes each property's default into the instance."""
+    base = jsonschema.Draft202012Validator
+    check_properties = base.VALIDATORS["properties"]
+
+    def properties_with_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from check_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(base, {"properties": properties_with_defaults})
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = ".".join(str(p) for p in error.absolute_path) or "the top level"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+        return f"unknown key {', '.join(repr(k) for k in extra)} in {where}{hint}"
+    if error.validator == "required":
+        return f"{where} is missing a required key: {error.message.split(' is a required')[0]}"
+    return f"{where}: {error.message}"
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``config`` with defaults filled in, or raise ConfigError (one line)."""
+    config = copy.deepcopy(config)
+    validator = _validator_filling_defaults()(load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        deepest = max(errors, key=lambda e: len(e.absolute_path))
+        raise ConfigError(f"config error: {_describe(deepest)}")
+    _check_references(config)
+    return config
+
+
+def _check_references(config: dict) -> None:
+    for name, model in config["models"].items():
+        for stim in model["stimuli"]:
+            if stim not in config["stimuli"]:
+                raise ConfigError(
+                    f"config error: models.{name}.stimuli names {stim!r}, which is not a stimulus set; "
+                    f"defined sets: {', '.join(sorted(config['stimuli']))}"
+                )
+        if model["source"] == "checkpoints" and not Path(model["folder"]).is_dir():
+            raise ConfigError(
+                f"config error: models.{name}.folder {model['folder']!r} is not a folder; "
+                "point it at the folder your training run writes checkpoints into"
+            )
+
+
+def model_runs(model: dict) -> list[str]:
+    """Names of the checkpoint series of one model entry (one per variant and seed when trained)."""
+    if model["source"] == "train":
+        return [f"{variant}-seed{seed}" for variant in model["variants"] for seed in model["seeds"]]
+    return ["main"]
+
+
+def run_settings(model: dict, run: str) -> tuple[dict, int]:
+    """Architecture params and seed of a trained model's run (``variant-seedN``)."""
+    variant, _, seed = run.rpartition("-seed")
+    if variant not in model["variants"]:
+        raise ConfigError(f"config error: run {run!r} names no variant; variants: {', '.join(model['variants'])}")
+    return {**model.get("params", {}), **model["variants"][variant]}, int(seed)
+
+
+def config_hash(obj: Any) -> str:
+    """Stable sha256 of a JSON-serialisable value (key order does not matter)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

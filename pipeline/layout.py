@@ -1,0 +1,64 @@
+"""Where every file of an experiment lives, relative to ``output_dir`` and ``report_dir``.
+
+Rules, the command line and the report all take paths from here, so the layout is defined once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Wildcard values: names from the config and checkpoint file stems.
+NAME_PATTERN = r"[A-Za-z0-9_-]+"
+RUN_PATTERN = r"[A-Za-z0-9_.-]+"
+CHECKPOINT_PATTERN = r"[A-Za-z0-9_.-]+"
+
+PRETRAINED = "pretrained"  # checkpoint name of a model that has no series (a Hugging Face model)
+
+
+def checkpoint_folder(output_dir: str, model: str, run: str) -> Path:
+    """Folder a trained model's run writes its checkpoints into."""
+    return Path(output_dir) / "checkpoints" / model / run
+
+
+def activation_store(output_dir: str, model: str, run: str, checkpoint: str, stimuli: str) -> Path:
+    """Zarr store of one (model, run, checkpoint, stimulus set)."""
+    return Path(output_dir) / "activations" / model / run / checkpoint / f"{stimuli}.zarr"
+
+
+def analysis_result(output_dir: str, analysis: str, model: str, run: str, checkpoint: str, stimuli: str) -> Path:
+    """Result store of one analysis of one activation store (summary JSON sits beside it)."""
+    return Path(output_dir) / "analyses" / analysis / model / run / checkpoint / f"{stimuli}.zarr"
+
+
+def summary_path(result: Path) -> Path:
+    """Summary JSON beside a result store (``x.zarr`` -> ``x.json``)."""
+    return result.parent / (result.name.removesuffix(".zarr") + ".json")
+
+
+def across_checkpoints(output_dir: str, analysis: str, model: str, run: str, stimuli: str) -> Path:
+    """Summary of one analysis across the checkpoints of a run."""
+    return Path(output_dir) / "analyses" / analysis / model / run / f"{stimuli}.across.json"
+
+
+def log_file(output_dir: str, *parts: str) -> Path:
+    """Log of one job, e.g. ``log_file(out, "extract", model, run, checkpoint, stimuli)``."""
+    return Path(output_dir, "logs", *parts[:-1], parts[-1] + ".log")
+
+
+def benchmark_file(output_dir: str, *parts: str) -> Path:
+    """Snakemake benchmark table of one job (run time and peak memory)."""
+    return Path(output_dir, "benchmarks", *parts[:-1], parts[-1] + ".tsv")
+
+
+def model_report(report_dir: str, model: str) -> Path:
+    """Folder of one model's report pages (its index.html and one page per checkpoint)."""
+    return Path(report_dir) / model
+
+
+def checkpoint_page(model_dir: Path, run: str, checkpoint: str, stimuli: str) -> Path:
+    """Report page of one (run, checkpoint, stimulus set) inside its model's report folder."""
+    return Path(model_dir) / run / f"{checkpoint}-{stimuli}.html"
+
+
+def report_index(report_dir: str) -> Path:
+    return Path(report_dir) / "index.html"

@@ -1,0 +1,95 @@
+"""Load the models the workflow records from: Hugging Face transformers and checkpoint series."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from pipeline.architectures import build_model
+from pipeline.checkpoints import load_checkpoint, load_weights, sha256_file
+from pipeline.errors import ModelError
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for recording, with what is needed to feed it and where it came from."""
+
+    name: str
+    module: torch.nn.Module
+    takes_text: bool
+    tokenizer: object | None = None
+    provenance: dict = field(default_factory=dict)
+
+
+def torch_device(device: str) -> torch.device:
+    """The torch device for the config's ``device`` (auto picks CUDA when present)."""
+    if device == "gpu" and not torch.cuda.is_available():
+        raise ModelError("device 'gpu' was requested but this PyTorch build sees no CUDA device; "
+                         "install a CUDA build of PyTorch or set device: auto")
+    return torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def resolve_hf_path(name: str, path: str) -> Path:
+    """A local model folder: ``path`` itself, or the ``model`` folder an installed package ships."""
+    candidate = Path(path).expanduser()
+    if candidate.is_dir():
+        folder = candidate
+    else:
+        spec = importlib.util.find_spec(path.replace("-", "_")) if path.replace("-", "_").isidentifier() else None
+        if spec is None or spec.origin is None:
+            raise ModelError(
+                f"model {name!r}: path {path!r} is neither a local model folder nor an installed package "
+                "that ships one; models are loaded offline, so download the model to a folder first"
+            )
+        folder = Path(spec.origin).parent / "model"
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"model {name!r}: {folder} has no config.json; point 'path' at a saved Hugging Face model")
+    return folder
+
+
+def load_huggingface(name: str, path: str, device: torch.device) -> LoadedModel:
+    """A pretrained transformer and its tokenizer, from a local folder, never from the network."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = resolve_hf_path(name, path)
+    try:
+        module = AutoModel.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"model {name!r}: cannot load {folder}: {first_line}") from None
+    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    provenance = {
+        "model_id": name,
+        "model_path": str(folder),
+        "model_class": type(module).__name__,
+        "checkpoint": str(weights[0]) if weights else "",
+        "checkpoint_sha256": sha256_file(weights[0]) if weights else "",
+        "step": -1,
+    }
+    return LoadedModel(name, module.to(device).eval(), True, tokenizer, provenance)
+
+
+def load_from_checkpoint(name: str, architecture: str, params: dict, checkpoint: Path,
+                         device: torch.device) -> LoadedModel:
+    """Build ``architecture`` with ``params`` and load the checkpoint's weights (no pickled code runs)."""
+    state, metadata = load_checkpoint(checkpoint)
+    module = build_model(architecture, params)
+    load_weights(module, state, str(checkpoint))
+    provenance = {
+        "model_id": name,
+        "model_class": type(module).__name__,
+        "architecture": architecture,
+        "architecture_params": params,
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": sha256_file(checkpoint),
+        "step": int(metadata.get("step", metadata.get("epoch", -1))),
+        "checkpoint_metadata": metadata,
+    }
+    return LoadedModel(name, module.to(device).eval(), False, None, provenance)

@@ -1,0 +1,105 @@
+"""What a report page is built from: the result files a rule hands the report, grouped."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from pipeline import layout
+from pipeline.store import strings
+
+
+@dataclass
+class CheckpointResults:
+    """The results of one (run, checkpoint, stimulus set): analysis name -> summary dict."""
+
+    run: str
+    checkpoint: str
+    stimuli: str
+    step: int
+    provenance: dict
+    summaries: dict[str, dict] = field(default_factory=dict)
+    result_stores: dict[str, Path] = field(default_factory=dict)
+
+    def stimulus_table(self, analysis: str = "stats", limit: int = 400) -> list[dict]:
+        """id, label and text of the recorded stimuli (first ``limit``), from a result store."""
+        path = self.result_stores.get(analysis)
+        if path is None or not path.exists():
+            return []
+        ds = xr.open_zarr(path, consolidated=False, zarr_format=3)
+        ids = strings(ds["stimulus"].values[:limit])
+        columns = {name: strings(ds[name].values[:limit]) for name in ("label", "text") if name in ds}
+        return [{"id": i, **{k: v[n] for k, v in columns.items()}} for n, i in enumerate(ids)]
+
+
+@dataclass
+class ModelContext:
+    """Everything one model's pages show."""
+
+    model_name: str
+    model: dict
+    analyses: dict
+    checkpoints: list[CheckpointResults]
+    across: dict[tuple[str, str, str], dict]  # (analysis, run, stimuli) -> across-checkpoint summary
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def runs(self) -> list[str]:
+        return sorted({c.run for c in self.checkpoints})
+
+    @property
+    def stimulus_sets(self) -> list[str]:
+        return sorted({c.stimuli for c in self.checkpoints})
+
+    def series(self, run: str, stimuli: str) -> list[CheckpointResults]:
+        return sorted((c for c in self.checkpoints if c.run == run and c.stimuli == stimuli),
+                      key=lambda c: (c.step, c.checkpoint))
+
+
+def load_model_context(spec: dict) -> ModelContext:
+    """Group the rule's input files (result stores and across-checkpoint JSON) by checkpoint."""
+    by_key: dict[tuple[str, str, str], CheckpointResults] = {}
+    across: dict[tuple[str, str, str], dict] = {}
+    errors: list[str] = []
+    for name in spec["inputs"]:
+        path = Path(name)
+        if path.name.endswith(".across.json"):
+            data = json.loads(path.read_text())
+            across[(data["analysis"], data["run"], data["stimulus_set"])] = data
+            continue
+        summary_file = layout.summary_path(path)
+        if not summary_file.exists():
+            errors.append(f"result {path} has no summary {summary_file.name}; re-run its analysis")
+            continue
+        summary = json.loads(summary_file.read_text())
+        prov = summary["provenance"]
+        key = (prov["run"], prov["checkpoint_name"], prov["stimulus_set"])
+        item = by_key.setdefault(key, CheckpointResults(*key, step=int(prov.get("step", -1)), provenance=prov))
+        item.summaries[summary["analysis"]] = summary
+        item.result_stores[summary["analysis"]] = path
+    ctx = ModelContext(spec["model_name"], spec["model"], spec.get("analyses", {}), list(by_key.values()), across,
+                       errors)
+    for c in ctx.checkpoints:
+        for analysis, summary in c.summaries.items():
+            for site, result in summary.get("sites", {}).items():
+                if result.get("status") == "failed":
+                    ctx.errors.append(f"{analysis} failed for {c.run}/{c.checkpoint}/{c.stimuli} site {site}: "
+                                      f"{result.get('error')}")
+    for partial in _partial_stores(spec):
+        ctx.errors.append(f"incomplete activation store {partial} (an extraction was interrupted; re-run to finish)")
+    return ctx
+
+
+def _partial_stores(spec: dict) -> list[Path]:
+    """Interrupted extractions of this model left under the output folder."""
+    folder = Path(spec["output_dir"]) / "activations" / spec["model_name"]
+    return sorted(folder.glob("*/*/*.zarr.partial")) if folder.is_dir() else []
+
+
+def finite(values) -> list[float]:
+    """Values for plotting: None becomes NaN."""
+    return [np.nan if v is None else float(v) for v in values]

@@ -1,0 +1,189 @@
+"""Activation stores: one Zarr group per (model, checkpoint, stimulus set), one array per site.
+
+Contract (see docs/store.md):
+- each site is an array with dimensions ``(stimulus, position, unit:<site>)``; ``position`` is
+  the token index or time step (length 1 for feed-forward inputs); every site has its own unit
+  axis because widths differ between sites;
+- coordinates along ``stimulus`` (id, label, text, ...) and ``(stimulus, position)`` (token ids,
+  ``mask`` with True on real positions and False on padding) are arrays in the same group;
+- group attributes carry provenance and the completion marker ``complete``.
+
+A store is written batch by batch into ``<path>.partial`` and renamed to ``<path>`` only after
+its last batch, so a reader never sees half a store and a killed job leaves its progress where
+the next run can resume it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from pipeline.errors import StoreError
+
+CHUNK_BYTES = 4 * 2**20  # target chunk size along the stimulus axis (design: 1-8 MB)
+FORMAT_VERSION = 1
+
+# Snakemake drops a timestamp file into directory outputs; it is not part of the Zarr hierarchy.
+warnings.filterwarnings("ignore", message="Object at .snakemake_timestamp is not recognized")
+
+
+def unit_dim(site: str) -> str:
+    """Name of a site's unit dimension."""
+    return f"unit:{site}"
+
+
+def partial_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+def stimulus_chunk(n_stimuli: int, n_positions: int, n_units: int, itemsize: int) -> int:
+    """Stimuli per chunk so that one chunk holds about CHUNK_BYTES."""
+    per_stimulus = max(1, n_positions * n_units * itemsize)
+    return int(min(n_stimuli, max(1, CHUNK_BYTES // per_stimulus)))
+
+
+class StoreWriter:
+    """Writes one activation store batch by batch, resuming a matching partial store.
+
+    Parameters
+    ----------
+    path : final store path (``.zarr``); work happens in ``<path>.partial``.
+    sites : site name -> (n_positions, n_units).
+    coords : coordinate name -> (dims, values); dims use ``stimulus`` and ``position``.
+    attrs : provenance written to the group; ``attrs["fingerprint"]`` identifies the inputs so
+        that only a partial store made from the same inputs is resumed.
+    dtype : stored floating type.
+    """
+
+    def __init__(self, path, sites: dict[str, tuple[int, int]], coords: dict[str, tuple[tuple[str, ...], Any]],
+                 attrs: dict, dtype: str = "float32"):
+        self.path = Path(path)
+        self.work = partial_path(self.path)
+        self.sites = sites
+        self.n_stimuli = len(coords["stimulus"][1])
+        self.group = self._resume(attrs["fingerprint"]) or self._create(coords, attrs, dtype)
+
+    @property
+    def n_written(self) -> int:
+        """Stimuli already written (a resumed store continues from here)."""
+        return int(self.group.attrs["n_written"])
+
+    def _resume(self, fingerprint: str):
+        if not self.work.exists():
+            return None
+        try:
+            group = zarr.open_group(self.work, mode="r+")
+            if group.attrs.get("fingerprint") == fingerprint and set(self.sites) <= set(group.array_keys()):
+                return group
+        except Exception:  # unreadable leftovers are rewritten below
+            pass
+        shutil.rmtree(self.work)
+        return None
+
+    def _create(self, coords, attrs, dtype):
+        if self.work.exists():
+            shutil.rmtree(self.work)
+        self.work.parent.mkdir(parents=True, exist_ok=True)
+        group = zarr.open_group(self.work, mode="w", zarr_format=3)
+        itemsize = np.dtype(dtype).itemsize
+        for site, (n_pos, n_units) in self.sites.items():
+            group.create_array(
+                site, shape=(self.n_stimuli, n_pos, n_units), dtype=dtype, fill_value=np.nan,
+                chunks=(stimulus_chunk(self.n_stimuli, n_pos, n_units, itemsize), n_pos, n_units),
+                dimension_names=["stimulus", "position", unit_dim(site)],
+            )
+        for name, (dims, values) in coords.items():
+            values = np.asarray(values)
+            if values.dtype.kind in "UOT":
+                values = values.astype(str)
+                arr = group.create_array(name, shape=values.shape, dtype=str, dimension_names=list(dims))
+            else:
+                arr = group.create_array(name, shape=values.shape, dtype=values.dtype, dimension_names=list(dims))
+            arr[...] = values
+        group.attrs.update({
+            **attrs,
+            "coordinates": " ".join(name for name in coords if name != "stimulus"),
+            "sites": list(self.sites),
+            "format_version": FORMAT_VERSION,
+            "complete": False,
+            "n_written": 0,
+        })
+        return group
+
+    def write(self, batch: dict[str, np.ndarray]) -> None:
+        """Append the next batch: site -> array (batch, n_positions, n_units)."""
+        start = self.n_written
+        sizes = {a.shape[0] for a in batch.values()}
+        if len(sizes) != 1 or set(batch) != set(self.sites):
+            raise StoreError(f"a batch must hold every site with one batch size; got {sorted(batch)} sizes {sizes}")
+        stop = start + sizes.pop()
+        if stop > self.n_stimuli:
+            raise StoreError(f"batch overruns the store {self.path}: {stop} > {self.n_stimuli} stimuli")
+        for site, values in batch.items():
+            self.group[site][start:stop] = values
+        self.group.attrs["n_written"] = stop
+
+    def finish(self, extra_attrs: dict | None = None) -> Path:
+        """Mark the store complete and move it to its final path."""
+        if self.n_written != self.n_stimuli:
+            raise StoreError(f"store {self.path} holds {self.n_written} of {self.n_stimuli} stimuli; cannot finish")
+        self.group.attrs.update({
+            **(extra_attrs or {}),
+            "complete": True,
+            "completed_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        })
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self.work.rename(self.path)
+        return self.path
+
+
+def open_store(path) -> xr.Dataset:
+    """Open a complete activation store lazily (dask-backed) as an xarray Dataset.
+
+    Each site is a variable with dims ``(stimulus, position, unit:<site>)``; provenance is in
+    ``ds.attrs``. Raises StoreError for a missing, incomplete or foreign store.
+    """
+    path = Path(path)
+    if not path.exists():
+        hint = " (an interrupted extraction left a .partial store; re-run to resume it)" if partial_path(
+            path).exists() else ""
+        raise StoreError(f"activation store {path} does not exist{hint}")
+    try:
+        group = zarr.open_group(path, mode="r")
+        attrs = dict(group.attrs)
+    except Exception as err:
+        raise StoreError(f"{path} is not a readable Zarr store ({err}); delete it and re-run the extraction") from None
+    if "format_version" not in attrs or "sites" not in attrs:
+        raise StoreError(f"{path} is not an activation store (no provenance attributes)")
+    if not attrs.get("complete"):
+        raise StoreError(
+            f"activation store {path} is incomplete ({attrs.get('n_written', 0)} stimuli written); "
+            "re-run the extraction to finish it"
+        )
+    return xr.open_zarr(path, consolidated=False, zarr_format=3)
+
+
+def strings(values) -> np.ndarray:
+    """A string coordinate read from a store as a plain numpy unicode array."""
+    return np.array(np.asarray(values).tolist(), dtype=str)
+
+
+def text_values(values) -> np.ndarray:
+    """Strings as an object array, which xarray stores as variable-length UTF-8 in Zarr v3."""
+    return np.array(np.asarray(values).tolist(), dtype=object)
+
+
+def site_array(ds: xr.Dataset, site: str) -> xr.DataArray:
+    """One site as a DataArray with dims ``(stimulus, position, unit)``."""
+    if site not in ds.attrs["sites"]:
+        raise StoreError(f"site {site!r} is not in this store; stored sites: {', '.join(ds.attrs['sites'])}")
+    return ds[site].rename({unit_dim(site): "unit"})

@@ -1,0 +1,205 @@
+"""Checkpoint files: round trips, refusals with clear errors, ordering of a series, weight loading."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from pipeline.architectures import MLP
+from pipeline.checkpoints import (
+    CheckpointError,
+    checkpoint_name,
+    checkpoint_order_key,
+    discover_checkpoints,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    sha256_file,
+)
+
+
+def _state_dict():
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "layer.weight": torch.randn(4, 3, generator=generator),
+        "layer.bias": torch.randn(4, generator=generator).half(),
+        "counter": torch.tensor([3, 1, 4], dtype=torch.int64),
+    }
+
+
+def _assert_same(loaded, expected):
+    assert sorted(loaded) == sorted(expected)
+    for name, tensor in expected.items():
+        assert loaded[name].dtype == tensor.dtype
+        assert torch.equal(loaded[name], tensor)
+
+
+def _touch(path):
+    Path(path).write_text("code ran")
+
+
+class _Sneaky:
+    """Pickles to a call of ``_touch``: loading it with code execution would create a file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return _touch, (str(self.marker),)
+
+
+def test_safetensors_round_trip_keeps_tensors_and_metadata(tmp_path):
+    state = _state_dict()
+    metadata = {"step": 120, "epoch": 2.5, "params": {"hidden": [32, 16], "activation": "tanh"}, "note": None}
+    path = tmp_path / "ckpt" / "step-000120.safetensors"
+    save_checkpoint(path, state, metadata)
+    loaded, meta = load_checkpoint(path)
+    _assert_same(loaded, state)
+    assert meta == metadata
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+
+
+def test_safetensors_without_pipeline_header_gives_empty_metadata(tmp_path):
+    path = tmp_path / "plain.safetensors"
+    save_file(_state_dict(), str(path), metadata={"format": "pt"})
+    loaded, meta = load_checkpoint(path)
+    _assert_same(loaded, _state_dict())
+    assert meta == {}
+
+
+def test_save_overwrites_and_failed_save_leaves_nothing(tmp_path):
+    path = tmp_path / "a.safetensors"
+    save_checkpoint(path, _state_dict(), {"step": 1})
+    save_checkpoint(path, {"w": torch.zeros(2)}, {"step": 2})
+    loaded, meta = load_checkpoint(path)
+    assert list(loaded) == ["w"] and meta == {"step": 2}
+    with pytest.raises(ValueError, match="not JSON-serializable"):
+        save_checkpoint(tmp_path / "b.safetensors", _state_dict(), {"bad": object()})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]
+
+
+def test_torch_bare_state_dict_round_trip(tmp_path):
+    path = tmp_path / "model.pth"
+    torch.save(_state_dict(), path)
+    loaded, meta = load_checkpoint(path)
+    _assert_same(loaded, _state_dict())
+    assert meta == {}
+
+
+@pytest.mark.parametrize("key", ["state_dict", "model"])
+def test_torch_wrapped_state_dict_keeps_plain_keys_as_metadata(tmp_path, key):
+    path = tmp_path / "epoch=3.ckpt"
+    optimizer_state = {"state": {0: {"exp_avg": torch.ones(2)}}, "param_groups": [{"lr": 0.1}]}
+    torch.save({key: _state_dict(), "step": 300, "epoch": 3, "tag": "run-a", "optimizer": optimizer_state}, path)
+    loaded, meta = load_checkpoint(path)
+    _assert_same(loaded, _state_dict())
+    assert meta == {"step": 300, "epoch": 3, "tag": "run-a"}
+
+
+def test_pickled_object_is_refused_without_running_its_code(tmp_path):
+    marker = tmp_path / "marker.txt"
+    path = tmp_path / "unsafe.pt"
+    torch.save({"weights": torch.ones(2), "extra": _Sneaky(marker)}, path)
+    with pytest.raises(CheckpointError, match="non-tensor objects") as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value) and "safetensors" in str(info.value)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the same file does run code when loaded unsafely
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+@pytest.mark.parametrize("keep", [0.0, 0.5, 0.98])
+def test_truncated_or_empty_file_is_reported(tmp_path, suffix, keep):
+    path = tmp_path / f"step-000010{suffix}"
+    if suffix == ".pt":
+        torch.save({"w": torch.ones(64, 64)}, path)
+    else:
+        save_checkpoint(path, {"w": torch.ones(64, 64)}, {"step": 10})
+    content = path.read_bytes()
+    path.write_bytes(content[: int(len(content) * keep)])
+    with pytest.raises(CheckpointError, match="truncated or corrupt; re-save or delete it"):
+        load_checkpoint(path)
+
+
+def test_missing_file_and_unknown_extension(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "absent.safetensors")
+    other = tmp_path / "weights.h5"
+    other.write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="unknown extension '.h5'"):
+        load_checkpoint(other)
+
+
+def test_sha256_file_streams_to_the_hashlib_digest(tmp_path):
+    path = tmp_path / "blob.bin"
+    content = bytes(range(256)) * 1000
+    path.write_bytes(content)
+    assert sha256_file(path, chunk_size=4096) == hashlib.sha256(content).hexdigest()
+
+
+def test_discover_orders_by_last_integer_without_recursion(tmp_path):
+    for name in ["step-10.pt", "step-2.pt", "step-1.pt", "final.pt", "notes.txt", "run3-step-7.pt"]:
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "step-5.pt").write_bytes(b"")
+    found = discover_checkpoints(tmp_path, "*.pt")
+    assert [p.name for p in found] == ["step-1.pt", "step-2.pt", "run3-step-7.pt", "step-10.pt", "final.pt"]
+    assert [p.relative_to(tmp_path).as_posix() for p in discover_checkpoints(tmp_path, "*/*.pt")] == ["sub/step-5.pt"]
+    with pytest.raises(CheckpointError, match="does not exist"):
+        discover_checkpoints(tmp_path / "missing", "*.pt")
+
+
+def test_order_key_prefers_metadata_step_then_epoch_then_file_name():
+    assert checkpoint_order_key("step-9.pt", {"step": 40, "epoch": 2})[0] == 40
+    assert checkpoint_order_key("step-9.pt", {"epoch": 2})[0] == 2
+    assert checkpoint_order_key("step-9.pt", {})[0] == 9
+    names = ["b.pt", "step-10.pt", "step-2.pt"]
+    assert sorted(names, key=lambda n: checkpoint_order_key(n, {})) == ["step-2.pt", "step-10.pt", "b.pt"]
+
+
+def test_checkpoint_name_is_a_safe_path_component():
+    assert checkpoint_name("runs/step-000100.safetensors") == "step-000100"
+    assert checkpoint_name("out/epoch=3 (best).ckpt") == "epoch_3__best_"
+    assert checkpoint_name("model.v1.2.pt") == "model.v1.2"
+
+
+def test_load_weights_loads_matching_weights():
+    source = MLP(hidden=(8, 4))
+    target = MLP(hidden=(8, 4))
+    load_weights(target, source.state_dict(), "a.pt")
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(target.state_dict()[name], tensor)
+
+
+def test_load_weights_names_shape_mismatch_in_one_line():
+    with pytest.raises(CheckpointError) as info:
+        load_weights(MLP(hidden=(8, 4)), MLP(hidden=(6, 4)).state_dict(), "runs/step-5.safetensors")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("checkpoint runs/step-5.safetensors does not fit MLP: ")
+    assert "shape mismatch for hidden.0.linear.weight (checkpoint (6, 64) vs model (8, 64))" in message
+    assert message.endswith("check the architecture params in the config")
+
+
+def test_load_weights_names_missing_and_unexpected_keys():
+    with pytest.raises(CheckpointError) as info:
+        load_weights(MLP(hidden=(8, 4)), MLP(hidden=(8,)).state_dict(), "x.pt")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "missing keys [hidden.1.linear.weight, hidden.1.linear.bias]" in message
+    assert "shape mismatch for readout.weight (checkpoint (10, 8) vs model (10, 4))" in message
+    renamed = {f"module.{k}": v for k, v in MLP(hidden=(8, 4)).state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"unexpected keys \[module\.hidden\.0\.linear\.weight"):
+        load_weights(MLP(hidden=(8, 4)), renamed, "y.pt")
+
+
+def test_metadata_is_stored_as_json_header(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, {"w": torch.ones(1)}, {"step": 3, "task": "digits"})
+    with safe_open(str(path), framework="pt") as handle:
+        assert json.loads(handle.metadata()["pipeline"]) == {"step": 3, "task": "digits"}

@@ -1,0 +1,317 @@
+"""Tests for pipeline.analyses.factorization (CP, Tucker, rank diagnostics)."""
+
+import warnings
+
+import array_api_strict as xps
+import numpy as np
+import pytest
+import tensorly as tl
+from tensorly.decomposition import parafac
+from tensorly.decomposition import tucker as tl_tucker
+
+from pipeline.analyses.factorization import (
+    CPResult,
+    cp,
+    cross_validated_error,
+    factor_similarity,
+    rank_ensemble,
+    reconstruct,
+    suggest_rank,
+    tucker,
+)
+from pipeline.backend import gpu_available
+
+SHAPE = (24, 18, 14)
+
+
+def planted(rank, nonneg=False, noise=0.01, seed=0, shape=SHAPE):
+    """A noisy rank-``rank`` tensor and its true model (unit-norm factor columns, weights)."""
+    rng = np.random.default_rng(seed)
+    draw = rng.random if nonneg else rng.standard_normal
+    factors = [draw((d, rank)) for d in shape]
+    norms = [np.linalg.norm(f, axis=0) for f in factors]
+    truth = CPResult(np.prod(norms, axis=0), [f / n for f, n in zip(factors, norms, strict=True)], 0.0, 0, [])
+    X = np.einsum("ir,jr,kr->ijk", *factors)
+    X += noise * np.linalg.norm(X) / np.sqrt(X.size) * rng.standard_normal(shape)
+    return X, truth
+
+
+def direct_error(X, result, mask=None):
+    """||X - X_hat||_F / ||X||_F over observed entries, straight from the definition."""
+    w = np.ones(X.shape) if mask is None else mask.astype(float)
+    X = np.where(w > 0, X, 0.0)
+    return np.linalg.norm((X - reconstruct(result)) * w) / np.linalg.norm(X)
+
+
+# ----------------------------------------------------------------------------- recovery
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+@pytest.mark.parametrize("missing", [0.0, 0.2])
+def test_recovers_planted_factors(nonneg, missing):
+    X, truth = planted(3, nonneg=nonneg)
+    mask = None
+    if missing:
+        mask = np.random.default_rng(1).random(X.shape) >= missing
+        X = np.where(mask, X, np.nan)
+    fit = cp(X, 3, nonneg=nonneg, mask=mask, tol=1e-10)
+    score, perm = factor_similarity(fit, truth)
+    assert score >= 0.95
+    assert sorted(perm) == [0, 1, 2]
+    assert fit.rel_error == pytest.approx(direct_error(X, fit, mask), rel=1e-6)
+    assert fit.rel_error < 0.02  # noise is 1% of the signal
+    assert fit.n_iter == len(fit.loss_history)
+    for f in fit.factors:
+        np.testing.assert_allclose(np.linalg.norm(f, axis=0), 1.0, rtol=1e-10)
+        if nonneg:
+            assert f.min() >= 0
+
+
+def test_hals_loss_never_increases():
+    X, _ = planted(4, nonneg=True, noise=0.2)
+    fit = cp(X, 4, nonneg=True, init="random", random_state=0, n_iter_max=60, tol=0)
+    assert fit.n_iter == 60
+    assert np.all(np.diff(fit.loss_history) <= 1e-12)
+
+
+def test_full_mask_equals_unmasked():
+    X, _ = planted(3, noise=0.3)
+    a = cp(X, 3, n_iter_max=25, tol=0)
+    b = cp(X, 3, mask=np.ones(X.shape, dtype=bool), n_iter_max=25, tol=0)
+    assert b.rel_error == pytest.approx(a.rel_error, rel=1e-9)
+    np.testing.assert_allclose(reconstruct(b), reconstruct(a), atol=1e-9 * np.abs(X).max())
+
+
+def test_masked_entries_are_ignored():
+    X, _ = planted(3)
+    mask = np.random.default_rng(2).random(X.shape) >= 0.3
+    garbage = np.where(mask, X, 1e6)
+    a = cp(np.where(mask, X, np.nan), 3, mask=mask, n_iter_max=20, tol=0)
+    b = cp(garbage, 3, mask=mask.astype(np.float64), n_iter_max=20, tol=0)
+    np.testing.assert_allclose(reconstruct(a), reconstruct(b), atol=1e-8 * np.abs(X).max())
+
+
+# ----------------------------------------------------------------------------- TensorLy agreement
+
+
+def test_als_matches_tensorly_parafac():
+    rng = np.random.default_rng(3)
+    X, _ = planted(3, noise=0.3, seed=4)
+    init = [rng.standard_normal((d, 3)) for d in X.shape]
+    ours = cp(X, 3, init=init, n_iter_max=30, tol=0)
+    ref = parafac(X, 3, init=tl.cp_tensor.CPTensor((np.ones(3), [f.copy() for f in init])), n_iter_max=30, tol=0)
+    ref_full = tl.cp_to_tensor(ref)
+    ref_err = np.linalg.norm(X - ref_full) / np.linalg.norm(X)
+    assert ours.n_iter == 30
+    assert direct_error(X, ours) == pytest.approx(ref_err, rel=1e-6)
+    assert ours.rel_error == pytest.approx(ref_err, rel=1e-6)
+    np.testing.assert_allclose(reconstruct(ours), ref_full, atol=1e-6 * np.abs(ref_full).max())
+
+
+def test_tucker_matches_tensorly():
+    X, _ = planted(4, noise=0.3, seed=5)
+    ours = tucker(X, (3, 3, 2), n_iter_max=100, tol=1e-12)
+    core, factors = tl_tucker(X, (3, 3, 2), n_iter_max=100, tol=1e-12)
+    ref_err = np.linalg.norm(X - tl.tucker_to_tensor((core, factors))) / np.linalg.norm(X)
+    assert ours.rel_error == pytest.approx(ref_err, rel=1e-6)
+    full = tl.tucker_to_tensor((ours.core, ours.factors))
+    assert np.linalg.norm(X - full) / np.linalg.norm(X) == pytest.approx(ours.rel_error, rel=1e-6)
+    for f in ours.factors:
+        np.testing.assert_allclose(f.T @ f, np.eye(f.shape[1]), atol=1e-10)
+
+
+def test_nonneg_tucker_fits_planted_tensor():
+    rng = np.random.default_rng(6)
+    core = rng.random((2, 3, 2))
+    factors = [rng.random((d, r)) for d, r in zip(SHAPE, core.shape, strict=True)]
+    X = tl.tucker_to_tensor((core, factors))
+    fit = tucker(X, core.shape, nonneg=True, n_iter_max=400, tol=0, random_state=0)
+    assert fit.core.min() >= 0 and min(f.min() for f in fit.factors) >= 0
+    assert np.all(np.diff(fit.loss_history) <= 1e-9)
+    assert fit.rel_error < 0.05
+    full = tl.tucker_to_tensor((fit.core, fit.factors))
+    assert np.linalg.norm(X - full) / np.linalg.norm(X) == pytest.approx(fit.rel_error, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- array-API portability
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_strict_namespace_matches_numpy(nonneg, masked):
+    X, _ = planted(3, nonneg=nonneg, noise=0.1)
+    mask = np.random.default_rng(7).random(X.shape) >= 0.2 if masked else None
+    a = cp(X, 3, nonneg=nonneg, mask=mask, n_iter_max=15, tol=0)
+    b = cp(xps.asarray(X), 3, nonneg=nonneg, mask=None if mask is None else xps.asarray(mask), n_iter_max=15, tol=0)
+    assert isinstance(b.weights, type(xps.asarray(1.0)))
+    assert all(isinstance(f, type(b.weights)) for f in b.factors)
+    assert b.rel_error == pytest.approx(a.rel_error, rel=1e-10)
+    np.testing.assert_allclose(np.asarray(b.weights), a.weights, rtol=1e-8)
+    for fa, fb in zip(a.factors, b.factors, strict=True):
+        np.testing.assert_allclose(np.asarray(fb), fa, atol=1e-8)
+
+
+def test_strict_namespace_tucker_and_float32():
+    X, _ = planted(2, noise=0.1)
+    a = tucker(X, 2, n_iter_max=10)
+    b = tucker(xps.asarray(X), 2, n_iter_max=10)
+    assert b.rel_error == pytest.approx(a.rel_error, rel=1e-10)
+    c = cp(xps.asarray(X.astype(np.float32)), 2, n_iter_max=10, tol=0)
+    assert c.weights.dtype == xps.float32 and c.factors[0].dtype == xps.float32
+    assert c.rel_error == pytest.approx(cp(X, 2, n_iter_max=10, tol=0).rel_error, rel=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")
+def test_cupy_matches_numpy():
+    import cupy
+
+    X, _ = planted(3, nonneg=True, noise=0.1)
+    mask = np.random.default_rng(8).random(X.shape) >= 0.2
+    for kwargs in ({}, {"nonneg": True}, {"mask": mask}, {"mask": mask, "nonneg": True}):
+        a = cp(X, 3, n_iter_max=20, tol=0, **kwargs)
+        gpu_kwargs = {k: cupy.asarray(v) if k == "mask" else v for k, v in kwargs.items()}
+        b = cp(cupy.asarray(X), 3, n_iter_max=20, tol=0, **gpu_kwargs)
+        assert isinstance(b.weights, cupy.ndarray)
+        assert b.rel_error == pytest.approx(a.rel_error, rel=1e-8)
+        np.testing.assert_allclose(reconstruct(b).get(), reconstruct(a), atol=1e-8 * np.abs(X).max())
+
+
+# ----------------------------------------------------------------------------- similarity and rank diagnostics
+
+
+def test_factor_similarity_definition():
+    rng = np.random.default_rng(9)
+    a = CPResult(np.array([3.0, 1.0]), [np.linalg.qr(rng.standard_normal((d, 2)))[0] for d in (5, 4, 3)], 0, 0, [])
+    # b: a's components swapped, with an even number of sign flips per component
+    b = CPResult(
+        a.weights[::-1].copy(),
+        [f[:, ::-1] * s for f, s in zip(a.factors, ([1, -1], [1, -1], [1, 1]), strict=True)],
+        0,
+        0,
+        [],
+    )
+    score, perm = factor_similarity(a, b)
+    assert score == pytest.approx(1.0)
+    assert list(perm) == [1, 0]
+    # change one weight and one factor column: score from the definition by hand
+    c_factors = [f.copy() for f in a.factors]
+    c_factors[0][:, 0] = (a.factors[0][:, 0] + a.factors[0][:, 1]) / np.sqrt(2)
+    c = CPResult(np.array([2.0, 1.0]), c_factors, 0, 0, [])
+    expected_0 = (1 - 1 / 3) * abs(a.factors[0][:, 0] @ c_factors[0][:, 0])
+    expected_1 = abs(a.factors[0][:, 1] @ c_factors[0][:, 1])
+    score, perm = factor_similarity(a, c)
+    assert list(perm) == [0, 1]
+    assert score == pytest.approx((expected_0 + expected_1) / 2)
+
+
+def test_factor_similarity_of_unrelated_models_is_low():
+    rng = np.random.default_rng(10)
+    make = lambda: CPResult(np.ones(3), [np.linalg.qr(rng.standard_normal((40, 3)))[0] for _ in range(3)], 0, 0, [])  # noqa: E731
+    score, _ = factor_similarity(make(), make())
+    assert 0 <= score < 0.1
+
+
+def test_rank_ensemble_and_cross_validation_find_planted_rank():
+    X, truth = planted(3, noise=0.05, seed=11, shape=(16, 14, 12))
+    ranks = [1, 2, 3, 4, 5]
+    ens = rank_ensemble(X, ranks, replicates=4, random_state=0, tol=1e-7)
+    assert ens.ranks == ranks
+    for r in ranks:
+        assert len(ens.results[r]) == 4
+        assert np.all(np.diff(ens.objectives[r]) >= 0)
+        assert ens.similarities[r][0] == pytest.approx(1.0)
+        assert np.all((ens.similarities[r] >= 0) & (ens.similarities[r] <= 1 + 1e-12))
+        for fit, obj in zip(ens.results[r], ens.objectives[r], strict=True):
+            assert obj == pytest.approx(direct_error(X, fit), rel=1e-6)
+    assert ens.objectives[3][0] < 0.06 < ens.objectives[2][0]
+    assert factor_similarity(ens.results[3][0], truth)[0] >= 0.95
+    assert np.mean(ens.similarities[3]) > 0.95
+    cv = cross_validated_error(X, ranks, replicates=3, holdout=0.1, random_state=1)
+    assert cv.holdout.shape == X.shape and 0.05 < cv.holdout.mean() < 0.15
+    assert min(cv.test_error[3]) < 0.5 * min(cv.test_error[2])
+    assert suggest_rank(cv=cv) == 3
+    assert suggest_rank(ensemble=ens) >= 3
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_nan_without_mask():
+    X, _ = planted(2)
+    X[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="mask"):
+        cp(X, 2)
+
+
+def test_nan_at_observed_entry():
+    X, _ = planted(2)
+    X[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="mask"):
+        cp(X, 2, mask=np.ones(X.shape))
+
+
+def test_fully_masked():
+    X, _ = planted(2)
+    with pytest.raises(ValueError, match="mask"):
+        cp(X, 2, mask=np.zeros(X.shape, dtype=bool))
+
+
+def test_mask_shape():
+    X, _ = planted(2)
+    with pytest.raises(ValueError, match="mask"):
+        cp(X, 2, mask=np.ones((2, 2)))
+
+
+@pytest.mark.parametrize("rank", [0, -1, 1.5, True])
+def test_bad_rank(rank):
+    X, _ = planted(2)
+    with pytest.raises(ValueError, match="rank"):
+        cp(X, rank)
+
+
+def test_rank_above_smallest_dimension_warns():
+    X, _ = planted(2, shape=(6, 5, 3))
+    with pytest.warns(UserWarning, match="smallest dimension"):
+        fit = cp(X, 4, n_iter_max=20)
+    assert np.isfinite(fit.rel_error)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"nonneg": True}, {"masked": True}, {"masked": True, "nonneg": True}])
+def test_all_zero_slice(kwargs):
+    X, _ = planted(2, nonneg=True)
+    X[3] = 0.0
+    X[:, :, 5] = 0.0
+    mask = np.random.default_rng(12).random(X.shape) > 0.2 if kwargs.get("masked") else None
+    with pytest.warns(UserWarning, match="all-zero"):
+        fit = cp(X, 2, nonneg=kwargs.get("nonneg", False), mask=mask, n_iter_max=50)
+    assert np.isfinite(fit.rel_error) and np.all(np.isfinite(fit.weights))
+    assert all(np.all(np.isfinite(f)) for f in fit.factors)
+    np.testing.assert_allclose(fit.factors[0][3], 0.0, atol=1e-12)
+    np.testing.assert_allclose(fit.factors[2][5], 0.0, atol=1e-12)
+
+
+def test_all_zero_tensor():
+    with pytest.raises(ValueError, match="zero"):
+        cp(np.zeros((4, 3, 2)), 1)
+
+
+def test_bad_init_and_options():
+    X, _ = planted(2)
+    with pytest.raises(ValueError, match="init"):
+        cp(X, 2, init="nmf")
+    with pytest.raises(ValueError, match="init"):
+        cp(X, 2, init=[np.ones((3, 2))] * 3)
+    with pytest.raises(ValueError, match="n_iter_max"):
+        cp(X, 2, n_iter_max=0)
+    with pytest.raises(ValueError, match="ranks"):
+        tucker(X, (2, 2))
+    with pytest.raises(ValueError, match="holdout"):
+        cross_validated_error(X, [1], holdout=1.0)
+
+
+def test_no_warning_on_clean_input():
+    X, _ = planted(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cp(X, 2, n_iter_max=5)
