@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ def _spec(text: str) -> dict:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--log", type=Path, help="also write the log to this file")
+    parser.add_argument("--threads", type=int, help="CPU threads for PyTorch and BLAS (default: their own choice)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check a config file and print it with defaults filled in")
@@ -49,6 +51,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("results", type=Path, nargs="+", help="per-checkpoint result stores of 'stats'")
 
+    p = sub.add_parser("similarity", help="representational similarity between the sites of a store")
+    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="result store path (.zarr); summary JSON beside it")
+
+    p = sub.add_parser("similarity-across", help="similarity of each site between the checkpoints of a run")
+    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("results", type=Path, nargs="+", help="per-checkpoint result stores of 'similarity'")
+
+    p = sub.add_parser("similarity-models", help="similarity between models' final checkpoints on one stimulus set")
+    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--out", type=Path, required=True, help="result store path (.zarr); summary JSON beside it")
+    p.add_argument("results", type=Path, nargs="+", help="final-checkpoint result stores of 'similarity'")
+
+    p = sub.add_parser("report-comparisons", help="write the report page comparing models")
+    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--out", type=Path, required=True)
+
     p = sub.add_parser("report-model", help="write one model's report pages")
     p.add_argument("--spec", type=_spec, required=True)
     p.add_argument("--out", type=Path, required=True, help="the model's report folder")
@@ -71,9 +92,20 @@ def _setup_logging(log_file: Path | None) -> None:
                         handlers=handlers, force=True)
 
 
+def _limit_threads(n: int) -> None:
+    """Keep a job to its share of the cores when the workflow runs several at once.
+
+    Set before numpy and torch are imported (commands import them lazily), which read these.
+    """
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.log)
+    if args.threads:
+        _limit_threads(args.threads)
     try:
         return _dispatch(args)
     except InputError as err:
@@ -101,6 +133,16 @@ def _dispatch(args) -> int:
         jobs.run_stats(args.spec, args.store, args.out)
     elif args.command == "stats-across":
         jobs.run_stats_across(args.results, args.out)
+    elif args.command == "similarity":
+        jobs.run_similarity(args.spec, args.store, args.out)
+    elif args.command == "similarity-across":
+        jobs.run_similarity_across(args.spec, args.results, args.out)
+    elif args.command == "similarity-models":
+        jobs.run_similarity_models(args.spec, args.results, args.out)
+    elif args.command == "report-comparisons":
+        from pipeline.report.build import write_comparisons_report
+
+        write_comparisons_report(args.spec, args.out)
     elif args.command == "report-model":
         from pipeline.report.build import write_model_report
 

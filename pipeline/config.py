@@ -59,7 +59,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     validator = _validator_filling_defaults()(load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
-        deepest = max(errors, key=lambda e: len(e.absolute_path))
+        # among the deepest errors, an unknown key explains a typo better than the required key it hides
+        deepest = max(errors, key=lambda e: (len(e.absolute_path), e.validator == "additionalProperties"))
         raise ConfigError(f"config error: {_describe(deepest)}")
     _check_references(config)
     return config

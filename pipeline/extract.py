@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from pipeline.config import config_hash, run_settings
 from pipeline.hooks import record, resolve_sites
 from pipeline.models import LoadedModel, ModelError, load_from_checkpoint, load_huggingface, torch_device
 from pipeline.stimuli import StimulusSet, load_stimuli
-from pipeline.store import StoreWriter
+from pipeline.store import StoreWriter, resumable_shapes
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +118,6 @@ def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: boo
             loaded.module(*args, **kwargs)
         return {site: as_site_array(site, captured[site], dtype) for site in sites}
 
-    first = run_batch(0)
-    shapes = {site: a.shape[1:] for site, a in first.items()}
-    positions = {s[0] for s in shapes.values()}
-    if len(positions) > 1:
-        raise ModelError(f"model {spec['model_name']!r}: sites differ in positions "
-                         f"({', '.join(f'{k}: {v[0]}' for k, v in shapes.items())}); "
-                         "record sites with different position counts as separate model entries")
     prov = loaded.provenance
     attrs = {
         **prov,
@@ -140,13 +134,36 @@ def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: boo
         "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     attrs["fingerprint"] = config_hash([attrs["config_hash"], prov.get("checkpoint_sha256"), stim.content_hash, sites])
-    writer = StoreWriter(out, shapes, inputs.coords, attrs, dtype)
+    # site shapes come from a resumable partial store, else from the first batch (kept and written below)
+    first = None
+    shapes = resumable_shapes(out, attrs["fingerprint"], sites)
+    if shapes is None:
+        first = run_batch(0)
+        shapes = {site: a.shape[1:] for site, a in first.items()}
+        positions = {s[0] for s in shapes.values()}
+        if len(positions) > 1:
+            raise ModelError(f"model {spec['model_name']!r}: sites differ in positions "
+                             f"({', '.join(f'{k}: {v[0]}' for k, v in shapes.items())}); "
+                             "record sites with different position counts as separate model entries")
+    writer = StoreWriter(out, shapes, inputs.coords, attrs, dtype, batch_size)
     if writer.n_written:
         log.info("resuming %s at stimulus %d of %d", out, writer.n_written, n)
     starts = range(writer.n_written, n, batch_size)
     quiet = None if progress is None else not progress  # None: a bar on a terminal only, quiet in logs
-    for start in tqdm(starts, desc=f"extract {spec['model_name']}/{out.parent.name}", unit="batch", disable=quiet):
-        writer.write(first if start == 0 else run_batch(start))
+    # One batch is written in a background thread while the next one runs through the model: at most
+    # two batches are held, and leaving the pool waits for the last write, even on an error.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer") as pool:
+        pending = None
+        for start in tqdm(starts, desc=f"extract {spec['model_name']}/{out.parent.name}", unit="batch",
+                          disable=quiet):
+            batch = first if start == 0 and first is not None else run_batch(start)
+            first = None
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(writer.write, batch)
+            del batch
+        if pending is not None:
+            pending.result()
     path = writer.finish({"extraction_seconds": round(time.perf_counter() - started, 3)})
     log.info("wrote %s: %d stimuli, %d sites", path, n, len(sites))
     return path

@@ -18,8 +18,11 @@ import numpy as np
 import xarray as xr
 
 from pipeline import layout
+from pipeline.analyses import similarity as sim
 from pipeline.analyses.stats import blocks_of, site_stats
+from pipeline.backend import get_namespace, to_device, to_numpy
 from pipeline.config import run_settings
+from pipeline.errors import StoreError
 from pipeline.store import open_store, site_array, strings, text_values, unit_dim
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,17 @@ def extract_spec(config: dict, model: str, run: str, stimuli: str) -> dict:
 
 def stats_spec(config: dict) -> dict:
     return dict(config["analyses"]["stats"])
+
+
+def similarity_spec(config: dict, stimuli: str) -> dict:
+    """Settings of the per-checkpoint similarity job; the stimulus set's entry locates inputs a store lacks."""
+    return {**config["analyses"]["similarity"], "device": config["device"], "stimuli_name": stimuli,
+            "stimuli": config["stimuli"][stimuli]}
+
+
+def similarity_compare_spec(config: dict) -> dict:
+    """Settings of the similarity comparisons across checkpoints and across models."""
+    return {**config["analyses"]["similarity"], "device": config["device"]}
 
 
 # ---------------------------------------------------------------- jobs
@@ -183,3 +197,302 @@ def _unit_means(result: Path, site: str) -> np.ndarray | None:
     ds = xr.open_zarr(result, consolidated=False, zarr_format=3)
     name = f"{site}/mean"
     return np.nan_to_num(ds[name].values) if name in ds else None
+
+
+# ---------------------------------------------------------------- similarity
+
+
+def run_similarity(spec: dict, store: Path, out: Path) -> None:
+    """Representational similarity of the sites of one store: result store ``out`` and summary JSON beside it.
+
+    Each site is reduced to one pattern per stimulus, the mean over its real (unpadded) positions
+    (the tokens of a sentence; the time steps of a flip-flop trial, i.e. the time-averaged hidden
+    state), on at most ``max_stimuli`` stimuli drawn with ``seed`` (the same draw for every store
+    of a stimulus set, so checkpoints and models are compared on the same stimuli). Writes the
+    layer x layer matrices ``cka``, ``rsa`` (``compare_method`` of the ``rdm_metric`` RDMs) and
+    ``shape`` (angular shape distance), each site's ``rdm`` and pooled ``<site>/representation``,
+    and each RDM's similarity to the reference RDMs (label; input where the stimuli have one) with
+    a permutation p-value and a bootstrap interval.
+    """
+    started = time.perf_counter()
+    xp = get_namespace(spec["device"])
+    ds = open_store(store)
+    ids = strings(ds["stimulus"].values)
+    keep = stimulus_subset(len(ids), spec["max_stimuli"], spec["seed"])
+    mask = np.asarray(ds["mask"].values, dtype=bool)[keep]
+    sites, reps, rdms = {}, {}, {}
+    for site in ds.attrs["sites"]:
+        values = np.asarray(site_array(ds, site).isel(stimulus=keep).values)
+        try:
+            rep = to_numpy(sim.pool_positions(to_device(values, xp), to_device(mask, xp)))
+        except ValueError as err:
+            sites[site] = {"status": "failed", "error": str(err)}
+            continue
+        if not np.all(np.isfinite(rep)):
+            sites[site] = {"status": "failed", "error": "the pooled activations hold NaN or infinite values"}
+            continue
+        if not np.any(np.ptp(rep, axis=0) > 0):
+            sites[site] = {"status": "failed", "error": "the pooled activations are the same for every stimulus"}
+            continue
+        reps[site] = rep
+        sites[site] = {"status": "ok", "n_units": int(rep.shape[1])}
+        try:
+            rdms[site] = to_numpy(sim.rdm(to_device(rep, xp), spec["rdm_metric"]))
+        except ValueError as err:  # e.g. a stimulus with all units silent has no correlation distance
+            sites[site]["rdm_error"] = str(err)
+    names = list(reps)
+    matrices = _layer_matrices(spec, xp, [reps[s] for s in names], [rdms.get(s) for s in names])
+    refs, ref_status = _reference_rdms(spec, xp, ds, keep)
+    tests = {site: {ref: _reference_test(spec, xp, rdms[site], R) for ref, R in refs.items()} for site in rdms}
+
+    n = len(keep)
+    kept_ids = text_values(ids[keep])
+    data = {name: (("site_a", "site_b"), M) for name, M in matrices.items()}
+    rdm_stack = np.stack([rdms.get(s, np.full((n, n), np.nan)) for s in names]) if names else np.zeros((0, n, n))
+    data["rdm"] = (("site", "stimulus", "stimulus_b"), rdm_stack.astype(np.float32))
+    for field in ("statistic", "pvalue", "ci_low", "ci_high") if refs else ():
+        data[f"reference_{field}"] = (("site", "reference"), np.array(
+            [[tests.get(s, {}).get(r, {}).get(field, np.nan) for r in refs] for s in names], dtype=float
+        ).reshape(len(names), len(refs)))
+    for site in names:
+        data[f"{site}/representation"] = (("stimulus", unit_dim(site)), reps[site])
+    coords = {"site": text_values(names), "site_a": text_values(names), "site_b": text_values(names),
+              "stimulus": kept_ids, "stimulus_b": kept_ids}
+    if refs:
+        coords["reference"] = text_values(list(refs))
+    if "label" in ds.variables:
+        coords["label"] = ("stimulus", text_values(strings(ds["label"].values)[keep]))
+    result = xr.Dataset(data, coords=coords, attrs={"analysis": "similarity", "store": str(store),
+                                                    **_scalars(spec)})
+    _write_result(result, out)
+    write_json(layout.summary_path(out), {
+        "analysis": "similarity",
+        "params": spec,
+        "provenance": _provenance(ds.attrs),
+        "representation": "mean over real (unpadded) positions of each stimulus",
+        "n_stimuli": n,
+        "n_stimuli_total": len(ids),
+        "sites": sites,
+        "references": ref_status,
+        "tests": tests,
+        "runtime_seconds": round(time.perf_counter() - started, 3),
+    })
+
+
+def stimulus_subset(n: int, max_stimuli: int, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``max_stimuli`` of ``n`` stimuli, the same for equal (n, max_stimuli, seed)."""
+    if n <= max_stimuli:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_stimuli, replace=False))
+
+
+def _layer_matrices(spec: dict, xp, reps: list[np.ndarray], rdms: list[np.ndarray | None]) -> dict[str, np.ndarray]:
+    """CKA, RSA and shape-distance matrices (r, r) of r representations; RSA is NaN where an RDM is missing."""
+    r = len(reps)
+    if r == 0:
+        return {name: np.zeros((0, 0)) for name in ("cka", "rsa", "shape")}
+    on_device = [to_device(R, xp) for R in reps]
+    cka = to_numpy(sim.cka_matrix(on_device, debiased=spec["cka_debiased"]))
+    shape = to_numpy(sim.shape_distance_matrix(on_device, alpha=spec["shape_alpha"]))
+    rsa = np.full((r, r), np.nan)
+    have = [i for i, D in enumerate(rdms) if D is not None]
+    if have:
+        stack = to_device(np.stack([rdms[i] for i in have]), xp)
+        rsa[np.ix_(have, have)] = to_numpy(sim.compare_rdms(stack, stack, spec["compare_method"]))
+    return {"cka": cka, "rsa": rsa, "shape": shape}
+
+
+def _reference_rdms(spec: dict, xp, ds: xr.Dataset, keep: np.ndarray) -> tuple[dict, dict]:
+    """Reference RDMs on the kept stimuli: ``label`` (same label 0, else 1) and ``input`` (the stimuli's inputs).
+
+    Inputs come from the store's ``input`` coordinate (flip-flop pulses) or, for stimulus sets
+    with numeric inputs that the store does not keep (digit pixels), from the stimulus set itself.
+    Returns (name -> RDM, name -> status).
+    """
+    refs, status = {}, {}
+    if "label" in ds.variables:
+        codes = np.unique(strings(ds["label"].values)[keep], return_inverse=True)[1]
+        if codes.max() > 0:
+            refs["label"] = to_numpy(sim.label_rdm(to_device(codes, xp)))
+            status["label"] = {"status": "ok"}
+        else:
+            status["label"] = {"status": "unavailable", "reason": "every kept stimulus has the same label"}
+    else:
+        status["label"] = {"status": "unavailable", "reason": "the store has no label coordinate"}
+    try:
+        inputs = _stimulus_inputs(spec, ds, keep)
+        if inputs is None:
+            status["input"] = {"status": "unavailable", "reason": "the stimuli are texts, not numeric inputs"}
+        else:
+            refs["input"] = to_numpy(sim.input_rdm(to_device(inputs, xp), spec["rdm_metric"]))
+            status["input"] = {"status": "ok", "shape": list(inputs.shape[1:])}
+    except (ValueError, KeyError) as err:
+        status["input"] = {"status": "unavailable", "reason": str(err)}
+    return refs, status
+
+
+def _stimulus_inputs(spec: dict, ds: xr.Dataset, keep: np.ndarray) -> np.ndarray | None:
+    """Numeric inputs (kept stimuli, ...) of a store's stimuli, or None for text stimuli."""
+    if "input" in ds.variables:
+        return np.asarray(ds["input"].values, dtype=np.float64)[keep]
+    stim_spec = spec.get("stimuli")
+    if not stim_spec or stim_spec["kind"] == "sentences":
+        return None
+    from pipeline.stimuli import load_stimuli
+
+    stim = load_stimuli(spec["stimuli_name"], stim_spec)
+    if stim.inputs is None:
+        return None
+    row = {str(i): k for k, i in enumerate(stim.ids)}
+    kept = strings(ds["stimulus"].values)[keep]
+    missing = [i for i in kept if i not in row]
+    if missing:
+        raise ValueError(f"stimulus ids of the store are not in stimulus set {spec['stimuli_name']!r}: {missing[:3]}")
+    return np.asarray(stim.inputs, dtype=np.float64)[[row[i] for i in kept]]
+
+
+def _reference_test(spec: dict, xp, D: np.ndarray, R: np.ndarray) -> dict:
+    """Similarity of a site's RDM to a reference RDM, its permutation p-value and bootstrap interval."""
+    method, seed = spec["compare_method"], spec["seed"]
+    A, B = to_device(D, xp), to_device(R, xp)
+    try:
+        test = sim.permutation_test(A, B, method, n_permutations=spec["n_permutations"], seed=seed)
+        low, high = sim.bootstrap_ci(A, B, method, n_bootstrap=spec["n_bootstrap"], seed=seed)
+    except ValueError as err:
+        return {"error": str(err)}
+    return {"statistic": test.statistic, "pvalue": test.pvalue, "ci_low": low, "ci_high": high}
+
+
+def _write_result(result: xr.Dataset, out: Path) -> None:
+    """Write a result store into ``<out>.partial`` and rename it to ``out``."""
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    result.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def _similarity_inputs(results: list[Path]) -> list[tuple[dict, xr.Dataset]]:
+    """(summary, result store) of per-checkpoint similarity results; all must hold the same stimuli."""
+    entries = []
+    for path in results:
+        summary = json.loads(layout.summary_path(Path(path)).read_text())
+        entries.append((summary, xr.open_zarr(path, consolidated=False, zarr_format=3)))
+    if entries:
+        first = strings(entries[0][1]["stimulus"].values)
+        for summary, ds in entries[1:]:
+            if not np.array_equal(strings(ds["stimulus"].values), first):
+                prov = summary["provenance"]
+                raise StoreError(
+                    f"similarity result of {prov.get('model_id')}/{prov.get('run')}/{prov.get('checkpoint_name')} "
+                    "holds other stimuli than the rest; re-run 'similarity' so all use the same max_stimuli and seed"
+                )
+    return entries
+
+
+def _compare_representations(spec: dict, xp, entries: list[tuple[dict, xr.Dataset]], site: str) -> dict | None:
+    """CKA, RSA and shape matrices of one site between entries where it is ok; None with fewer than 2."""
+    have = [k for k, (summary, _) in enumerate(entries) if summary["sites"].get(site, {}).get("status") == "ok"]
+    if len(have) < 2:
+        return None
+    reps = [np.asarray(entries[k][1][f"{site}/representation"].values) for k in have]
+    rdms = []
+    for k in have:
+        D = np.asarray(entries[k][1]["rdm"].sel(site=site).values, dtype=np.float64)
+        rdms.append(D if np.all(np.isfinite(D)) else None)
+    matrices = _layer_matrices(spec, xp, reps, rdms)
+    return {"members": have, **{name: _json_matrix(M) for name, M in matrices.items()}}
+
+
+def _json_matrix(M: np.ndarray) -> list[list[float | None]]:
+    return [[None if not np.isfinite(v) else float(v) for v in row] for row in np.asarray(M, dtype=float)]
+
+
+def run_similarity_across(spec: dict, results: list[Path], out: Path) -> None:
+    """Checkpoint x checkpoint CKA, RSA and shape-distance matrices of each site of a run (drift over training).
+
+    ``results`` are the per-checkpoint result stores of ``run_similarity``; checkpoints are ordered
+    by training step. Writes one JSON file.
+    """
+    xp = get_namespace(spec["device"])
+    entries = _similarity_inputs(results)
+    entries.sort(key=lambda e: (e[0]["provenance"].get("step", -1), e[0]["provenance"].get("checkpoint_name", "")))
+    provenance = [summary["provenance"] for summary, _ in entries]
+    series = {}
+    for site in dict.fromkeys(s for summary, _ in entries for s in summary["sites"]):
+        compared = _compare_representations(spec, xp, entries, site)
+        if compared is not None:
+            members = compared.pop("members")
+            series[site] = {"checkpoints": [provenance[k].get("checkpoint_name") for k in members],
+                            "steps": [provenance[k].get("step") for k in members], **compared}
+    first = provenance[0] if provenance else {}
+    write_json(out, {
+        "analysis": "similarity",
+        "params": spec,
+        "model": first.get("model_id"),
+        "run": first.get("run"),
+        "stimulus_set": first.get("stimulus_set"),
+        "checkpoints": [p.get("checkpoint_name") for p in provenance],
+        "steps": [p.get("step") for p in provenance],
+        "sites": series,
+    })
+
+
+def run_similarity_models(spec: dict, results: list[Path], out: Path) -> None:
+    """Compare the final checkpoints of every (model, run) recorded on one stimulus set.
+
+    ``results`` are per-checkpoint result stores of ``run_similarity``. Writes, per site name,
+    entry x entry CKA, RSA and shape-distance matrices (summary JSON), and the angular shape
+    distances between all (entry, site) representations with their 2-D classical MDS map
+    (result store ``out``: ``shape_distance`` (point, point_b), ``mds`` (point, component)).
+    """
+    started = time.perf_counter()
+    xp = get_namespace(spec["device"])
+    entries = _similarity_inputs(results)
+    entries.sort(key=lambda e: (str(e[0]["provenance"].get("model_id")), str(e[0]["provenance"].get("run"))))
+    provenance = [summary["provenance"] for summary, _ in entries]
+    labels = [f"{p.get('model_id')}/{p.get('run')}" for p in provenance]
+    comparisons = {}
+    points = []
+    for site in dict.fromkeys(s for summary, _ in entries for s in summary["sites"]):
+        compared = _compare_representations(spec, xp, entries, site)
+        if compared is not None:
+            comparisons[site] = {"entries": [labels[k] for k in compared.pop("members")], **compared}
+        points += [(k, site) for k, (summary, _) in enumerate(entries)
+                   if summary["sites"].get(site, {}).get("status") == "ok"]
+    n_components = min(2, len(points))
+    if points:
+        reps = [to_device(entries[k][1][f"{site}/representation"].values, xp) for k, site in points]
+        D = sim.shape_distance_matrix(reps, alpha=spec["shape_alpha"])
+        coords, eigenvalues = (to_numpy(a) for a in sim.classical_mds(D, n_components))
+        D = to_numpy(D)
+    else:
+        D, coords, eigenvalues = np.zeros((0, 0)), np.zeros((0, 0)), np.zeros(0)
+    positive = eigenvalues[eigenvalues > 0]
+    stimulus_set = provenance[0].get("stimulus_set") if provenance else None
+    result = xr.Dataset(
+        {"shape_distance": (("point", "point_b"), D), "mds": (("point", "component"), coords)},
+        coords={"point": text_values([f"{labels[k]}:{site}" for k, site in points]),
+                "point_b": text_values([f"{labels[k]}:{site}" for k, site in points]),
+                "point_entry": ("point", text_values([labels[k] for k, _ in points])),
+                "point_site": ("point", text_values([site for _, site in points])),
+                "component": np.arange(n_components)},
+        attrs={"analysis": "similarity", "scope": "experiment", "stimulus_set": str(stimulus_set), **_scalars(spec)},
+    )
+    _write_result(result, out)
+    write_json(layout.summary_path(out), {
+        "analysis": "similarity",
+        "scope": "experiment",
+        "stimulus_set": stimulus_set,
+        "params": spec,
+        "provenance": {"entries": provenance},
+        "entries": [{"label": label, "checkpoint": p.get("checkpoint_name"), "step": p.get("step")}
+                    for label, p in zip(labels, provenance)],
+        "comparisons": comparisons,
+        "mds": {"n_points": len(points), "metric": "angular shape distance",
+                "explained": float(positive[:n_components].sum() / positive.sum()) if positive.size else None,
+                "eigenvalues": eigenvalues[:10].tolist()},
+        "runtime_seconds": round(time.perf_counter() - started, 3),
+    })

@@ -40,6 +40,11 @@ def across_checkpoints(output_dir: str, analysis: str, model: str, run: str, sti
     return Path(output_dir) / "analyses" / analysis / model / run / f"{stimuli}.across.json"
 
 
+def comparison_result(output_dir: str, analysis: str, stimuli: str) -> Path:
+    """Result store of one analysis comparing models on one stimulus set (summary JSON beside it)."""
+    return Path(output_dir) / "comparisons" / analysis / f"{stimuli}.zarr"
+
+
 def log_file(output_dir: str, *parts: str) -> Path:
     """Log of one job, e.g. ``log_file(out, "extract", model, run, checkpoint, stimuli)``."""
     return Path(output_dir, "logs", *parts[:-1], parts[-1] + ".log")
@@ -58,6 +63,11 @@ def model_report(report_dir: str, model: str) -> Path:
 def checkpoint_page(model_dir: Path, run: str, checkpoint: str, stimuli: str) -> Path:
     """Report page of one (run, checkpoint, stimulus set) inside its model's report folder."""
     return Path(model_dir) / run / f"{checkpoint}-{stimuli}.html"
+
+
+def comparisons_report(report_dir: str) -> Path:
+    """Report page comparing models (experiment level)."""
+    return Path(report_dir) / "comparisons" / "index.html"
 
 
 def report_index(report_dir: str) -> Path:

@@ -28,10 +28,14 @@ import zarr
 from pipeline.errors import StoreError
 
 CHUNK_BYTES = 4 * 2**20  # target chunk size along the stimulus axis (design: 1-8 MB)
+CHUNK_MIN_BYTES, CHUNK_MAX_BYTES = 2**20, 8 * 2**20
+# Activations barely compress (zstd saves ~9% on MiniLM) but compressing costs more than the forward pass
+# can hide; blosc lz4 with byte shuffle is the cheapest codec that still shrinks the NaN-filled edge chunks
+# (benchmarks/bench_extract.md).
+COMPRESSORS = (zarr.codecs.BloscCodec(cname="lz4", clevel=1, shuffle="shuffle"),)
 FORMAT_VERSION = 1
-
 # Snakemake drops a timestamp file into directory outputs; it is not part of the Zarr hierarchy.
-warnings.filterwarnings("ignore", message="Object at .snakemake_timestamp is not recognized")
+SNAKEMAKE_TIMESTAMP_WARNING = "Object at .snakemake_timestamp is not recognized"
 
 
 def unit_dim(site: str) -> str:
@@ -44,10 +48,43 @@ def partial_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
-def stimulus_chunk(n_stimuli: int, n_positions: int, n_units: int, itemsize: int) -> int:
-    """Stimuli per chunk so that one chunk holds about CHUNK_BYTES."""
+def stimulus_chunk(n_stimuli: int, n_positions: int, n_units: int, itemsize: int,
+                   batch_size: int | None = None) -> int:
+    """Stimuli per chunk so that one chunk holds about CHUNK_BYTES.
+
+    With ``batch_size`` (the writer's batch), a chunk holds exactly one batch when that is 1-8 MB,
+    an even split of a larger batch, or whole batches of a smaller one, so that a batch rarely
+    rewrites a chunk another batch already wrote (a partial chunk write reads the chunk back).
+    """
     per_stimulus = max(1, n_positions * n_units * itemsize)
-    return int(min(n_stimuli, max(1, CHUNK_BYTES // per_stimulus)))
+    if not batch_size:
+        return int(min(n_stimuli, max(1, CHUNK_BYTES // per_stimulus)))
+    per_batch = batch_size * per_stimulus
+    if per_batch < CHUNK_MIN_BYTES:
+        chunk = batch_size * (CHUNK_BYTES // per_batch)
+    else:
+        chunk = max(d for d in range(1, batch_size + 1)
+                    if batch_size % d == 0 and (d == 1 or d * per_stimulus <= CHUNK_MAX_BYTES))
+    return int(min(n_stimuli, chunk))
+
+
+def _matching_partial(work: Path, fingerprint: str, sites) -> zarr.Group | None:
+    """The partial store ``work`` when it was made from the same inputs and holds every site, else None."""
+    if not work.exists():
+        return None
+    try:
+        group = zarr.open_group(work, mode="r+")
+        if group.attrs.get("fingerprint") == fingerprint and set(sites) <= set(group.array_keys()):
+            return group
+    except Exception:  # unreadable leftovers are not resumed
+        pass
+    return None
+
+
+def resumable_shapes(path, fingerprint: str, sites: list[str]) -> dict[str, tuple[int, int]] | None:
+    """Site -> (n_positions, n_units) of a partial store at ``path`` that a writer would resume, else None."""
+    group = _matching_partial(partial_path(path), fingerprint, sites)
+    return None if group is None else {site: tuple(group[site].shape[1:]) for site in sites}
 
 
 class StoreWriter:
@@ -61,15 +98,18 @@ class StoreWriter:
     attrs : provenance written to the group; ``attrs["fingerprint"]`` identifies the inputs so
         that only a partial store made from the same inputs is resumed.
     dtype : stored floating type.
+    batch_size : stimuli per ``write`` call, if fixed; chunks are then aligned to batches (see
+        ``stimulus_chunk``). Only a speed hint: batches of any size are accepted.
     """
 
     def __init__(self, path, sites: dict[str, tuple[int, int]], coords: dict[str, tuple[tuple[str, ...], Any]],
-                 attrs: dict, dtype: str = "float32"):
+                 attrs: dict, dtype: str = "float32", batch_size: int | None = None):
         self.path = Path(path)
         self.work = partial_path(self.path)
         self.sites = sites
         self.n_stimuli = len(coords["stimulus"][1])
-        self.group = self._resume(attrs["fingerprint"]) or self._create(coords, attrs, dtype)
+        self.group = self._resume(attrs["fingerprint"]) or self._create(coords, attrs, dtype, batch_size)
+        self.arrays = {site: self.group[site] for site in sites}
 
     @property
     def n_written(self) -> int:
@@ -77,18 +117,12 @@ class StoreWriter:
         return int(self.group.attrs["n_written"])
 
     def _resume(self, fingerprint: str):
-        if not self.work.exists():
-            return None
-        try:
-            group = zarr.open_group(self.work, mode="r+")
-            if group.attrs.get("fingerprint") == fingerprint and set(self.sites) <= set(group.array_keys()):
-                return group
-        except Exception:  # unreadable leftovers are rewritten below
-            pass
-        shutil.rmtree(self.work)
-        return None
+        group = _matching_partial(self.work, fingerprint, self.sites)
+        if group is None and self.work.exists():
+            shutil.rmtree(self.work)
+        return group
 
-    def _create(self, coords, attrs, dtype):
+    def _create(self, coords, attrs, dtype, batch_size):
         if self.work.exists():
             shutil.rmtree(self.work)
         self.work.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +131,8 @@ class StoreWriter:
         for site, (n_pos, n_units) in self.sites.items():
             group.create_array(
                 site, shape=(self.n_stimuli, n_pos, n_units), dtype=dtype, fill_value=np.nan,
-                chunks=(stimulus_chunk(self.n_stimuli, n_pos, n_units, itemsize), n_pos, n_units),
+                chunks=(stimulus_chunk(self.n_stimuli, n_pos, n_units, itemsize, batch_size), n_pos, n_units),
+                compressors=COMPRESSORS,
                 dimension_names=["stimulus", "position", unit_dim(site)],
             )
         for name, (dims, values) in coords.items():
@@ -128,7 +163,7 @@ class StoreWriter:
         if stop > self.n_stimuli:
             raise StoreError(f"batch overruns the store {self.path}: {stop} > {self.n_stimuli} stimuli")
         for site, values in batch.items():
-            self.group[site][start:stop] = values
+            self.arrays[site][start:stop] = values
         self.group.attrs["n_written"] = stop
 
     def finish(self, extra_attrs: dict | None = None) -> Path:
@@ -154,9 +189,11 @@ def open_store(path) -> xr.Dataset:
     """
     path = Path(path)
     if not path.exists():
-        hint = " (an interrupted extraction left a .partial store; re-run to resume it)" if partial_path(
-            path).exists() else ""
-        raise StoreError(f"activation store {path} does not exist{hint}")
+        if partial_path(path).exists():
+            raise StoreError(f"activation store {path} is unfinished (an interrupted extraction left "
+                             f"{partial_path(path).name}); re-run the extraction to resume it")
+        raise StoreError(f"activation store {path} does not exist; re-run the extraction to write it")
+    warnings.filterwarnings("ignore", message=SNAKEMAKE_TIMESTAMP_WARNING)
     try:
         group = zarr.open_group(path, mode="r")
         attrs = dict(group.attrs)

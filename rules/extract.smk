@@ -24,4 +24,4 @@ rule extract:
         gpu=GPU,
     threads: 1
     shell:
-        "{PIPELINE} --log {log} extract --spec {params.spec:q} --out {output} {params.checkpoint}"
+        "{PIPELINE} --log {log} --threads {threads} extract --spec {params.spec:q} --out {output} {params.checkpoint}"

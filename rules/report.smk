@@ -35,7 +35,7 @@ rule report_model:
         mem_mb=2000,
         runtime=20,
     shell:
-        "{PIPELINE} --log {log} report-model --spec {params.spec:q} --out {output}"
+        "{PIPELINE} --log {log} --threads {threads} report-model --spec {params.spec:q} --out {output}"
 
 
 rule report_index:
@@ -53,4 +53,4 @@ rule report_index:
         mem_mb=1000,
         runtime=10,
     shell:
-        "{PIPELINE} --log {log} report-index --spec {params.spec:q} --out {output}"
+        "{PIPELINE} --log {log} --threads {threads} report-index --spec {params.spec:q} --out {output}"

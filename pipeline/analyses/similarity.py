@@ -24,7 +24,8 @@ Definitions (the tests check each against a literal implementation of the formul
   column-centred data; the RBF kernel is exp(-||x_i - x_j||^2 / (2 sigma^2)) with sigma, when not
   given, the median Euclidean distance between distinct stimuli of that representation.
 - Angular shape distance (Williams et al. 2021): arccos(||X^T Y||_* / (||X||_F ||Y||_F)) on
-  centred, partially whitened data, see ``procrustes_distance``.
+  centred, partially whitened data, see ``procrustes_distance``; ``shape_distance_matrix`` for
+  all pairs and ``classical_mds`` to map such a distance matrix into the plane.
 """
 
 from __future__ import annotations
@@ -189,6 +190,41 @@ def input_rdm(inputs, metric: str = "correlation"):
     xp = array_namespace(inputs)
     inputs = xp.asarray(inputs)
     return rdm(xp.reshape(inputs, (inputs.shape[0], -1)), metric=metric)
+
+
+def pool_positions(values, mask):
+    """One pattern per stimulus: the mean over its real (unpadded) positions.
+
+    For token sequences this is the mean over the tokens of a sentence; for a recurrent network
+    run over a trial it is the time-averaged hidden state. Padded positions (mask False) do not
+    enter, whatever values they hold.
+
+    Parameters
+    ----------
+    values : array, shape (n, positions, d)
+    mask : array of bool, shape (n, positions)
+        True on real positions; every stimulus needs at least one.
+
+    Returns
+    -------
+    array, shape (n, d)
+    """
+    xp = array_namespace(values, mask)
+    values = xp.asarray(values)
+    mask = xp.asarray(mask)
+    if values.ndim != 3 or tuple(mask.shape) != tuple(values.shape[:2]):
+        raise ValueError(
+            f"values must be (stimuli, positions, features) and mask (stimuli, positions); "
+            f"got shapes {tuple(values.shape)} and {tuple(mask.shape)}"
+        )
+    if values.dtype not in (xp.float32, xp.float64):
+        values = xp.astype(values, xp.float64)
+    counts = xp.sum(xp.astype(mask, values.dtype), axis=1)
+    if bool(xp.any(counts == 0)):
+        raise ValueError("mask has a stimulus without any real position; drop that stimulus before pooling")
+    weights = xp.astype(mask, values.dtype)[:, :, None]
+    total = xp.sum(xp.where(weights > 0, values, xp.zeros_like(values)), axis=1)  # padding may hold NaN
+    return total / counts[:, None]
 
 
 # ----------------------------------------------------------------------------- comparing RDMs
@@ -609,12 +645,87 @@ def procrustes_distance(X, Y, alpha: float = 1.0) -> float:
     X = _check_representation(xp, X, "X")
     Y = _check_representation(xp, Y, "Y")
     _check_same_stimuli(X.shape[0], Y.shape[0], "X and Y")
-    Ux, wx = _whitened_factors(xp, X, alpha)
-    Uy, wy = _whitened_factors(xp, Y, alpha)
+    return _shape_angle(xp, _whitened_factors(xp, X, alpha), _whitened_factors(xp, Y, alpha))
+
+
+def _shape_angle(xp, fx, fy) -> float:
+    """Angular distance of two representations from their ``_whitened_factors``."""
+    (Ux, wx), (Uy, wy) = fx, fy
     M = wx[:, None] * xp.matmul(_mT(xp, Ux), Uy) * wy[None, :]
     nuclear = float(xp.sum(xp.linalg.svdvals(M)))
     ratio = nuclear / math.sqrt(float(xp.sum(wx * wx)) * float(xp.sum(wy * wy)))
     return math.acos(min(1.0, max(-1.0, ratio)))
+
+
+def shape_distance_matrix(reps, alpha: float = 1.0):
+    """Angular shape distances (``procrustes_distance``) of all pairs of representations.
+
+    Each representation is centred, whitened and factorised once.
+
+    Parameters
+    ----------
+    reps : sequence of arrays (n, d_i)
+        Representations of the same n stimuli (widths may differ).
+    alpha : float in [0, 1]
+        As in ``procrustes_distance``.
+
+    Returns
+    -------
+    array, shape (r, r)
+        Symmetric with a zero diagonal, in radians, in the namespace of ``reps``.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1]; got {alpha}")
+    if len(reps) < 1:
+        raise ValueError("reps must hold at least one representation")
+    xp = array_namespace(*reps)
+    reps = [_check_representation(xp, R, f"reps[{i}]") for i, R in enumerate(reps)]
+    for i, R in enumerate(reps):
+        _check_same_stimuli(reps[0].shape[0], R.shape[0], f"reps[0] and reps[{i}]")
+    factors = [_whitened_factors(xp, R, alpha) for R in reps]
+    D = np.zeros((len(reps), len(reps)))
+    for i, j in zip(*np.triu_indices(len(reps), 1)):
+        D[i, j] = D[j, i] = _shape_angle(xp, factors[i], factors[j])
+    return xp.asarray(D)
+
+
+def classical_mds(D, n_components: int = 2):
+    """Classical (Torgerson) multidimensional scaling of a distance matrix.
+
+    With B = -1/2 J D^2 J (J = I - 11^T / n the centring matrix) and its eigenvalues l_1 >= l_2 >= ...
+    with eigenvectors v_k, the coordinates are v_k sqrt(max(l_k, 0)) for k <= n_components. When D
+    holds Euclidean distances of points in n_components dimensions, the coordinates reproduce them
+    exactly (up to rotation and reflection); otherwise negative eigenvalues measure the misfit.
+
+    Parameters
+    ----------
+    D : array, shape (n, n)
+        Symmetric distances with a zero diagonal.
+    n_components : int
+        Dimensions of the map, at most n.
+
+    Returns
+    -------
+    coords : array, shape (n, n_components)
+    eigenvalues : array, shape (n,)
+        All eigenvalues of B, largest first (their positive share tells how much the map keeps).
+    """
+    xp = array_namespace(D)
+    D = _as_float(xp, D, "D", (2,), "an (n, n) distance matrix")
+    n = D.shape[0]
+    if D.shape[1] != n:
+        raise ValueError(f"D must be square; got shape {tuple(D.shape)}")
+    if not 1 <= n_components <= n:
+        raise ValueError(f"n_components must lie in [1, {n}] for {n} points; got {n_components}")
+    if float(xp.max(xp.abs(D - _mT(xp, D)))) > 1e-8 * max(1.0, float(xp.max(xp.abs(D)))):
+        raise ValueError("D must be symmetric; average it with its transpose first")
+    sq = D * D
+    row = xp.mean(sq, axis=-1)
+    B = -0.5 * (sq - row[:, None] - row[None, :] + xp.mean(row))
+    lam, V = xp.linalg.eigh(B)
+    lam, V = xp.flip(lam, axis=0), xp.flip(V, axis=1)
+    coords = V[:, :n_components] * xp.sqrt(xp.clip(lam[:n_components], 0.0, None))[None, :]
+    return coords, lam
 
 
 def _pad_features(xp, A, d: int, axes: int):

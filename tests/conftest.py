@@ -1,0 +1,44 @@
+"""Shared fixtures: small activation stores written through the store's own writer."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.store import StoreWriter
+
+
+def write_store(path: Path, sites: dict[str, np.ndarray], mask: np.ndarray, batch: int = 4, **attrs) -> Path:
+    """Write a complete activation store.
+
+    Parameters
+    ----------
+    path : store path (``.zarr``).
+    sites : site name -> values of shape (stimuli, positions, units).
+    mask : (stimuli, positions) bool, True on real positions.
+    batch : stimuli per written batch.
+    attrs : extra provenance attributes.
+
+    Returns
+    -------
+    The store path.
+    """
+    n, n_pos = mask.shape
+    coords = {
+        "stimulus": (("stimulus",), np.array([f"stim-{i:02d}" for i in range(n)])),
+        "label": (("stimulus",), np.array([f"cat{i % 3}" for i in range(n)])),
+        "text": (("stimulus",), np.array([f"sentence number {i}" for i in range(n)])),
+        "token": (("stimulus", "position"), np.array([[f"t{i}.{p}" for p in range(n_pos)] for i in range(n)])),
+        "mask": (("stimulus", "position"), mask),
+    }
+    shapes = {site: values.shape[1:] for site, values in sites.items()}
+    writer = StoreWriter(path, shapes, coords, {"fingerprint": "test", "model_id": "planted", **attrs})
+    for start in range(0, n, batch):
+        writer.write({site: values[start:start + batch] for site, values in sites.items()})
+    return writer.finish()
+
+
+@pytest.fixture
+def store_writer():
+    """The ``write_store`` helper, for tests that need a small complete store."""
+    return write_store

@@ -1,0 +1,166 @@
+"""Activation stores: batch-wise round trip, lazy reading, refusal of missing and unfinished stores, chunking."""
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+
+from pipeline.errors import StoreError
+from pipeline.store import StoreWriter, open_store, partial_path, site_array, stimulus_chunk
+
+N, N_POS = 10, 6
+MB = 2**20
+
+
+def coords(n: int = N, n_pos: int = N_POS) -> dict:
+    rng = np.random.default_rng(1)
+    mask = np.arange(n_pos)[None, :] < rng.integers(1, n_pos + 1, size=n)[:, None]
+    return {
+        "stimulus": (("stimulus",), np.array([f"id-{i}" for i in range(n)])),
+        "label": (("stimulus",), np.array(["animals", "tools"] * (n // 2))),
+        "text": (("stimulus",), np.array([f"Ünïcode sentence {i} — ok" for i in range(n)])),
+        "token_id": (("stimulus", "position"), rng.integers(0, 30000, size=(n, n_pos)).astype(np.int32)),
+        "mask": (("stimulus", "position"), mask),
+    }
+
+
+PROVENANCE = {"fingerprint": "abc", "model_id": "tiny", "checkpoint": "ckpt/step-10.safetensors",
+              "checkpoint_sha256": "0" * 64, "step": 10, "packages": {"numpy": "2.0"}, "stimulus_set": "sents"}
+
+
+def planted_values():
+    rng = np.random.default_rng(0)
+    return {"layer.0": rng.standard_normal((N, N_POS, 7)).astype(np.float32),
+            "layer.1": rng.standard_normal((N, N_POS, 3)).astype(np.float32)}
+
+
+def write_in_batches(path, values, sizes=(4, 4, 2), finish=True):
+    writer = StoreWriter(path, {site: v.shape[1:] for site, v in values.items()}, coords(), PROVENANCE)
+    start = 0
+    for size in sizes:
+        writer.write({site: v[start:start + size] for site, v in values.items()})
+        start += size
+    return writer.finish({"extraction_seconds": 1.5}) if finish else writer
+
+
+def test_round_trip_is_lazy_and_exact(tmp_path):
+    values = planted_values()
+    path = write_in_batches(tmp_path / "s.zarr", values)
+    assert path == tmp_path / "s.zarr"
+    assert not partial_path(path).exists()
+    ds = open_store(path)
+    expected = coords()
+    for site, v in values.items():
+        assert isinstance(ds[site].data, da.Array)
+        assert ds[site].dims == ("stimulus", "position", f"unit:{site}")
+        assert ds[site].dtype == np.float32
+        np.testing.assert_array_equal(ds[site].values, v)
+        arr = site_array(ds, site)
+        assert arr.dims == ("stimulus", "position", "unit")
+        np.testing.assert_array_equal(arr.values, v)
+    for name in ("stimulus", "label", "text", "token_id", "mask"):
+        assert name in ds.coords
+        np.testing.assert_array_equal(np.asarray(ds[name].values).astype(expected[name][1].dtype), expected[name][1])
+        assert ds[name].dims == expected[name][0]
+    assert ds["mask"].dtype == bool
+    for key, value in PROVENANCE.items():
+        assert ds.attrs[key] == value
+    assert ds.attrs["sites"] == ["layer.0", "layer.1"]
+    assert ds.attrs["complete"] is True
+    assert ds.attrs["n_written"] == N
+    assert ds.attrs["extraction_seconds"] == 1.5
+
+
+def test_site_array_names_stored_sites(tmp_path):
+    ds = open_store(write_in_batches(tmp_path / "s.zarr", planted_values()))
+    with pytest.raises(StoreError, match="stored sites: layer.0, layer.1"):
+        site_array(ds, "layer.2")
+
+
+def test_missing_store_is_refused(tmp_path):
+    with pytest.raises(StoreError) as info:
+        open_store(tmp_path / "nothing.zarr")
+    assert "does not exist" in str(info.value)
+    assert "re-run" in str(info.value)
+
+
+def test_unfinished_store_is_refused(tmp_path):
+    path = tmp_path / "s.zarr"
+    writer = write_in_batches(path, planted_values(), sizes=(4, 4), finish=False)
+    assert writer.n_written == 8
+    assert not path.exists()
+    with pytest.raises(StoreError) as info:
+        open_store(path)
+    message = str(info.value)
+    assert "s.zarr.partial" in message and "re-run" in message and "\n" not in message
+    with pytest.raises(StoreError) as info:  # the partial store itself is marked incomplete
+        open_store(partial_path(path))
+    assert "incomplete (8 stimuli written)" in str(info.value) and "re-run" in str(info.value)
+    with pytest.raises(StoreError, match="holds 8 of 10 stimuli"):
+        writer.finish()
+
+
+def test_foreign_zarr_group_is_refused(tmp_path):
+    zarr.open_group(tmp_path / "other.zarr", mode="w").create_array("x", shape=(2,), dtype="f4")
+    with pytest.raises(StoreError, match="not an activation store"):
+        open_store(tmp_path / "other.zarr")
+
+
+def test_writer_rejects_bad_batches(tmp_path):
+    values = planted_values()
+    writer = write_in_batches(tmp_path / "s.zarr", values, sizes=(8,), finish=False)
+    with pytest.raises(StoreError, match="every site"):
+        writer.write({"layer.0": values["layer.0"][8:]})
+    with pytest.raises(StoreError, match="overruns"):
+        writer.write({site: v[:3] for site, v in values.items()})
+
+
+def test_writer_resumes_only_a_partial_store_from_the_same_inputs(tmp_path):
+    values = planted_values()
+    path = tmp_path / "s.zarr"
+    write_in_batches(path, values, sizes=(4,), finish=False)
+    shapes = {site: v.shape[1:] for site, v in values.items()}
+    resumed = StoreWriter(path, shapes, coords(), PROVENANCE)
+    assert resumed.n_written == 4
+    resumed.write({site: v[4:] for site, v in values.items()})
+    np.testing.assert_array_equal(open_store(resumed.finish())["layer.1"].values, values["layer.1"])
+
+    write_in_batches(path, values, sizes=(4,), finish=False)
+    fresh = StoreWriter(path, shapes, coords(), {**PROVENANCE, "fingerprint": "other inputs"})
+    assert fresh.n_written == 0
+    assert np.isnan(zarr.open_group(partial_path(path))["layer.0"][:]).all()
+
+
+@pytest.mark.parametrize(("n_stimuli", "n_positions", "n_units"), [
+    (256, 64, 384),  # MiniLM residual stream on the built-in sentences
+    (256, 64, 1536),  # MiniLM MLP activations
+    (1797, 1, 32),  # digits MLP hidden layer: the whole set is far below 1 MB, one chunk
+    (96, 60, 64),  # flip-flop RNN states
+    (100_000, 128, 4096),  # a large language model layer
+])
+def test_chunks_along_stimulus_hit_the_size_target(tmp_path, n_stimuli, n_positions, n_units):
+    coords_ = {"stimulus": (("stimulus",), np.array([str(i) for i in range(n_stimuli)]))}
+    StoreWriter(tmp_path / "s.zarr", {"site": (n_positions, n_units)}, coords_, {"fingerprint": "f"})
+    array = zarr.open_group(partial_path(tmp_path / "s.zarr"))["site"]
+    assert array.chunks[1:] == (n_positions, n_units)
+    chunk_bytes = array.chunks[0] * n_positions * n_units * 4
+    total_bytes = n_stimuli * n_positions * n_units * 4
+    if total_bytes < MB:
+        assert array.chunks[0] == n_stimuli
+    else:
+        assert MB <= chunk_bytes <= 8 * MB
+
+
+def test_dask_chunks_follow_the_stored_chunks(tmp_path):
+    n, units = 3000, 384
+    values = np.random.default_rng(2).standard_normal((n, 1, units)).astype(np.float32)
+    writer = StoreWriter(tmp_path / "s.zarr", {"site": (1, units)},
+                         {"stimulus": (("stimulus",), np.arange(n).astype(str)),
+                          "mask": (("stimulus", "position"), np.ones((n, 1), bool))}, {"fingerprint": "f"})
+    for start in range(0, n, 1000):
+        writer.write({"site": values[start:start + 1000]})
+    ds = open_store(writer.finish())
+    rows = stimulus_chunk(n, 1, units, 4)
+    assert 1 * MB <= rows * units * 4 <= 8 * MB
+    assert ds["site"].data.chunks[0] == (rows, n - rows)
+    np.testing.assert_array_equal(ds["site"].values, values)

