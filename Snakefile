@@ -8,6 +8,8 @@ include: "rules/common.smk"
 include: "rules/train.smk"
 include: "rules/extract.smk"
 include: "rules/stats.smk"
+include: "rules/similarity.smk"
+include: "rules/factorization.smk"
 include: "rules/report.smk"
 
 

@@ -70,9 +70,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", type=_spec, required=True)
     p.add_argument("--out", type=Path, required=True)
 
+    p = sub.add_parser("tca", help="tensor component analysis of a store's sites (unit x position x stimulus)")
+    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="result store path (.zarr); summary JSON beside it")
+
+    p = sub.add_parser("tca-across", help="tensor component analysis of a run (unit x stimulus x checkpoint)")
+    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--out", type=Path, required=True, help="result store path (.zarr); summary JSON beside it")
+    p.add_argument("stores", type=Path, nargs="+", help="the run's activation stores, one per checkpoint")
+
+    p = sub.add_parser("connectome", help="communities of co-active units across a run's checkpoints")
+    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--out", type=Path, required=True, help="result store path (.zarr); summary JSON beside it")
+    p.add_argument("stores", type=Path, nargs="+", help="the run's activation stores, one per checkpoint")
+
     p = sub.add_parser("report-model", help="write one model's report pages")
     p.add_argument("--spec", type=_spec, required=True)
-    p.add_argument("--out", type=Path, required=True, help="the model's report folder")
+    p.add_argument("--out", type=Path, required=True, help="the model's page (<report_dir>/<model>/index.html)")
+
+    p = sub.add_parser("report-checkpoint", help="write the report page of one checkpoint and stimulus set")
+    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--out", type=Path, required=True, help="the page (.html)")
 
     p = sub.add_parser("report-index", help="write the report index page")
     p.add_argument("--spec", type=_spec, required=True)
@@ -134,19 +153,41 @@ def _dispatch(args) -> int:
     elif args.command == "stats-across":
         jobs.run_stats_across(args.results, args.out)
     elif args.command == "similarity":
-        jobs.run_similarity(args.spec, args.store, args.out)
+        from pipeline.jobs import similarity as similarity_jobs
+
+        similarity_jobs.run_similarity(args.spec, args.store, args.out)
     elif args.command == "similarity-across":
-        jobs.run_similarity_across(args.spec, args.results, args.out)
+        from pipeline.jobs import similarity as similarity_jobs
+
+        similarity_jobs.run_similarity_across(args.spec, args.results, args.out)
     elif args.command == "similarity-models":
-        jobs.run_similarity_models(args.spec, args.results, args.out)
+        from pipeline.jobs import similarity as similarity_jobs
+
+        similarity_jobs.run_similarity_models(args.spec, args.results, args.out)
     elif args.command == "report-comparisons":
         from pipeline.report.build import write_comparisons_report
 
         write_comparisons_report(args.spec, args.out)
+    elif args.command == "tca":
+        from pipeline.jobs import factorization as factorization_jobs
+
+        factorization_jobs.run_tca(args.spec, args.store, args.out)
+    elif args.command == "tca-across":
+        from pipeline.jobs import factorization as factorization_jobs
+
+        factorization_jobs.run_tca_across(args.spec, args.stores, args.out)
+    elif args.command == "connectome":
+        from pipeline.jobs import factorization as factorization_jobs
+
+        factorization_jobs.run_connectome(args.spec, args.stores, args.out)
     elif args.command == "report-model":
         from pipeline.report.build import write_model_report
 
         write_model_report(args.spec, args.out)
+    elif args.command == "report-checkpoint":
+        from pipeline.report.build import write_checkpoint_report
+
+        write_checkpoint_report(args.spec, args.out)
     elif args.command == "report-index":
         from pipeline.report.build import write_index
 

@@ -19,6 +19,7 @@ import yaml
 from pipeline.errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
+RESERVED_MODEL_NAMES = ("comparisons",)  # report folders that are not models
 
 
 def load_schema() -> dict:
@@ -68,6 +69,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def _check_references(config: dict) -> None:
     for name, model in config["models"].items():
+        if name in RESERVED_MODEL_NAMES:
+            raise ConfigError(f"config error: model name {name!r} is reserved for the cross-model report; rename it")
         for stim in model["stimuli"]:
             if stim not in config["stimuli"]:
                 raise ConfigError(

@@ -40,6 +40,11 @@ def across_checkpoints(output_dir: str, analysis: str, model: str, run: str, sti
     return Path(output_dir) / "analyses" / analysis / model / run / f"{stimuli}.across.json"
 
 
+def across_result(output_dir: str, analysis: str, model: str, run: str, stimuli: str) -> Path:
+    """Result store of an analysis across the checkpoints of a run; its summary is ``across_checkpoints``."""
+    return Path(output_dir) / "analyses" / analysis / model / run / f"{stimuli}.across.zarr"
+
+
 def comparison_result(output_dir: str, analysis: str, stimuli: str) -> Path:
     """Result store of one analysis comparing models on one stimulus set (summary JSON beside it)."""
     return Path(output_dir) / "comparisons" / analysis / f"{stimuli}.zarr"
@@ -55,14 +60,19 @@ def benchmark_file(output_dir: str, *parts: str) -> Path:
     return Path(output_dir, "benchmarks", *parts[:-1], parts[-1] + ".tsv")
 
 
-def model_report(report_dir: str, model: str) -> Path:
-    """Folder of one model's report pages (its index.html and one page per checkpoint)."""
-    return Path(report_dir) / model
+def model_page(report_dir: str, model: str) -> Path:
+    """A model's report page; its checkpoint pages sit in the same folder."""
+    return Path(report_dir) / model / "index.html"
 
 
-def checkpoint_page(model_dir: Path, run: str, checkpoint: str, stimuli: str) -> Path:
-    """Report page of one (run, checkpoint, stimulus set) inside its model's report folder."""
-    return Path(model_dir) / run / f"{checkpoint}-{stimuli}.html"
+def model_summary(report_dir: str, model: str) -> Path:
+    """What the index shows of a model (runs, checkpoints, errors), written beside its page."""
+    return Path(report_dir) / model / "report.json"
+
+
+def checkpoint_page(model_dir, run: str, checkpoint: str, stimuli: str) -> Path:
+    """Report page of one (run, checkpoint, stimulus set), inside its model's report folder."""
+    return Path(model_dir) / run / stimuli / f"{checkpoint}.html"
 
 
 def comparisons_report(report_dir: str) -> Path:

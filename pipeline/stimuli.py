@@ -102,7 +102,8 @@ def _digits(name: str, spec: dict) -> StimulusSet:
         name=name, kind="digits", ids=np.array([f"digit-{i:04d}" for i in index], dtype=str),
         inputs=np.asarray(data["X"][index], dtype=np.float32),
         coords={"label": (("stimulus",), np.asarray(data["y"][index]).astype(str)),
-                "split": (("stimulus",), np.asarray(data["split"][index], dtype=str))},
+                "split": (("stimulus",), np.asarray(data["split"][index], dtype=str)),
+                "input": (("stimulus", "pixel"), np.asarray(data["X"][index], dtype=np.float32))},
     )
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +28,10 @@ from pipeline.errors import StoreError
 
 CHUNK_BYTES = 4 * 2**20  # target chunk size along the stimulus axis (design: 1-8 MB)
 CHUNK_MIN_BYTES, CHUNK_MAX_BYTES = 2**20, 8 * 2**20
-# Activations barely compress (zstd saves ~9% on MiniLM) but compressing costs more than the forward pass
-# can hide; blosc lz4 with byte shuffle is the cheapest codec that still shrinks the NaN-filled edge chunks
-# (benchmarks/bench_extract.md).
-COMPRESSORS = (zarr.codecs.BloscCodec(cname="lz4", clevel=1, shuffle="shuffle"),)
+# Activation chunks are written uncompressed: float32 activations barely compress (zstd saves 9% on
+# MiniLM, lz4 6%) while compressing doubles the cost of writing (benchmarks/bench_extract.md).
+COMPRESSORS = None
 FORMAT_VERSION = 1
-# Snakemake drops a timestamp file into directory outputs; it is not part of the Zarr hierarchy.
-SNAKEMAKE_TIMESTAMP_WARNING = "Object at .snakemake_timestamp is not recognized"
-
 
 def unit_dim(site: str) -> str:
     """Name of a site's unit dimension."""
@@ -193,7 +188,6 @@ def open_store(path) -> xr.Dataset:
             raise StoreError(f"activation store {path} is unfinished (an interrupted extraction left "
                              f"{partial_path(path).name}); re-run the extraction to resume it")
         raise StoreError(f"activation store {path} does not exist; re-run the extraction to write it")
-    warnings.filterwarnings("ignore", message=SNAKEMAKE_TIMESTAMP_WARNING)
     try:
         group = zarr.open_group(path, mode="r")
         attrs = dict(group.attrs)

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
+
+
+def _digits_file() -> Path:
+    """The digits CSV that scikit-learn ships, found without importing scikit-learn (slow to import)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("scikit-learn, which ships the digits data set, is not installed; pip install it")
+    return Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
 
 
 def digits_data(test_fraction: float = 0.25, seed: int = 0) -> dict:
@@ -23,13 +34,14 @@ def digits_data(test_fraction: float = 0.25, seed: int = 0) -> dict:
     """
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction={test_fraction!r} must lie strictly between 0 and 1")
-    from sklearn.datasets import load_digits  # imported here: scikit-learn is slow to import
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    X = (digits.data / 16.0).astype(np.float32)
-    y = digits.target.astype(np.int64)
-    _, test_index = train_test_split(np.arange(len(y)), test_size=test_fraction, stratify=y, random_state=seed)
+    data = np.loadtxt(_digits_file(), delimiter=",")
+    X = (data[:, :-1] / 16.0).astype(np.float32)
+    y = data[:, -1].astype(np.int64)
+    rng = np.random.default_rng(seed)
+    test_index = np.concatenate([  # stratified: the test share of every digit class
+        rng.permutation(members)[: round(test_fraction * len(members))]
+        for members in (np.flatnonzero(y == label) for label in np.unique(y))
+    ])
     split = np.full(len(y), "train")
     split[test_index] = "test"
     return {"X": X, "y": y, "split": split}

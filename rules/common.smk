@@ -57,6 +57,60 @@ def stats_results(model, run, stimuli):
     ]
 
 
+def similarity_results(model, run, stimuli):
+    return [
+        str(layout.analysis_result(OUT, "similarity", model, run, ckpt, stimuli))
+        for ckpt in model_checkpoints(model, run)
+    ]
+
+
+def final_similarity_results(stimuli):
+    """Similarity results of the final checkpoint of every (model, run) recorded on one stimulus set."""
+    files = []
+    for model, entry in config["models"].items():
+        if stimuli in entry["stimuli"]:
+            for run in model_runs(entry):
+                final = list(model_checkpoints(model, run))[-1]
+                files.append(str(layout.analysis_result(OUT, "similarity", model, run, final, stimuli)))
+    return files
+
+
+def comparison_results():
+    """Model comparisons of every stimulus set that some model records."""
+    recorded = dict.fromkeys(s for entry in config["models"].values() for s in entry["stimuli"])
+    return [str(layout.comparison_result(OUT, "similarity", stimuli)) for stimuli in recorded]
+
+
+def run_stores(model, run, stimuli):
+    """Activation stores of every checkpoint of a run, in training order."""
+    return [str(layout.activation_store(OUT, model, run, ckpt, stimuli)) for ckpt in model_checkpoints(model, run)]
+
+
+def factorization_results(model, run, stimuli):
+    """TCA and connectome results of one run: per-checkpoint stores and across-checkpoint summaries."""
+    plan = jobs.tca_plan(config, model, stimuli)
+    files = []
+    if plan == "checkpoint":
+        files += [
+            str(layout.analysis_result(OUT, "tca", model, run, ckpt, stimuli))
+            for ckpt in model_checkpoints(model, run)
+        ]
+    elif plan == "across":
+        files.append(str(layout.across_checkpoints(OUT, "tca-across", model, run, stimuli)))
+    if jobs.connectome_enabled(config, model):
+        files.append(str(layout.across_checkpoints(OUT, "connectome", model, run, stimuli)))
+    return files
+
+
+for _analysis in ("tca", "connectome"):
+    for _name in config["analyses"][_analysis].get("models") or []:
+        if _name not in config["models"]:
+            raise WorkflowError(
+                f"config error: analyses.{_analysis}.models names {_name!r}, which is not a model; "
+                f"defined models: {', '.join(sorted(config['models']))}"
+            )
+
+
 def trained_folders(wildcards):
     """Checkpoint folders of a trained model's runs, named up front so that all runs train in parallel."""
     entry = config["models"][wildcards.model]
@@ -73,7 +127,42 @@ def model_results(wildcards):
         for stimuli in entry["stimuli"]:
             files += stats_results(wildcards.model, run, stimuli)
             files.append(str(layout.across_checkpoints(OUT, "stats", wildcards.model, run, stimuli)))
+            files += similarity_results(wildcards.model, run, stimuli)
+            files.append(str(layout.across_checkpoints(OUT, "similarity", wildcards.model, run, stimuli)))
+            files += factorization_results(wildcards.model, run, stimuli)
     return files
+
+
+def checkpoint_results(wildcards):
+    """Result stores of one (model, run, checkpoint, stimulus set): what its report page shows."""
+    model, run, checkpoint, stimuli = wildcards.model, wildcards.run, wildcards.checkpoint, wildcards.stimuli
+    analyses = ["stats", "similarity"]
+    if jobs.tca_plan(config, model, stimuli) == "checkpoint":
+        analyses.append("tca")
+    return [str(layout.analysis_result(OUT, analysis, model, run, checkpoint, stimuli)) for analysis in analyses]
+
+
+def checkpoint_pages(wildcards):
+    """Every checkpoint page of one model."""
+    entry = config["models"][wildcards.model]
+    folder = layout.model_page(REPORT_DIR, wildcards.model).parent
+    return [
+        str(layout.checkpoint_page(folder, run, checkpoint, stimuli))
+        for run in model_runs(entry)
+        for stimuli in entry["stimuli"]
+        for checkpoint in model_checkpoints(wildcards.model, run)
+    ]
+
+
+def report_spec(model, results):
+    """What a report job reads: the model's config, the analyses' parameters and its result files."""
+    return {
+        "model_name": model,
+        "model": config["models"][model],
+        "analyses": config["analyses"],
+        "output_dir": OUT,
+        "inputs": list(results),
+    }
 
 
 def spec_arg(spec):

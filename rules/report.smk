@@ -1,32 +1,46 @@
-# Offline HTML report: one folder of pages per model, and an index linking them all.
+# Offline HTML report: a page per checkpoint and per model, the comparisons between models, an index.
 
 
 localrules:
+    report_checkpoint,
     report_model,
+    report_comparisons,
     report_index,
+
+
+rule report_checkpoint:
+    input:
+        checkpoint_results,
+    output:
+        report(
+            layout.checkpoint_page(layout.model_page(REPORT_DIR, "{model}").parent, "{run}", "{checkpoint}", "{stimuli}"),
+            category="{model}",
+            labels={"run": "{run}", "checkpoint": "{checkpoint}", "stimuli": "{stimuli}"},
+        ),
+    params:
+        spec=lambda wc, input: spec_arg(report_spec(wc.model, input)),
+    log:
+        layout.log_file(OUT, "report", "{model}", "{run}", "{stimuli}", "{checkpoint}"),
+    benchmark:
+        layout.benchmark_file(OUT, "report", "{model}", "{run}", "{stimuli}", "{checkpoint}")
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    threads: 1
+    shell:
+        "{PIPELINE} --log {log} --threads {threads} report-checkpoint --spec {params.spec:q} --out {output}"
 
 
 rule report_model:
     input:
         trained=trained_folders,
         results=model_results,
+        pages=checkpoint_pages,
     output:
-        report(
-            directory(layout.model_report(REPORT_DIR, "{model}")),
-            htmlindex="index.html",
-            category="Models",
-            labels={"model": "{model}"},
-        ),
+        page=report(layout.model_page(REPORT_DIR, "{model}"), category="{model}", labels={"page": "model"}),
+        summary=layout.model_summary(REPORT_DIR, "{model}"),
     params:
-        spec=lambda wc, input: spec_arg(
-            {
-                "model_name": wc.model,
-                "model": config["models"][wc.model],
-                "analyses": config["analyses"],
-                "output_dir": OUT,
-                "inputs": list(input.results),
-            }
-        ),
+        spec=lambda wc, input: spec_arg(report_spec(wc.model, input.results)),
     log:
         layout.log_file(OUT, "report", "{model}"),
     benchmark:
@@ -34,17 +48,43 @@ rule report_model:
     resources:
         mem_mb=2000,
         runtime=20,
+    threads: 1
     shell:
-        "{PIPELINE} --log {log} --threads {threads} report-model --spec {params.spec:q} --out {output}"
+        "{PIPELINE} --log {log} --threads {threads} report-model --spec {params.spec:q} --out {output.page}"
+
+
+rule report_comparisons:
+    input:
+        comparison_results(),
+    output:
+        report(layout.comparisons_report(REPORT_DIR), category="Comparisons"),
+    params:
+        spec=lambda wc, input: spec_arg({"analyses": config["analyses"], "inputs": list(input)}),
+    log:
+        layout.log_file(OUT, "report", "comparisons"),
+    benchmark:
+        layout.benchmark_file(OUT, "report", "comparisons")
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "{PIPELINE} --log {log} --threads {threads} report-comparisons --spec {params.spec:q} --out {output}"
 
 
 rule report_index:
     input:
-        [layout.model_report(REPORT_DIR, m) for m in config["models"]],
+        models=[layout.model_summary(REPORT_DIR, m) for m in config["models"]],
+        comparisons=layout.comparisons_report(REPORT_DIR),
     output:
         report(layout.report_index(REPORT_DIR), category="Index"),
     params:
-        spec=lambda wc, input: spec_arg({"models": list(config["models"]), "model_reports": list(input)}),
+        spec=lambda wc, input: spec_arg(
+            {
+                "models": list(config["models"]),
+                "model_summaries": list(input.models),
+                "comparisons": layout.comparisons_report("").as_posix(),
+            }
+        ),
     log:
         layout.log_file(OUT, "report", "index"),
     benchmark:

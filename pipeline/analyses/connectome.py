@@ -105,7 +105,7 @@ def communities(A, rank: int, replicates: int = 3, n_iter_max: int = 200, tol: f
     xp = array_namespace(A)
     if bool(xp.any(A < 0)):
         raise ValueError("A has negative entries; an affinity tensor must be non-negative")
-    off = ~xp.eye(A.shape[0], dtype=xp.bool)
+    off = xp.eye(A.shape[0], dtype=A.dtype) == 0
     mask = xp.broadcast_to(off[:, :, None], tuple(A.shape))
     ensemble = rank_ensemble(A, [rank], replicates=replicates, nonneg=True, mask=mask, n_iter_max=n_iter_max,
                              tol=tol, random_state=random_state)

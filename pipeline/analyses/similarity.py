@@ -869,8 +869,16 @@ def permutation_test(
     observed = float(_similarities(xp, a, b, method)[0, 0])
     idx = _upper_index(xp, n)
     rows, cols = idx // n, idx % n
-    flat = xp.reshape(A, (-1,))
-    tb = b if method == "kendall_tau_a" else _unit_vectors(xp, b, method, "B")
+    if method == "kendall_tau_a":
+        flat, tb = xp.reshape(A, (-1,)), b
+    else:
+        # Relabelling stimuli only reorders the entries of A's vector, and ranks, centring and scaling
+        # commute with reordering: transform once, then permute the transformed entries.
+        position = np.zeros((n, n), dtype=np.int64)
+        position[np.triu_indices(n, 1)] = np.arange(n * (n - 1) // 2)
+        position = position + position.T
+        flat = xp.take(_unit_vectors(xp, a, method, "A")[0, ...], xp.asarray(position.reshape(-1)))
+        tb = _unit_vectors(xp, b, method, "B")
     rng = _seeded(seed)
     null = []
     for start in range(0, n_permutations, batch):
@@ -881,7 +889,7 @@ def permutation_test(
         if method == "kendall_tau_a":
             null.append(to_numpy(_similarities(xp, vecs, b, method))[:, 0])
         else:
-            null.append(to_numpy(xp.matmul(_unit_vectors(xp, vecs, method, "A"), _mT(xp, tb)))[:, 0])
+            null.append(to_numpy(xp.matmul(vecs, _mT(xp, tb)))[:, 0])
     null = np.concatenate(null)
     pvalue = (1.0 + float(np.sum(null >= observed))) / (1.0 + n_permutations)
     return PermutationResult(observed, pvalue, null)

@@ -23,6 +23,7 @@ from pipeline.analyses.factorization import (
 )
 from pipeline.backend import array_namespace
 
+
 @dataclass
 class TCAFit:
     """Rank diagnostics and the chosen CP model of one tensor.
@@ -36,7 +37,7 @@ class TCAFit:
     rank : int
         Suggested rank (cross-validation when available, else replicate stability).
     model : CPResult
-        Best replicate at ``rank`` in canonical form (see ``canonical``).
+        Best replicate at ``rank`` in canonical form (``canonical`` with its default).
     nonneg : bool
         Whether the fits were non-negative.
     """
@@ -125,19 +126,25 @@ def scale_units(T, mask=None):
     return T / xp.reshape(scale, (-1,) + (1,) * (T.ndim - 1)), scale
 
 
-def canonical(model: CPResult) -> CPResult:
-    """Components sorted by decreasing weight; in every mode but the last, each column is flipped
-    so that its entries sum to >= 0 (the last mode absorbs the flips, so the model is unchanged)."""
+def canonical(model: CPResult, absorb: int = 1) -> CPResult:
+    """Components sorted by decreasing weight, signs fixed: in every mode but ``absorb``, each column is
+    flipped so that its entries sum to >= 0, and mode ``absorb`` takes the flips (the model is unchanged).
+
+    With the default, units and trials (or checkpoints) read positive and the time course (or
+    stimulus) factor carries the sign of a mixed-sign component.
+    """
     xp = array_namespace(model.weights, *model.factors)
+    absorb = absorb % len(model.factors)
     order = np.argsort(-np.asarray([float(w) for w in model.weights]), kind="stable")
     idx = xp.asarray(order)
     factors = [xp.take(f, idx, axis=1) for f in model.factors]
     sign = xp.ones(factors[0].shape[1], dtype=factors[0].dtype)
-    for n in range(len(factors) - 1):
-        flip = xp.where(xp.sum(factors[n], axis=0) < 0, -xp.ones_like(sign), xp.ones_like(sign))
-        factors[n] = factors[n] * flip
-        sign = sign * flip
-    factors[-1] = factors[-1] * sign
+    for n in range(len(factors)):
+        if n != absorb:
+            flip = xp.where(xp.sum(factors[n], axis=0) < 0, -xp.ones_like(sign), xp.ones_like(sign))
+            factors[n] = factors[n] * flip
+            sign = sign * flip
+    factors[absorb] = factors[absorb] * sign
     return CPResult(weights=xp.take(model.weights, idx, axis=0), factors=factors, rel_error=model.rel_error,
                     n_iter=model.n_iter, loss_history=model.loss_history)
 

@@ -1,21 +1,23 @@
-"""Write report pages: one folder per model (its index and one page per checkpoint) and the index."""
+"""Write report pages: per model, per checkpoint, the comparisons between models, and the index."""
 
 from __future__ import annotations
 
 import datetime
 import json
 import os
-import shutil
 from pathlib import Path
 
 import jinja2
 import yaml
 
 from pipeline import __version__, layout
-from pipeline.report.context import ModelContext, load_model_context
+from pipeline.report.context import (
+    ExperimentContext,
+    ModelContext,
+    load_experiment_context,
+    load_model_context,
+)
 from pipeline.report.sections import SECTIONS, fmt
-
-SUMMARY_FILE = "report.json"  # written into each model folder; read by the index
 
 
 def _environment() -> jinja2.Environment:
@@ -36,7 +38,7 @@ def _common(title: str, root: str) -> dict:
             "intro": None, "parameters": None}
 
 
-def _sections(scope: str, ctx: ModelContext, page=None) -> tuple[list[dict], list[str]]:
+def _sections(scope: str, ctx: ModelContext | ExperimentContext, page=None) -> tuple[list[dict], list[str]]:
     """Run each section of ``scope``; a section that fails is reported, the page still renders."""
     rendered, errors = [], []
     for section in SECTIONS:
@@ -51,61 +53,86 @@ def _sections(scope: str, ctx: ModelContext, page=None) -> tuple[list[dict], lis
     return rendered, errors
 
 
+def _write_page(out: Path, html: str) -> None:
+    """Write one page atomically (temporary file, then rename)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(html, encoding="utf-8")
+    os.replace(tmp, out)
+
+
+def _failed_sites(c) -> list[str]:
+    return [f"{analysis} failed for {c.run}/{c.checkpoint}/{c.stimuli} site {name}: {s.get('error')}"
+            for analysis, summary in c.summaries.items()
+            for name, s in summary.get("sites", {}).items() if s.get("status") == "failed"]
+
+
 def write_model_report(spec: dict, out: Path) -> None:
-    """Write ``out/index.html`` (the model page) and ``out/<run>/<checkpoint>.html`` pages."""
+    """Write a model's page ``out`` (``<report_dir>/<model>/index.html``) and its summary for the index.
+
+    Checkpoint pages are written by ``write_checkpoint_report``, one job each, so a new checkpoint
+    renders only its own page.
+    """
     ctx = load_model_context(spec)
-    env = _environment()
-    work = out.with_name(out.name + ".partial")
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
     entry = ctx.model
     sections, section_errors = _sections("model", ctx)
+    errors = ctx.errors + section_errors
     page = {
         **_common(f"Model {ctx.model_name}", "../"),
         "sections": sections,
-        "errors": ctx.errors + section_errors,
+        "errors": errors,
         "intro": {"source": entry["source"], "runs": ", ".join(ctx.runs),
                   "checkpoints": len({(c.run, c.checkpoint) for c in ctx.checkpoints}),
                   "stimulus sets": ", ".join(ctx.stimulus_sets), "sites": ", ".join(entry["sites"])},
         "parameters": yaml.safe_dump({"model": entry, "analyses": ctx.analyses}, sort_keys=False),
     }
-    (work / "index.html").write_text(env.get_template("page.html").render(**page), encoding="utf-8")
-    n_errors = len(page["errors"])
-    checkpoints = []
-    for c in ctx.checkpoints:
-        sections, section_errors = _sections("checkpoint", ctx, c)
-        failed = [f"{name}: {s.get('error')}" for summary in c.summaries.values()
-                  for name, s in summary.get("sites", {}).items() if s.get("status") == "failed"]
-        target = layout.checkpoint_page(work, c.run, c.checkpoint, c.stimuli)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        html = env.get_template("page.html").render(**{
-            **_common(f"{ctx.model_name} · {c.run} · {c.checkpoint} · {c.stimuli}", "../../"),
-            "model_href": "../index.html", "model_name": ctx.model_name,
-            "sections": sections, "errors": failed + section_errors,
-            "intro": {"run": c.run, "checkpoint": c.checkpoint, "training step": c.step, "stimulus set": c.stimuli},
-        })
-        target.write_text(html, encoding="utf-8")
-        n_errors += len(failed) + len(section_errors)
-        checkpoints.append({"label": f"{c.run}/{c.checkpoint} ({c.stimuli})",
-                            "href": f"{ctx.model_name}/{c.run}/{target.name}", "step": c.step, "run": c.run})
-    checkpoints.sort(key=lambda c: (c["run"], c["step"], c["label"]))
-    (work / SUMMARY_FILE).write_text(json.dumps({
+    _write_page(out, _environment().get_template("page.html").render(**page))
+    checkpoints = sorted(({
+        "label": f"{c.run}/{c.checkpoint} ({c.stimuli})", "run": c.run, "step": c.step,
+        "href": layout.checkpoint_page(ctx.model_name, c.run, c.checkpoint, c.stimuli).as_posix(),
+    } for c in ctx.checkpoints), key=lambda c: (c["run"], c["step"], c["label"]))
+    n_errors = len(errors) + sum(len(_failed_sites(c)) for c in ctx.checkpoints)
+    summary = {
         "name": ctx.model_name, "source": entry["source"], "runs": ctx.runs, "stimuli": ctx.stimulus_sets,
         "n_checkpoints": len({(c.run, c.checkpoint) for c in ctx.checkpoints}), "n_errors": n_errors,
         "checkpoints": checkpoints, "href": f"{ctx.model_name}/index.html",
-    }, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(work, out)
+    }
+    _write_page(layout.model_summary(out.parent.parent, ctx.model_name), json.dumps(summary, indent=1))
+
+
+def write_checkpoint_report(spec: dict, out: Path) -> None:
+    """Write the page of one (run, checkpoint, stimulus set) from its result stores."""
+    ctx = load_model_context(spec)
+    if len(ctx.checkpoints) != 1:
+        raise ValueError(f"a checkpoint page needs the results of exactly one checkpoint, got {len(ctx.checkpoints)}")
+    c = ctx.checkpoints[0]
+    sections, section_errors = _sections("checkpoint", ctx, c)
+    html = _environment().get_template("page.html").render(**{
+        **_common(f"{ctx.model_name} · {c.run} · {c.checkpoint} · {c.stimuli}", "../../../"),
+        "model_href": "../../index.html", "model_name": ctx.model_name,
+        "sections": sections, "errors": ctx.errors + _failed_sites(c) + section_errors,
+        "intro": {"run": c.run, "checkpoint": c.checkpoint, "training step": c.step, "stimulus set": c.stimuli},
+    })
+    _write_page(out, html)
+
+
+def write_comparisons_report(spec: dict, out: Path) -> None:
+    """Write the experiment-level page comparing models (``comparisons/index.html``)."""
+    ctx = load_experiment_context(spec)
+    sections, section_errors = _sections("experiment", ctx)
+    page = {
+        **_common("Comparisons between models", "../"),
+        "sections": sections,
+        "errors": ctx.errors + section_errors,
+        "intro": {"stimulus sets": ", ".join(sorted({stimuli for _, stimuli in ctx.summaries}))},
+        "parameters": yaml.safe_dump({"analyses": ctx.analyses}, sort_keys=False),
+    }
+    _write_page(out, _environment().get_template("page.html").render(**page))
 
 
 def write_index(spec: dict, out: Path) -> None:
     """Write the index page linking every model, checkpoint page and analysis."""
-    models = [json.loads((Path(folder) / SUMMARY_FILE).read_text()) for folder in spec["model_reports"]]
-    page = {**_common("Activation analysis report", ""), "sections": [], "errors": [], "models": models}
-    html = _environment().get_template("index.html").render(**page)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, out)
+    models = [json.loads(Path(summary).read_text()) for summary in spec["model_summaries"]]
+    page = {**_common("Activation analysis report", ""), "sections": [], "errors": [], "models": models,
+            "comparisons": spec.get("comparisons")}
+    _write_page(out, _environment().get_template("index.html").render(**page))

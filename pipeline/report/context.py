@@ -69,6 +69,7 @@ def load_model_context(spec: dict) -> ModelContext:
         path = Path(name)
         if path.name.endswith(".across.json"):
             data = json.loads(path.read_text())
+            data["summary_file"] = str(path)  # locates a result store written beside it, if any
             across[(data["analysis"], data["run"], data["stimulus_set"])] = data
             continue
         summary_file = layout.summary_path(path)
@@ -103,3 +104,29 @@ def _partial_stores(spec: dict) -> list[Path]:
 def finite(values) -> list[float]:
     """Values for plotting: None becomes NaN."""
     return [np.nan if v is None else float(v) for v in values]
+
+
+@dataclass
+class ExperimentContext:
+    """Everything the comparisons page shows: experiment-level results keyed by (analysis, stimulus set)."""
+
+    analyses: dict
+    summaries: dict[tuple[str, str], dict] = field(default_factory=dict)
+    result_stores: dict[tuple[str, str], Path] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def load_experiment_context(spec: dict) -> ExperimentContext:
+    """Read the summaries of the experiment-level result stores the rule hands the page."""
+    ctx = ExperimentContext(spec.get("analyses", {}))
+    for name in spec["inputs"]:
+        path = Path(name)
+        summary_file = layout.summary_path(path)
+        if not summary_file.exists():
+            ctx.errors.append(f"result {path} has no summary {summary_file.name}; re-run its analysis")
+            continue
+        summary = json.loads(summary_file.read_text())
+        key = (summary["analysis"], summary["stimulus_set"])
+        ctx.summaries[key] = summary
+        ctx.result_stores[key] = path
+    return ctx

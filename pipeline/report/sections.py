@@ -12,10 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import xarray as xr
 
 from pipeline import layout
 from pipeline.report import figures
-from pipeline.report.context import CheckpointResults, ModelContext, finite
+from pipeline.report.context import CheckpointResults, ExperimentContext, ModelContext, finite
+from pipeline.report.factorization import collect_connectome, collect_tca, collect_tca_across
+from pipeline.store import strings
 
 STATS_COLUMNS = ("n_units", "zero_fraction", "n_dead", "n_constant", "nan_count", "inf_count", "median_abs",
                  "max_abs", "massive_count")
@@ -25,14 +28,18 @@ STATS_COLUMNS = ("n_units", "zero_fraction", "n_dead", "n_constant", "nan_count"
 class Section:
     id: str
     title: str
-    scope: str  # "model" or "checkpoint"
+    scope: str  # "model", "checkpoint" or "experiment" (the page comparing models)
     collect: Callable
 
 
 def _training(ctx: ModelContext, _page=None) -> dict | None:
     """Checkpoint metadata (accuracy, loss) over training steps, one line per run."""
-    metrics = sorted({k for c in ctx.checkpoints for k, v in c.provenance.get("checkpoint_metadata", {}).items()
-                      if isinstance(v, (int, float)) and k not in ("step", "epoch", "seed")})
+    values: dict[str, set] = {}
+    for c in ctx.checkpoints:
+        for key, value in c.provenance.get("checkpoint_metadata", {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step", "epoch", "seed"):
+                values.setdefault(key, set()).add(value)
+    metrics = sorted(key for key, seen in values.items() if len(seen) > 1)  # settings stay constant; metrics move
     if not metrics:
         return None
     fig, axes = figures.small_multiples(len(metrics), ncols=3)
@@ -119,6 +126,143 @@ def fmt(value) -> str:
     return "-" if value is None else str(value)
 
 
+SIMILARITY_MATRICES = (("cka", "linear CKA", "viridis", 0.0, 1.0),
+                       ("rsa", "RSA (RDM similarity)", "viridis", None, 1.0),
+                       ("shape", "angular shape distance (rad)", "magma_r", 0.0, None))
+
+
+def stars(pvalue) -> str:
+    """Significance marks of a p-value: * < 0.05, ** < 0.01, *** < 0.001."""
+    if pvalue is None or not np.isfinite(pvalue):
+        return ""
+    return "***" if pvalue < 0.001 else "**" if pvalue < 0.01 else "*" if pvalue < 0.05 else ""
+
+
+def _open_result(path) -> xr.Dataset:
+    return xr.open_zarr(path, consolidated=False, zarr_format=3)
+
+
+def _similarity(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
+    """Site x site CKA, RSA and shape-distance heatmaps, and each RDM against the label and input RDMs."""
+    summary = page.summaries.get("similarity")
+    if summary is None:
+        return None
+    ds = _open_result(page.result_stores["similarity"])
+    sites = strings(ds["site"].values).tolist()
+    figure = None
+    if sites:
+        size = max(3.2, 0.28 * len(sites) + 1.8)
+        fig, axes = figures.small_multiples(3, ncols=3, panel_size=(size + 0.8, size))
+        for ax, (name, title, cmap, vmin, vmax) in zip(axes, SIMILARITY_MATRICES):
+            figures.heatmap(ax, ds[name].values, sites, title, cmap=cmap, vmin=vmin, vmax=vmax)
+        figure = figures.to_data_uri(fig)
+    rows = []
+    for site, tests in summary["tests"].items():
+        for ref, t in tests.items():
+            rows.append({"site": site, "reference": ref, "error": t.get("error"), "statistic": t.get("statistic"),
+                         "pvalue": t.get("pvalue"), "ci_low": t.get("ci_low"), "ci_high": t.get("ci_high"),
+                         "stars": stars(t.get("pvalue"))})
+    return {"figure": figure, "rows": rows, "chart": _reference_chart(summary), "params": summary["params"],
+            "references": summary["references"], "n_stimuli": summary["n_stimuli"],
+            "n_stimuli_total": summary["n_stimuli_total"], "runtime": summary.get("runtime_seconds"),
+            "skipped": {s: v.get("error") or v.get("rdm_error") for s, v in summary["sites"].items()
+                        if v.get("status") != "ok" or v.get("rdm_error")}}
+
+
+def _reference_chart(summary: dict) -> str | None:
+    """Bars of each site's similarity to each reference RDM, bootstrap intervals as error bars, stars above."""
+    sites = [s for s, tests in summary["tests"].items() if any("statistic" in t for t in tests.values())]
+    refs = [r for r, v in summary["references"].items() if v.get("status") == "ok"]
+    if not sites or not refs:
+        return None
+    fig, ax = figures.plt.subplots(figsize=(max(4.0, 0.5 * len(sites) * len(refs) + 1.5), 3.0))
+    width = 0.8 / len(refs)
+    for k, ref in enumerate(refs):
+        tests = [summary["tests"][s].get(ref, {}) for s in sites]
+        x = np.arange(len(sites)) + (k - (len(refs) - 1) / 2) * width
+        value = np.array(finite(t.get("statistic") for t in tests))
+        low = np.array(finite(t.get("ci_low") for t in tests))
+        high = np.array(finite(t.get("ci_high") for t in tests))
+        ax.bar(x, value, width, label=f"{ref} RDM", yerr=np.vstack([value - low, high - value]), capsize=2)
+        for xi, hi, t in zip(x, high, tests):
+            if np.isfinite(hi):
+                ax.text(xi, hi, stars(t.get("pvalue")), ha="center", va="bottom", fontsize=8)
+    ax.axhline(0.0, color="black", lw=0.5)
+    ax.set_xticks(range(len(sites)), sites, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel(summary["params"]["compare_method"])
+    ax.set_title("similarity of each site's RDM to the reference RDMs", fontsize=10)
+    ax.legend(fontsize=7)
+    return figures.to_data_uri(fig)
+
+
+def _similarity_across(ctx: ModelContext, _page=None) -> dict | None:
+    """Checkpoint x checkpoint CKA and shape distance per site (representational drift over training)."""
+    blocks = []
+    for (analysis, run, stimuli), data in sorted(ctx.across.items()):
+        sites = {s: v for s, v in data["sites"].items() if len(v["steps"]) >= 2} if analysis == "similarity" else {}
+        if not sites:
+            continue
+        fig, axes = figures.small_multiples(2 * len(sites), ncols=len(sites), panel_size=(3.6, 3.0))
+        for col, (site, v) in enumerate(sites.items()):
+            ticks = [str(s) for s in v["steps"]]
+            figures.heatmap(axes[col], finite_matrix(v["cka"]), ticks, f"{site}: CKA", vmin=0.0, vmax=1.0)
+            figures.heatmap(axes[len(sites) + col], finite_matrix(v["shape"]), ticks, f"{site}: shape distance",
+                            cmap="magma_r", vmin=0.0)
+        blocks.append({"run": run, "stimuli": stimuli, "figure": figures.to_data_uri(fig),
+                       "final": [{"site": s, "cka": v["cka"][-1], "steps": v["steps"]} for s, v in sites.items()]})
+    return {"blocks": blocks} if blocks else None
+
+
+def finite_matrix(rows) -> np.ndarray:
+    """A JSON matrix (None for missing) as a float array with NaN."""
+    return np.array([finite(r) for r in rows], dtype=float)
+
+
+def _similarity_models(ctx: ExperimentContext, _page=None) -> dict | None:
+    """Model x model CKA and shape distance per site at the final checkpoints, per stimulus set."""
+    blocks = []
+    for (analysis, stimuli), summary in sorted(ctx.summaries.items()):
+        if analysis != "similarity":
+            continue
+        comparisons = summary["comparisons"]
+        figure = None
+        if comparisons:
+            fig, axes = figures.small_multiples(2 * len(comparisons), ncols=min(4, 2 * len(comparisons)),
+                                                panel_size=(4.0, 3.4))
+            for k, (site, c) in enumerate(comparisons.items()):
+                figures.heatmap(axes[2 * k], finite_matrix(c["cka"]), c["entries"], f"{site}: CKA", vmin=0.0, vmax=1.0)
+                figures.heatmap(axes[2 * k + 1], finite_matrix(c["shape"]), c["entries"], f"{site}: shape distance",
+                                cmap="magma_r", vmin=0.0)
+            figure = figures.to_data_uri(fig)
+        blocks.append({"stimuli": stimuli, "entries": summary["entries"], "figure": figure,
+                       "n_sites": len(comparisons)})
+    return {"blocks": blocks} if blocks else None
+
+
+def _similarity_mds(ctx: ExperimentContext, _page=None) -> dict | None:
+    """2-D classical MDS of all final-checkpoint representations under the angular shape distance."""
+    blocks = []
+    for (analysis, stimuli), summary in sorted(ctx.summaries.items()):
+        if analysis != "similarity" or summary["mds"]["n_points"] < 3:
+            continue
+        ds = _open_result(ctx.result_stores[(analysis, stimuli)])
+        coords = np.asarray(ds["mds"].values)
+        entries = strings(ds["point_entry"].values)
+        sites = strings(ds["point_site"].values)
+        fig, ax = figures.plt.subplots(figsize=(6.5, 5.0))
+        for entry in dict.fromkeys(entries):
+            ax.scatter(*coords[entries == entry].T, label=entry, s=25)
+        for (x, y), site in zip(coords, sites):
+            ax.annotate(site, (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        ax.set_xlabel("MDS 1")
+        ax.set_ylabel("MDS 2")
+        ax.set_title(f"{stimuli}: representations under the angular shape distance", fontsize=10)
+        ax.legend(fontsize=7)
+        blocks.append({"stimuli": stimuli, "figure": figures.to_data_uri(fig), "n_points": summary["mds"]["n_points"],
+                       "explained": summary["mds"]["explained"]})
+    return {"blocks": blocks} if blocks else None
+
+
 SECTIONS = [
     Section("training", "Training", "model", _training),
     Section("stats-across", "Activation statistics across training", "model", _stats_across),
@@ -126,4 +270,11 @@ SECTIONS = [
     Section("stats", "Activation statistics", "checkpoint", _stats),
     Section("stimuli", "Stimuli", "checkpoint", _stimuli),
     Section("provenance", "Provenance", "checkpoint", _provenance),
+    Section("similarity-across", "Representational drift across training", "model", _similarity_across),
+    Section("similarity", "Representational similarity", "checkpoint", _similarity),
+    Section("similarity-models", "Representational similarity between models", "experiment", _similarity_models),
+    Section("similarity-mds", "Map of representations (MDS)", "experiment", _similarity_mds),
+    Section("tca-across", "Tensor components across training", "model", collect_tca_across),
+    Section("connectome", "Functional connectome over training", "model", collect_connectome),
+    Section("tca", "Tensor component analysis", "checkpoint", collect_tca),
 ]

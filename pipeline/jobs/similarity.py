@@ -1,15 +1,8 @@
-"""Entry points of the workflow's jobs: read inputs, call the package, write outputs.
-
-Each job receives a *spec*: the slice of the validated config it depends on (so that a change
-to one model's config re-runs only that model's jobs). Specs are built here too, by the
-``*_spec`` functions that ``rules/common.smk`` calls.
-"""
+"""Jobs of representational similarity: per checkpoint, across checkpoints, across models."""
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -19,187 +12,10 @@ import xarray as xr
 
 from pipeline import layout
 from pipeline.analyses import similarity as sim
-from pipeline.analyses.stats import blocks_of, site_stats
 from pipeline.backend import get_namespace, to_device, to_numpy
-from pipeline.config import run_settings
 from pipeline.errors import StoreError
+from pipeline.jobs import scalar_params, store_provenance, write_json
 from pipeline.store import open_store, site_array, strings, text_values, unit_dim
-
-log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------- specs
-
-
-def train_spec(config: dict, model: str, run: str) -> dict:
-    entry = config["models"][model]
-    params, seed = run_settings(entry, run)
-    return {"model_name": model, "run": run, "task": entry["task"], "params": params, "seed": seed,
-            "training": entry["training"]}
-
-
-def extract_spec(config: dict, model: str, run: str, stimuli: str) -> dict:
-    return {"model_name": model, "model": config["models"][model], "run": run, "stimuli_name": stimuli,
-            "stimuli": config["stimuli"][stimuli], "device": config["device"], "dtype": config["dtype"],
-            "batch_size": config["batch_size"]}
-
-
-def stats_spec(config: dict) -> dict:
-    return dict(config["analyses"]["stats"])
-
-
-def similarity_spec(config: dict, stimuli: str) -> dict:
-    """Settings of the per-checkpoint similarity job; the stimulus set's entry locates inputs a store lacks."""
-    return {**config["analyses"]["similarity"], "device": config["device"], "stimuli_name": stimuli,
-            "stimuli": config["stimuli"][stimuli]}
-
-
-def similarity_compare_spec(config: dict) -> dict:
-    """Settings of the similarity comparisons across checkpoints and across models."""
-    return {**config["analyses"]["similarity"], "device": config["device"]}
-
-
-# ---------------------------------------------------------------- jobs
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
-
-
-def run_train(spec: dict, out: Path) -> None:
-    """Train one run of a built-in model into the checkpoint folder ``out``."""
-    from pipeline.train import train
-
-    work = out.with_name(out.name + ".partial")
-    if work.exists():
-        shutil.rmtree(work)
-    train(spec["task"], work, params=spec["params"], seed=spec["seed"], **spec["training"])
-    if out.exists():
-        shutil.rmtree(out)
-    work.rename(out)
-
-
-def run_extract(spec: dict, out: Path, checkpoint: Path | None) -> None:
-    from pipeline.extract import extract
-
-    extract(spec, out, checkpoint)
-
-
-def run_stats(spec: dict, store: Path, out: Path) -> None:
-    """Activation statistics of every site of a store: result store ``out`` and summary JSON beside it."""
-    started = time.perf_counter()
-    ds = open_store(store)
-    mask = ds["mask"].values
-    ids = strings(ds["stimulus"].values)
-    tokens = strings(ds["token"].values) if "token" in ds else None
-    per_unit = {}
-    summaries = {}
-    for site in ds.attrs["sites"]:
-        values = site_array(ds, site).data  # dask array, read block by block
-        rows = max(1, values.chunksize[0])
-        try:
-            stats = site_stats(lambda v=values, r=rows: blocks_of(v, mask, r), **spec)
-        except ValueError as err:
-            summaries[site] = {"status": "failed", "error": str(err)}
-            continue
-        summaries[site] = {"status": "ok", **stats.summary()}
-        for top in summaries[site]["top_massive"]:
-            top["stimulus_id"] = str(ids[top["stimulus"]])
-            if tokens is not None:
-                top["token"] = str(tokens[top["stimulus"], top["position"]])
-        dim = unit_dim(site)
-        for name in ("mean", "variance", "zero_fraction", "nan_count", "inf_count", "massive_count"):
-            per_unit[f"{site}/{name}"] = xr.DataArray(getattr(stats, name), dims=[dim])
-    stimulus_coords = {name: text_values(ds[name].values) for name in ("label", "text") if name in ds}
-    result = xr.Dataset(per_unit, coords={"stimulus": text_values(ids),
-                                          **{k: ("stimulus", v) for k, v in stimulus_coords.items()}},
-                        attrs={"analysis": "stats", "store": str(store), **_scalars(spec)})
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    result.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    write_json(layout.summary_path(out), {
-        "analysis": "stats",
-        "params": spec,
-        "provenance": _provenance(ds.attrs),
-        "sites": summaries,
-        "runtime_seconds": round(time.perf_counter() - started, 3),
-    })
-
-
-def _scalars(d: dict) -> dict:
-    return {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool))}
-
-
-def _provenance(attrs: dict) -> dict:
-    keep = ("model_id", "model_class", "architecture", "architecture_params", "checkpoint", "checkpoint_sha256",
-            "checkpoint_name", "step", "checkpoint_metadata", "run", "stimulus_set", "stimulus_kind",
-            "stimulus_hash", "dtype", "device", "packages", "config_hash", "created_at", "extraction_seconds")
-    return {k: attrs[k] for k in keep if k in attrs}
-
-
-def run_stats_across(results: list[Path], out: Path) -> None:
-    """Statistics of a run across its checkpoints, ordered by training step.
-
-    ``results`` are the per-checkpoint result stores of ``run_stats`` (summaries beside them).
-    Besides each summary scalar over training, records the drift of the per-unit means,
-    ||mu_t - mu_(t-1)|| / ||mu_(t-1)||, between consecutive checkpoints.
-    """
-    entries = []
-    for path in results:
-        summary = json.loads(layout.summary_path(Path(path)).read_text())
-        entries.append((summary, Path(path)))
-    entries.sort(key=lambda e: (e[0]["provenance"].get("step", -1), e[0]["provenance"].get("checkpoint_name", "")))
-    sites = list(entries[0][0]["sites"]) if entries else []
-    series = {}
-    for site in sites:
-        rows = [summary["sites"].get(site, {"status": "missing"}) for summary, _ in entries]
-        series[site] = {key: [row.get(key) for row in rows] for key in ACROSS_KEYS}
-        means = [_unit_means(path, site) for _, path in entries]
-        series[site]["mean_drift"] = [None] + [
-            float(np.linalg.norm(b - a) / max(np.linalg.norm(a), 1e-12)) if a is not None and b is not None else None
-            for a, b in zip(means[:-1], means[1:])
-        ]
-    provenance = [summary["provenance"] for summary, _ in entries]
-    first = provenance[0] if provenance else {}
-    write_json(out, {
-        "analysis": "stats",
-        "model": first.get("model_id"),
-        "run": first.get("run"),
-        "stimulus_set": first.get("stimulus_set"),
-        "checkpoints": [p.get("checkpoint_name") for p in provenance],
-        "steps": [p.get("step") for p in provenance],
-        "metadata": [p.get("checkpoint_metadata", {}) for p in provenance],
-        "sites": series,
-    })
-
-
-ACROSS_KEYS = ("status", "zero_fraction", "n_dead", "n_constant", "massive_count", "nan_count", "inf_count",
-               "median_abs", "max_abs", "mean_variance")
-
-
-def _unit_means(result: Path, site: str) -> np.ndarray | None:
-    ds = xr.open_zarr(result, consolidated=False, zarr_format=3)
-    name = f"{site}/mean"
-    return np.nan_to_num(ds[name].values) if name in ds else None
-
-
-# ---------------------------------------------------------------- similarity
 
 
 def run_similarity(spec: dict, store: Path, out: Path) -> None:
@@ -210,7 +26,7 @@ def run_similarity(spec: dict, store: Path, out: Path) -> None:
     state), on at most ``max_stimuli`` stimuli drawn with ``seed`` (the same draw for every store
     of a stimulus set, so checkpoints and models are compared on the same stimuli). Writes the
     layer x layer matrices ``cka``, ``rsa`` (``compare_method`` of the ``rdm_metric`` RDMs) and
-    ``shape`` (angular shape distance), each site's ``rdm`` and pooled ``<site>/representation``,
+    ``shape`` (angular shape distance), each site's ``rdm`` and pooled ``representation:<site>``,
     and each RDM's similarity to the reference RDMs (label; input where the stimuli have one) with
     a permutation p-value and a bootstrap interval.
     """
@@ -255,7 +71,7 @@ def run_similarity(spec: dict, store: Path, out: Path) -> None:
             [[tests.get(s, {}).get(r, {}).get(field, np.nan) for r in refs] for s in names], dtype=float
         ).reshape(len(names), len(refs)))
     for site in names:
-        data[f"{site}/representation"] = (("stimulus", unit_dim(site)), reps[site])
+        data[representation_name(site)] = (("stimulus", unit_dim(site)), reps[site])
     coords = {"site": text_values(names), "site_a": text_values(names), "site_b": text_values(names),
               "stimulus": kept_ids, "stimulus_b": kept_ids}
     if refs:
@@ -263,12 +79,12 @@ def run_similarity(spec: dict, store: Path, out: Path) -> None:
     if "label" in ds.variables:
         coords["label"] = ("stimulus", text_values(strings(ds["label"].values)[keep]))
     result = xr.Dataset(data, coords=coords, attrs={"analysis": "similarity", "store": str(store),
-                                                    **_scalars(spec)})
+                                                    **scalar_params(spec)})
     _write_result(result, out)
     write_json(layout.summary_path(out), {
         "analysis": "similarity",
         "params": spec,
-        "provenance": _provenance(ds.attrs),
+        "provenance": store_provenance(ds.attrs),
         "representation": "mean over real (unpadded) positions of each stimulus",
         "n_stimuli": n,
         "n_stimuli_total": len(ids),
@@ -277,6 +93,11 @@ def run_similarity(spec: dict, store: Path, out: Path) -> None:
         "tests": tests,
         "runtime_seconds": round(time.perf_counter() - started, 3),
     })
+
+
+def representation_name(site: str) -> str:
+    """Variable of a similarity result store holding a site's pooled patterns (stimulus, unit)."""
+    return f"representation:{site}"
 
 
 def stimulus_subset(n: int, max_stimuli: int, seed: int) -> np.ndarray:
@@ -320,7 +141,7 @@ def _reference_rdms(spec: dict, xp, ds: xr.Dataset, keep: np.ndarray) -> tuple[d
     else:
         status["label"] = {"status": "unavailable", "reason": "the store has no label coordinate"}
     try:
-        inputs = _stimulus_inputs(spec, ds, keep)
+        inputs = _stimulus_inputs(ds, keep)
         if inputs is None:
             status["input"] = {"status": "unavailable", "reason": "the stimuli are texts, not numeric inputs"}
         else:
@@ -331,24 +152,11 @@ def _reference_rdms(spec: dict, xp, ds: xr.Dataset, keep: np.ndarray) -> tuple[d
     return refs, status
 
 
-def _stimulus_inputs(spec: dict, ds: xr.Dataset, keep: np.ndarray) -> np.ndarray | None:
-    """Numeric inputs (kept stimuli, ...) of a store's stimuli, or None for text stimuli."""
-    if "input" in ds.variables:
-        return np.asarray(ds["input"].values, dtype=np.float64)[keep]
-    stim_spec = spec.get("stimuli")
-    if not stim_spec or stim_spec["kind"] == "sentences":
+def _stimulus_inputs(ds: xr.Dataset, keep: np.ndarray) -> np.ndarray | None:
+    """Numeric inputs (kept stimuli, ...) stored with the activations, or None for text stimuli."""
+    if "input" not in ds.variables:
         return None
-    from pipeline.stimuli import load_stimuli
-
-    stim = load_stimuli(spec["stimuli_name"], stim_spec)
-    if stim.inputs is None:
-        return None
-    row = {str(i): k for k, i in enumerate(stim.ids)}
-    kept = strings(ds["stimulus"].values)[keep]
-    missing = [i for i in kept if i not in row]
-    if missing:
-        raise ValueError(f"stimulus ids of the store are not in stimulus set {spec['stimuli_name']!r}: {missing[:3]}")
-    return np.asarray(stim.inputs, dtype=np.float64)[[row[i] for i in kept]]
+    return np.asarray(ds["input"].values, dtype=np.float64)[keep]
 
 
 def _reference_test(spec: dict, xp, D: np.ndarray, R: np.ndarray) -> dict:
@@ -397,7 +205,7 @@ def _compare_representations(spec: dict, xp, entries: list[tuple[dict, xr.Datase
     have = [k for k, (summary, _) in enumerate(entries) if summary["sites"].get(site, {}).get("status") == "ok"]
     if len(have) < 2:
         return None
-    reps = [np.asarray(entries[k][1][f"{site}/representation"].values) for k in have]
+    reps = [np.asarray(entries[k][1][representation_name(site)].values) for k in have]
     rdms = []
     for k in have:
         D = np.asarray(entries[k][1]["rdm"].sel(site=site).values, dtype=np.float64)
@@ -464,7 +272,7 @@ def run_similarity_models(spec: dict, results: list[Path], out: Path) -> None:
                    if summary["sites"].get(site, {}).get("status") == "ok"]
     n_components = min(2, len(points))
     if points:
-        reps = [to_device(entries[k][1][f"{site}/representation"].values, xp) for k, site in points]
+        reps = [to_device(entries[k][1][representation_name(site)].values, xp) for k, site in points]
         D = sim.shape_distance_matrix(reps, alpha=spec["shape_alpha"])
         coords, eigenvalues = (to_numpy(a) for a in sim.classical_mds(D, n_components))
         D = to_numpy(D)
@@ -479,7 +287,8 @@ def run_similarity_models(spec: dict, results: list[Path], out: Path) -> None:
                 "point_entry": ("point", text_values([labels[k] for k, _ in points])),
                 "point_site": ("point", text_values([site for _, site in points])),
                 "component": np.arange(n_components)},
-        attrs={"analysis": "similarity", "scope": "experiment", "stimulus_set": str(stimulus_set), **_scalars(spec)},
+        attrs={"analysis": "similarity", "scope": "experiment", "stimulus_set": str(stimulus_set),
+               **scalar_params(spec)},
     )
     _write_result(result, out)
     write_json(layout.summary_path(out), {

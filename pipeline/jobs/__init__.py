@@ -1,0 +1,240 @@
+"""Entry points of the workflow's jobs: read inputs, call the package, write outputs.
+
+Each job receives a *spec*: the slice of the validated config it depends on (so that a change
+to one model's config re-runs only that model's jobs). Specs are built here, by the ``*_spec``
+functions that ``rules/common.smk`` calls. This module holds the recording and statistics jobs;
+``pipeline.jobs.similarity`` and ``pipeline.jobs.factorization`` hold those analyses' jobs, kept
+apart so that each job imports only what it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from pipeline import layout
+from pipeline.analyses.stats import blocks_of, site_stats
+from pipeline.config import run_settings
+from pipeline.store import open_store, site_array, strings, text_values, unit_dim
+
+log = logging.getLogger(__name__)
+
+# Stimulus kinds whose position axis is a time course worth its own mode (names of the three modes).
+SEQUENCE_MODES = {"flipflop": ("unit", "time step", "trial"), "sentences": ("unit", "token position", "sentence")}
+
+
+# ---------------------------------------------------------------- specs
+
+
+def train_spec(config: dict, model: str, run: str) -> dict:
+    entry = config["models"][model]
+    params, seed = run_settings(entry, run)
+    return {"model_name": model, "run": run, "task": entry["task"], "params": params, "seed": seed,
+            "training": entry["training"]}
+
+
+def extract_spec(config: dict, model: str, run: str, stimuli: str) -> dict:
+    return {"model_name": model, "model": config["models"][model], "run": run, "stimuli_name": stimuli,
+            "stimuli": config["stimuli"][stimuli], "device": config["device"], "dtype": config["dtype"],
+            "batch_size": config["batch_size"]}
+
+
+def stats_spec(config: dict) -> dict:
+    return dict(config["analyses"]["stats"])
+
+
+def similarity_spec(config: dict, stimuli: str) -> dict:
+    """Settings of the per-checkpoint similarity job; the stimulus set's entry locates inputs a store lacks."""
+    return {**config["analyses"]["similarity"], "device": config["device"], "stimuli_name": stimuli,
+            "stimuli": config["stimuli"][stimuli]}
+
+
+def similarity_compare_spec(config: dict) -> dict:
+    """Settings of the similarity comparisons across checkpoints and across models."""
+    return {**config["analyses"]["similarity"], "device": config["device"]}
+
+
+def _for_jobs(settings: dict) -> dict:
+    """An analysis' settings without ``models`` (which only picks targets, so editing it re-runs nothing)."""
+    return {k: v for k, v in settings.items() if k != "models"}
+
+
+def tca_spec(config: dict) -> dict:
+    """Settings of the tensor component analysis jobs (per checkpoint and across checkpoints)."""
+    return {**_for_jobs(config["analyses"]["tca"]), "device": config["device"], "dtype": config["dtype"]}
+
+
+def connectome_spec(config: dict) -> dict:
+    """Settings of the dynamic functional connectome job."""
+    return {**_for_jobs(config["analyses"]["connectome"]), "device": config["device"], "dtype": config["dtype"]}
+
+
+def _selected(settings: dict, model: str) -> bool:
+    return settings.get("models") is None or model in settings["models"]
+
+
+def tca_plan(config: dict, model: str, stimuli: str) -> str | None:
+    """How TCA runs on a model's stimulus set: "checkpoint" (a unit x position x stimulus tensor per
+    checkpoint, for sequence stimuli), "across" (a unit x stimulus x checkpoint tensor per run, for
+    a trained or watched series on other stimuli) or None."""
+    if not _selected(config["analyses"]["tca"], model):
+        return None
+    if config["stimuli"][stimuli]["kind"] in SEQUENCE_MODES:
+        return "checkpoint"
+    return "across" if config["models"][model]["source"] != "huggingface" else None
+
+
+def connectome_enabled(config: dict, model: str) -> bool:
+    """The connectome needs a checkpoint series (a trained or watched model) and the model selected."""
+    return config["models"][model]["source"] != "huggingface" and _selected(config["analyses"]["connectome"], model)
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def run_train(spec: dict, out: Path) -> None:
+    """Train one run of a built-in model into the checkpoint folder ``out``."""
+    from pipeline.train import train
+
+    work = out.with_name(out.name + ".partial")
+    if work.exists():
+        shutil.rmtree(work)
+    train(spec["task"], work, params=spec["params"], seed=spec["seed"], **spec["training"])
+    if out.exists():
+        shutil.rmtree(out)
+    work.rename(out)
+
+
+def run_extract(spec: dict, out: Path, checkpoint: Path | None) -> None:
+    from pipeline.extract import extract
+
+    extract(spec, out, checkpoint)
+
+
+def run_stats(spec: dict, store: Path, out: Path) -> None:
+    """Activation statistics of every site of a store: result store ``out`` and summary JSON beside it."""
+    started = time.perf_counter()
+    ds = open_store(store)
+    mask = ds["mask"].values
+    ids = strings(ds["stimulus"].values)
+    tokens = strings(ds["token"].values) if "token" in ds else None
+    per_unit = {}
+    summaries = {}
+    for site in ds.attrs["sites"]:
+        values = site_array(ds, site).data  # dask array, read block by block
+        rows = max(1, values.chunksize[0])
+        try:
+            stats = site_stats(lambda v=values, r=rows: blocks_of(v, mask, r), **spec)
+        except ValueError as err:
+            summaries[site] = {"status": "failed", "error": str(err)}
+            continue
+        summaries[site] = {"status": "ok", **stats.summary()}
+        for top in summaries[site]["top_massive"]:
+            top["stimulus_id"] = str(ids[top["stimulus"]])
+            if tokens is not None:
+                top["token"] = str(tokens[top["stimulus"], top["position"]])
+        dim = unit_dim(site)
+        for name in ("mean", "variance", "zero_fraction", "nan_count", "inf_count", "massive_count"):
+            # ':' not '/': in Zarr v3 a '/' in a variable name nests it in a group the top level never shows
+            per_unit[f"{site}:{name}"] = xr.DataArray(getattr(stats, name), dims=[dim])
+    stimulus_coords = {name: text_values(ds[name].values) for name in ("label", "text") if name in ds}
+    result = xr.Dataset(per_unit, coords={"stimulus": text_values(ids),
+                                          **{k: ("stimulus", v) for k, v in stimulus_coords.items()}},
+                        attrs={"analysis": "stats", "store": str(store), **scalar_params(spec)})
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    result.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    write_json(layout.summary_path(out), {
+        "analysis": "stats",
+        "params": spec,
+        "provenance": store_provenance(ds.attrs),
+        "sites": summaries,
+        "runtime_seconds": round(time.perf_counter() - started, 3),
+    })
+
+
+def scalar_params(d: dict) -> dict:
+    return {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool))}
+
+
+def store_provenance(attrs: dict) -> dict:
+    keep = ("model_id", "model_class", "architecture", "architecture_params", "checkpoint", "checkpoint_sha256",
+            "checkpoint_name", "step", "checkpoint_metadata", "run", "stimulus_set", "stimulus_kind",
+            "stimulus_hash", "dtype", "device", "packages", "config_hash", "created_at", "extraction_seconds")
+    return {k: attrs[k] for k in keep if k in attrs}
+
+
+def run_stats_across(results: list[Path], out: Path) -> None:
+    """Statistics of a run across its checkpoints, ordered by training step.
+
+    ``results`` are the per-checkpoint result stores of ``run_stats`` (summaries beside them).
+    Besides each summary scalar over training, records the drift of the per-unit means,
+    ||mu_t - mu_(t-1)|| / ||mu_(t-1)||, between consecutive checkpoints.
+    """
+    entries = []
+    for path in results:
+        summary = json.loads(layout.summary_path(Path(path)).read_text())
+        entries.append((summary, Path(path)))
+    entries.sort(key=lambda e: (e[0]["provenance"].get("step", -1), e[0]["provenance"].get("checkpoint_name", "")))
+    sites = list(entries[0][0]["sites"]) if entries else []
+    series = {}
+    for site in sites:
+        rows = [summary["sites"].get(site, {"status": "missing"}) for summary, _ in entries]
+        series[site] = {key: [row.get(key) for row in rows] for key in ACROSS_KEYS}
+        means = [_unit_means(path, site) for _, path in entries]
+        series[site]["mean_drift"] = [None] + [
+            float(np.linalg.norm(b - a) / max(np.linalg.norm(a), 1e-12)) if a is not None and b is not None else None
+            for a, b in zip(means[:-1], means[1:])
+        ]
+    provenance = [summary["provenance"] for summary, _ in entries]
+    first = provenance[0] if provenance else {}
+    write_json(out, {
+        "analysis": "stats",
+        "model": first.get("model_id"),
+        "run": first.get("run"),
+        "stimulus_set": first.get("stimulus_set"),
+        "checkpoints": [p.get("checkpoint_name") for p in provenance],
+        "steps": [p.get("step") for p in provenance],
+        "metadata": [p.get("checkpoint_metadata", {}) for p in provenance],
+        "sites": series,
+    })
+
+
+ACROSS_KEYS = ("status", "zero_fraction", "n_dead", "n_constant", "massive_count", "nan_count", "inf_count",
+               "median_abs", "max_abs", "mean_variance")
+
+
+def _unit_means(result: Path, site: str) -> np.ndarray | None:
+    ds = xr.open_zarr(result, consolidated=False, zarr_format=3)
+    name = f"{site}:mean"
+    return np.nan_to_num(ds[name].values) if name in ds else None
+
+
+# ---------------------------------------------------------------- similarity

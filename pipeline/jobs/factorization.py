@@ -1,0 +1,251 @@
+"""Jobs of tensor component analysis and of the dynamic functional connectome."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from pipeline import layout
+from pipeline.analyses.connectome import affinity, communities
+from pipeline.analyses.tca import TCAFit, fit_tca, scale_units, spread_indices, top_units, unit_variance
+from pipeline.backend import get_namespace, to_device, to_numpy
+from pipeline.errors import StoreError
+from pipeline.jobs import SEQUENCE_MODES, store_provenance, write_json
+from pipeline.store import open_store, site_array, strings, text_values
+
+log = logging.getLogger(__name__)
+
+
+def _matching_sites(ds: xr.Dataset, patterns: list[str]) -> list[str]:
+    return [s for s in ds.attrs["sites"] if any(fnmatch.fnmatchcase(s, p) for p in patterns)]
+
+
+def _factor_stimuli(ds: xr.Dataset, max_stimuli: int) -> np.ndarray:
+    """Stimuli a factorization uses: the test split when the set has one, spread evenly up to ``max_stimuli``."""
+    index = np.arange(ds.sizes["stimulus"])
+    if "split" in ds:
+        test = strings(ds["split"].values) == "test"
+        index = index[test] if test.any() else index
+    return index[spread_indices(len(index), max_stimuli)]
+
+
+def _stimulus_coords(ds: xr.Dataset, index: np.ndarray) -> dict:
+    coords = {"stimulus": text_values(strings(ds["stimulus"].values)[index])}
+    for name in ("label", "text"):
+        if name in ds:
+            coords[name] = ("stimulus", text_values(strings(ds[name].values)[index]))
+    return coords
+
+
+def _series(stores: list[Path]) -> list[xr.Dataset]:
+    """The activation stores of a run ordered by training step; all must hold the same stimuli."""
+    series = sorted((open_store(s) for s in stores),
+                    key=lambda d: (d.attrs.get("step", -1), d.attrs.get("checkpoint_name", "")))
+    ids = strings(series[0]["stimulus"].values)
+    for d in series[1:]:
+        if not np.array_equal(strings(d["stimulus"].values), ids):
+            raise StoreError(f"store of checkpoint {d.attrs.get('checkpoint_name')} holds other stimuli than "
+                             f"{series[0].attrs.get('checkpoint_name')}; re-extract the run with one stimulus set")
+    return series
+
+
+def _position_mean(X: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(stimulus, position, unit) -> (stimulus, unit): mean over the observed positions."""
+    w = mask[:, :, None].astype(X.dtype)
+    return np.where(w > 0, X, 0).sum(axis=1) / np.maximum(w.sum(axis=1), 1)
+
+
+def _tca_fit(spec: dict, T: np.ndarray, mask: np.ndarray | None) -> TCAFit:
+    """Fit on the configured device; a mask with every entry observed is dropped (the dense solver is faster)."""
+    xp = get_namespace(spec["device"])
+    T = to_device(T, xp, spec["dtype"])
+    M = None if mask is None or mask.all() else to_device(np.ascontiguousarray(mask), xp)
+    if spec["normalize"]:
+        T, _ = scale_units(T, M)
+    return fit_tca(T, spec["max_rank"], replicates=spec["replicates"], nonneg=spec["nonneg"], mask=M,
+                   n_iter_max=spec["n_iter_max"], tol=spec["tol"], holdout=spec["holdout"], random_state=spec["seed"])
+
+
+def _tca_dataset(fit: TCAFit, dims: tuple[str, ...], coords: dict) -> xr.Dataset:
+    """Factors of the chosen model (``<dim>_factor`` (dim, component), ``weight``) and the rank diagnostics."""
+    ranks = fit.ensemble.ranks
+    data = {f"{dim}_factor": ((dim, "component"), to_numpy(f)) for dim, f in zip(dims, fit.model.factors)}
+    data["weight"] = (("component",), to_numpy(fit.model.weights))
+    data["objective"] = (("rank", "replicate"), np.stack([fit.ensemble.objectives[r] for r in ranks]))
+    data["similarity"] = (("rank", "replicate"), np.stack([fit.ensemble.similarities[r] for r in ranks]))
+    if fit.cv is not None:
+        data["cv_train_error"] = (("rank", "replicate"), np.stack([fit.cv.train_error[r] for r in ranks]))
+        data["cv_test_error"] = (("rank", "replicate"), np.stack([fit.cv.test_error[r] for r in ranks]))
+    return xr.Dataset(data, coords={"rank": ranks, "component": np.arange(fit.rank), **coords},
+                      attrs={"rank": fit.rank, "nonneg": fit.nonneg, "rel_error": fit.model.rel_error})
+
+
+def _tca_summary(fit: TCAFit, shape: tuple[int, ...], n_units: int, started: float) -> dict:
+    ranks = fit.ensemble.ranks
+    cv = None if fit.cv is None else [float(fit.cv.test_error[r][np.argmin(fit.cv.train_error[r])]) for r in ranks]
+    return {"status": "ok", "shape": list(shape), "n_units_recorded": n_units, "nonneg": fit.nonneg,
+            "rank": fit.rank, "rel_error": fit.model.rel_error, "ranks": ranks,
+            "objective": [float(fit.ensemble.objectives[r].min()) for r in ranks],
+            "similarity": [float(fit.ensemble.similarities[r].mean()) for r in ranks],
+            "cv_test_error": cv, "runtime_seconds": round(time.perf_counter() - started, 3)}
+
+
+def _write_groups(out: Path, root: xr.Dataset, groups: dict[str, xr.Dataset]) -> None:
+    """A result store with one Zarr group per site (``xr.open_zarr(out, group=site)``), via ``<out>.partial``."""
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    root.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+    for site, ds in groups.items():
+        ds.to_zarr(tmp, group=site, mode="w", zarr_format=3, consolidated=False)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def run_tca(spec: dict, store: Path, out: Path) -> None:
+    """TCA of one checkpoint: a (unit x position x stimulus) tensor per selected site, padding masked out.
+
+    Keeps the ``max_units`` units of highest variance and up to ``max_stimuli`` stimuli; writes
+    the factors and rank diagnostics (result store ``out``, one group per site) and a summary JSON.
+    """
+    started = time.perf_counter()
+    ds = open_store(store)
+    index = _factor_stimuli(ds, spec["max_stimuli"])
+    mask = np.asarray(ds["mask"].values, dtype=bool)[index]
+    observed = np.flatnonzero(mask.any(axis=0))
+    positions = np.arange(observed.max() + 1 if observed.size else mask.shape[1])  # drop all-padding positions
+    mask = mask[:, positions]
+    modes = SEQUENCE_MODES.get(ds.attrs.get("stimulus_kind"), ("unit", "position", "stimulus"))
+    stim_coords = _stimulus_coords(ds, index)
+    groups, sites = {}, {}
+    for site in _matching_sites(ds, spec["sites"]):
+        t0 = time.perf_counter()
+        try:
+            X = np.asarray(site_array(ds, site).isel(stimulus=index, position=positions).values)
+            units = top_units(unit_variance(X, mask), spec["max_units"])
+            T = np.transpose(X[:, :, units], (2, 1, 0))  # (unit, position, stimulus)
+            fit = _tca_fit(spec, T, np.broadcast_to(mask.T[None], T.shape))
+        except ValueError as err:
+            log.warning("tca of site %s failed: %s", site, err)
+            sites[site] = {"status": "failed", "error": str(err)}
+            continue
+        groups[site] = _tca_dataset(fit, ("unit", "position", "stimulus"),
+                                    {"unit": units, "position": positions, **stim_coords})
+        sites[site] = _tca_summary(fit, T.shape, X.shape[2], t0)
+        log.info("tca %s: shape %s, rank %d, error %.3f", site, T.shape, fit.rank, fit.model.rel_error)
+    root = xr.Dataset(coords=stim_coords, attrs={"analysis": "tca", "store": str(store)})
+    _write_groups(out, root, groups)
+    write_json(layout.summary_path(out), {
+        "analysis": "tca", "params": spec, "provenance": store_provenance(ds.attrs),
+        "modes": ["unit", "position", "stimulus"], "mode_labels": list(modes), "sites": sites,
+        "runtime_seconds": round(time.perf_counter() - started, 3),
+    })
+
+
+def _across_summary(analysis: str, spec: dict, series: list[xr.Dataset], sites: dict, started: float) -> dict:
+    provenance = [store_provenance(d.attrs) for d in series]
+    return {
+        "analysis": analysis, "params": spec, "provenance": provenance,
+        "model": provenance[0].get("model_id"), "run": provenance[0].get("run"),
+        "stimulus_set": provenance[0].get("stimulus_set"),
+        "checkpoints": [p.get("checkpoint_name") for p in provenance], "steps": [p.get("step") for p in provenance],
+        "sites": sites, "runtime_seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _checkpoint_coords(series: list[xr.Dataset]) -> dict:
+    return {"checkpoint": text_values([d.attrs.get("checkpoint_name", "") for d in series]),
+            "step": ("checkpoint", np.array([d.attrs.get("step", -1) for d in series], dtype=np.int64))}
+
+
+def run_tca_across(spec: dict, stores: list[Path], out: Path) -> None:
+    """TCA of a run across its checkpoints: a (unit x stimulus x checkpoint) tensor per selected site.
+
+    ``stores`` are the run's activation stores; a site with several positions is averaged over
+    its observed positions. The checkpoint factor of a component is its time course over
+    training. Writes a result store (one group per site) and its summary JSON beside it.
+    """
+    started = time.perf_counter()
+    series = _series(stores)
+    first = series[0]
+    index = _factor_stimuli(first, spec["max_stimuli"])
+    mask = np.asarray(first["mask"].values, dtype=bool)[index]
+    stim_coords = _stimulus_coords(first, index)
+    groups, sites = {}, {}
+    for site in _matching_sites(first, spec["sites"]):
+        t0 = time.perf_counter()
+        try:
+            Y = np.stack([_position_mean(np.asarray(site_array(d, site).isel(stimulus=index).values), mask)
+                          for d in series])  # (checkpoint, stimulus, unit)
+            units = top_units(unit_variance(Y), spec["max_units"])
+            T = np.transpose(Y[:, :, units], (2, 1, 0))  # (unit, stimulus, checkpoint)
+            fit = _tca_fit(spec, T, None)
+        except ValueError as err:
+            log.warning("tca across checkpoints of site %s failed: %s", site, err)
+            sites[site] = {"status": "failed", "error": str(err)}
+            continue
+        groups[site] = _tca_dataset(fit, ("unit", "stimulus", "checkpoint"),
+                                    {"unit": units, **stim_coords, **_checkpoint_coords(series)})
+        sites[site] = _tca_summary(fit, T.shape, Y.shape[2], t0)
+        log.info("tca across %s: shape %s, rank %d, error %.3f", site, T.shape, fit.rank, fit.model.rel_error)
+    root = xr.Dataset(coords={**stim_coords, **_checkpoint_coords(series)}, attrs={"analysis": "tca-across"})
+    _write_groups(out, root, groups)
+    summary = _across_summary("tca-across", spec, series, sites, started)
+    write_json(layout.summary_path(out), {**summary, "modes": ["unit", "stimulus", "checkpoint"]})
+
+
+def run_connectome(spec: dict, stores: list[Path], out: Path) -> None:
+    """Dynamic functional connectome of a run: unit x unit affinity per checkpoint, non-negative CP communities.
+
+    Per selected site, the ``max_units`` units of highest variance (pooled over checkpoints) are
+    kept; their affinity is computed over all observed (stimulus, position) samples of each
+    checkpoint and the (unit x unit x checkpoint) tensor is split into ``rank`` communities.
+    """
+    started = time.perf_counter()
+    series = _series(stores)
+    index = _factor_stimuli(series[0], spec["max_stimuli"])
+    rows = np.asarray(series[0]["mask"].values, dtype=bool)[index].ravel()
+    xp = get_namespace(spec["device"])
+    groups, sites = {}, {}
+    for site in _matching_sites(series[0], spec["sites"]):
+        t0 = time.perf_counter()
+        try:
+            samples = []
+            for d in series:
+                X = np.asarray(site_array(d, site).isel(stimulus=index).values)
+                samples.append(X.reshape(-1, X.shape[-1])[rows])  # (observed samples, unit)
+            units = top_units(sum(s.var(axis=0) for s in samples), spec["max_units"])
+            A = xp.stack([affinity(to_device(s[:, units], xp, spec["dtype"]), spec["affinity"]) for s in samples],
+                         axis=-1)  # (unit, unit, checkpoint)
+            found = communities(A, spec["rank"], replicates=spec["replicates"], n_iter_max=spec["n_iter_max"],
+                                tol=spec["tol"], random_state=spec["seed"])
+        except ValueError as err:
+            log.warning("connectome of site %s failed: %s", site, err)
+            sites[site] = {"status": "failed", "error": str(err)}
+            continue
+        groups[site] = xr.Dataset(
+            {"affinity": (("unit", "unit_b", "checkpoint"), to_numpy(A)),
+             "unit_factor": (("unit", "component"), found.unit_factor),
+             "checkpoint_factor": (("checkpoint", "component"), found.time_factor),
+             "weight": (("component",), found.weights), "loading": (("unit", "component"), found.loading),
+             "community": (("unit",), found.assignment),
+             "objective": (("replicate",), found.objectives), "similarity": (("replicate",), found.similarities)},
+            coords={"unit": units, "unit_b": units, "component": np.arange(found.weights.size),
+                    **_checkpoint_coords(series)},
+            attrs={"rel_error": found.rel_error},
+        )
+        sizes = np.bincount(found.assignment[found.assignment >= 0], minlength=found.weights.size)
+        sites[site] = {"status": "ok", "n_units": int(units.size), "n_samples": int(rows.sum()),
+                       "rank": int(found.weights.size), "rel_error": found.rel_error,
+                       "community_sizes": sizes.tolist(), "similarity": float(found.similarities.mean()),
+                       "runtime_seconds": round(time.perf_counter() - t0, 3)}
+        log.info("connectome %s: %d units, community sizes %s", site, units.size, sizes.tolist())
+    _write_groups(out, xr.Dataset(coords=_checkpoint_coords(series), attrs={"analysis": "connectome"}), groups)
+    write_json(layout.summary_path(out), _across_summary("connectome", spec, series, sites, started))

@@ -1,0 +1,75 @@
+"""Command line: exit codes and one-line errors on stderr."""
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.config import validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pipeline_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.fixture
+def restore_logging():
+    """``main`` configures the root logger; put it back so later tests do not log to a closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_validate_shipped_config_prints_it_with_defaults():
+    done = pipeline_cli("validate", "config.yaml")
+    assert done.returncode == 0, done.stderr
+    with open(ROOT / "config.yaml") as f:
+        assert yaml.safe_load(done.stdout) == validate_config(yaml.safe_load(f))
+
+
+def test_validate_bad_config_fails_with_one_line(tmp_path):
+    with open(ROOT / "config.yaml") as f:
+        config = yaml.safe_load(f)
+    config["batchsize"] = 8
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = pipeline_cli("validate", str(path))
+    assert done.returncode == 1
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "ERROR" in lines[0] and "config error: unknown key 'batchsize' in the top level" in lines[0]
+
+
+def test_missing_required_key_in_process(tmp_path, capsys, restore_logging):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"stimuli": {"s": {"kind": "digits"}}}))
+    assert main(["validate", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "missing a required key: 'models'" in lines[0]
+
+
+def test_show_missing_store_fails_with_one_line(tmp_path, capsys, restore_logging):
+    assert main(["show", str(tmp_path / "absent.zarr")]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert "does not exist; re-run the extraction" in lines[0]
+
+
+def test_show_prints_a_store(tmp_path, capsys, store_writer, restore_logging):
+    store = store_writer(tmp_path / "s.zarr", {"layer.0": np.zeros((3, 2, 4))}, np.ones((3, 2), bool))
+    assert main(["show", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "layer.0" in out and "stim-02" in out

@@ -1,0 +1,263 @@
+"""Similarity jobs on small synthetic activation stores with planted structure.
+
+Checks the per-checkpoint job (layer x layer CKA / RSA / shape, reference-RDM tests), the
+comparison across checkpoints, the comparison across models with its MDS map, the helpers they
+add to ``pipeline.analyses.similarity``, and the experiment-level report page.
+"""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import scipy.spatial.distance
+import scipy.stats
+import xarray as xr
+
+from pipeline import jobs, layout
+from pipeline.analyses import similarity as S
+from pipeline.config import validate_config
+from pipeline.jobs import similarity as similarity_jobs
+from pipeline.report.build import write_comparisons_report
+from pipeline.store import StoreWriter
+
+N_LABELS, PER_LABEL = 6, 10
+N = N_LABELS * PER_LABEL
+
+
+def spec(**overrides):
+    """The job spec the workflow builds from a config with the schema's defaults."""
+    config = validate_config({
+        "device": "cpu",
+        "stimuli": {"toy": {"kind": "flipflop"}},
+        "models": {"m": {"source": "huggingface", "path": "unused", "stimuli": ["toy"], "sites": ["x"]}},
+    })
+    return {**jobs.similarity_spec(config, "toy"), "n_bootstrap": 50, **overrides}
+
+
+def orthogonal(d, seed):
+    q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))
+    return q * np.sign(np.diag(r))
+
+
+def labels():
+    return np.repeat([f"class{k}" for k in range(N_LABELS)], PER_LABEL)
+
+
+def write_store(path, sites, mask=None, inputs=None, model="m", run="r", checkpoint="step-0", step=0):
+    """An activation store of sites (name -> (n, positions, units)) with labels and an optional input coordinate."""
+    n, positions = next(iter(sites.values())).shape[:2]
+    coords = {"stimulus": (("stimulus",), np.array([f"s{i:03d}" for i in range(n)])),
+              "label": (("stimulus",), labels()[:n]),
+              "mask": (("stimulus", "position"), np.ones((n, positions), bool) if mask is None else mask)}
+    if inputs is not None:
+        coords["input"] = (("stimulus", "position", "bit"), inputs)
+    attrs = {"fingerprint": "test", "model_id": model, "run": run, "checkpoint_name": checkpoint, "step": step,
+             "stimulus_set": "toy"}
+    writer = StoreWriter(path, {s: v.shape[1:] for s, v in sites.items()}, coords, attrs, dtype="float64")
+    writer.write(sites)
+    return writer.finish()
+
+
+def run(tmp_path, name, sites, **kwargs):
+    """Write a store and run the per-checkpoint job on it; returns (result path, dataset, summary)."""
+    store = write_store(tmp_path / "act" / f"{name}.zarr", sites, **kwargs)
+    out = tmp_path / "sim" / f"{name}.zarr"
+    similarity_jobs.run_similarity(spec(), store, out)
+    ds = xr.open_zarr(out, consolidated=False, zarr_format=3)
+    return out, ds, json.loads(layout.summary_path(out).read_text())
+
+
+def literal_shape_distance(X, Y):
+    """arccos(||Xc^T Yc||_* / (||Xc||_F ||Yc||_F)) on centred data."""
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    nuclear = np.linalg.svd(Xc.T @ Yc, compute_uv=False).sum()
+    return float(np.arccos(np.clip(nuclear / (np.linalg.norm(Xc) * np.linalg.norm(Yc)), -1, 1)))
+
+
+def literal_correlation_rdm(X):
+    return 1.0 - np.corrcoef(X)
+
+
+def upper(D):
+    return D[np.triu_indices(D.shape[0], 1)]
+
+
+# ----------------------------------------------------------------------------- per checkpoint
+
+
+def test_planted_structure_in_one_checkpoint(tmp_path):
+    g = np.random.default_rng(0)
+    base = g.standard_normal((N, 8))
+    onehot = (labels()[:, None] == np.unique(labels())[None, :]).astype(float)
+    labelled = onehot @ g.standard_normal((N_LABELS, 12)) + 0.1 * g.standard_normal((N, 12))
+    noise = g.standard_normal((N, 12))
+    sites = {"base": base, "rotated": 2.5 * base @ orthogonal(8, 1), "labelled": labelled, "noise": noise}
+    inputs = g.standard_normal((N, 1, 6))
+    _, ds, summary = run(tmp_path, "one", {k: v[:, None, :] for k, v in sites.items()}, inputs=inputs)
+
+    pair = {"site_a": "base", "site_b": "rotated"}
+    assert float(ds["cka"].sel(pair)) == pytest.approx(1.0, abs=1e-9)
+    assert float(ds["shape"].sel(pair)) == pytest.approx(0.0, abs=1e-6)
+    assert float(ds["cka"].sel(site_a="base", site_b="noise")) < 0.6
+    assert float(ds["shape"].sel(site_a="labelled", site_b="noise")) == pytest.approx(
+        literal_shape_distance(labelled, noise), abs=1e-9)
+    rho = scipy.stats.spearmanr(upper(literal_correlation_rdm(base)), upper(literal_correlation_rdm(noise)))[0]
+    assert float(ds["rsa"].sel(site_a="base", site_b="noise")) == pytest.approx(rho, abs=1e-9)
+
+    tests = summary["tests"]
+    assert tests["labelled"]["label"]["pvalue"] < 0.05 and tests["labelled"]["label"]["ci_low"] > 0.0
+    assert tests["noise"]["label"]["pvalue"] > 0.05
+    label_rdm = (labels()[:, None] != labels()[None, :]).astype(float)
+    expected = scipy.stats.spearmanr(upper(literal_correlation_rdm(labelled)), upper(label_rdm))[0]
+    assert tests["labelled"]["label"]["statistic"] == pytest.approx(expected, abs=1e-9)
+    expected = scipy.stats.spearmanr(upper(literal_correlation_rdm(noise)),
+                                     upper(literal_correlation_rdm(inputs.reshape(N, -1))))[0]
+    assert tests["noise"]["input"]["statistic"] == pytest.approx(expected, abs=1e-9)
+    low, high = tests["noise"]["input"]["ci_low"], tests["noise"]["input"]["ci_high"]
+    assert low <= tests["noise"]["input"]["statistic"] <= high
+    np.testing.assert_allclose(ds["representation:noise"].values, noise, atol=1e-12)
+
+
+def test_masked_padding_does_not_change_representations(tmp_path):
+    g = np.random.default_rng(3)
+    n, positions, units = N, 5, 7
+    lengths = g.integers(1, positions + 1, size=n)
+    mask = np.arange(positions)[None, :] < lengths[:, None]
+    values = g.standard_normal((n, positions, units))
+    garbage = np.where(mask[:, :, None], values, 1e6)
+    missing = np.where(mask[:, :, None], values, np.nan)
+    out_a, ds_a, sum_a = run(tmp_path, "garbage", {"seq": garbage, "other": g.standard_normal((n, positions, 4))},
+                             mask=mask)
+    out_b, ds_b, sum_b = run(tmp_path, "nan", {"seq": missing, "other": ds_a["representation:other"].values[:, None]
+                                               .repeat(positions, axis=1)}, mask=mask)
+    expected = np.stack([values[i, : lengths[i]].mean(axis=0) for i in range(n)])
+    np.testing.assert_allclose(ds_a["representation:seq"].values, expected, atol=1e-12)
+    np.testing.assert_allclose(ds_b["representation:seq"].values, expected, atol=1e-12)
+    assert sum_b["sites"]["seq"]["status"] == "ok"
+    for name in ("cka", "rsa", "shape"):
+        np.testing.assert_allclose(ds_a[name].values, ds_b[name].values, atol=1e-9)
+    assert sum_a["tests"]["seq"]["label"]["statistic"] == pytest.approx(sum_b["tests"]["seq"]["label"]["statistic"])
+
+
+def test_unusable_site_is_reported_not_fatal(tmp_path):
+    g = np.random.default_rng(4)
+    constant = np.ones((N, 1, 3))
+    _, ds, summary = run(tmp_path, "bad", {"good": g.standard_normal((N, 1, 5)), "flat": constant})
+    assert summary["sites"]["flat"]["status"] == "failed"
+    assert "same for every stimulus" in summary["sites"]["flat"]["error"]
+    assert list(ds["site"].values) == ["good"]
+    assert summary["references"]["input"]["status"] == "unavailable"
+
+
+def test_max_stimuli_draws_the_same_subset(tmp_path):
+    g = np.random.default_rng(5)
+    store = write_store(tmp_path / "big.zarr", {"a": g.standard_normal((N, 1, 4))})
+    for name in ("one", "two"):
+        similarity_jobs.run_similarity(spec(max_stimuli=20), store, tmp_path / f"{name}.zarr")
+    ids = [xr.open_zarr(tmp_path / f"{name}.zarr", consolidated=False, zarr_format=3)["stimulus"].values.tolist()
+           for name in ("one", "two")]
+    assert len(ids[0]) == 20 and len(set(ids[0])) == 20 and ids[0] == ids[1]
+
+
+# ----------------------------------------------------------------------------- across checkpoints and models
+
+
+def test_drift_across_checkpoints(tmp_path):
+    g = np.random.default_rng(6)
+    X = g.standard_normal((N, 6))
+    reps = {20: g.standard_normal((N, 6)), 0: X, 10: X @ orthogonal(6, 2)}
+    results = []
+    for step, rep in reps.items():  # written out of order: the job orders by step
+        results.append(run(tmp_path, f"c{step}", {"a": rep[:, None]}, checkpoint=f"step-{step}", step=step)[0])
+    out = tmp_path / "across.json"
+    similarity_jobs.run_similarity_across(spec(), results, out)
+    data = json.loads(out.read_text())
+    assert data["steps"] == [0, 10, 20]
+    a = data["sites"]["a"]
+    assert a["cka"][0][1] == pytest.approx(1.0, abs=1e-9) and a["shape"][0][1] == pytest.approx(0.0, abs=1e-6)
+    assert a["cka"][0][2] < 0.6
+    assert a["shape"][0][2] == pytest.approx(literal_shape_distance(X, reps[20]), abs=1e-9)
+
+
+def test_models_comparison_and_mds(tmp_path):
+    g = np.random.default_rng(7)
+    X, Y = g.standard_normal((N, 6)), g.standard_normal((N, 9))
+    results = [
+        run(tmp_path, "m1", {"a": X[:, None], "b": g.standard_normal((N, 1, 4))}, model="m1")[0],
+        run(tmp_path, "m2", {"a": 3.0 * (X @ orthogonal(6, 3))[:, None]}, model="m2")[0],
+        run(tmp_path, "m3", {"a": Y[:, None]}, model="m3")[0],
+    ]
+    out = tmp_path / "models.zarr"
+    similarity_jobs.run_similarity_models(spec(), results, out)
+    summary = json.loads(layout.summary_path(out).read_text())
+    a = summary["comparisons"]["a"]
+    assert a["entries"] == ["m1/r", "m2/r", "m3/r"]
+    assert a["cka"][0][1] == pytest.approx(1.0, abs=1e-9)
+    assert a["shape"][0][2] == pytest.approx(literal_shape_distance(X, Y), abs=1e-9)
+    assert "b" not in summary["comparisons"]  # recorded by one model only
+
+    ds = xr.open_zarr(out, consolidated=False, zarr_format=3)
+    points = ds["point"].values.tolist()
+    assert points == ["m1/r:a", "m2/r:a", "m3/r:a", "m1/r:b"]
+    coords, D = ds["mds"].values, ds["shape_distance"].values
+    assert np.linalg.norm(coords[0] - coords[1]) < 1e-6  # a rotated, rescaled copy is the same point
+    assert D[0, 2] == pytest.approx(literal_shape_distance(X, Y), abs=1e-9)
+    # three points of a metric always lie in a plane: the map keeps their distances
+    three = coords[[0, 2, 3]]
+    np.testing.assert_allclose(scipy.spatial.distance.squareform(scipy.spatial.distance.pdist(three)),
+                               D[np.ix_([0, 2, 3], [0, 2, 3])], atol=1e-8)
+
+    page = tmp_path / "reports" / "comparisons" / "index.html"
+    write_comparisons_report({"analyses": {}, "inputs": [str(out)]}, page)
+    html = page.read_text()
+    assert html.count("data:image/png;base64,") == 2 and "m3/r" in html
+    write_comparisons_report({"analyses": {}, "inputs": []}, page)
+    assert page.read_text().count("No results for this section.") == 2
+
+
+# ----------------------------------------------------------------------------- helpers in analyses.similarity
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_classical_mds_recovers_planted_distances(dim):
+    points = np.random.default_rng(dim).standard_normal((12, dim)) * [5.0, 2.0, 1.0][:dim]
+    D = scipy.spatial.distance.squareform(scipy.spatial.distance.pdist(points))
+    coords, eigenvalues = S.classical_mds(D, n_components=dim)
+    np.testing.assert_allclose(scipy.spatial.distance.squareform(scipy.spatial.distance.pdist(coords)), D, atol=1e-9)
+    assert np.all(np.abs(eigenvalues[dim:]) < 1e-9) and np.all(eigenvalues[:dim] > 1.0)
+    assert np.all(np.diff(eigenvalues) <= 1e-12)
+
+
+def test_classical_mds_rejects_bad_input():
+    with pytest.raises(ValueError, match="n_components"):
+        S.classical_mds(np.zeros((3, 3)), n_components=4)
+    with pytest.raises(ValueError, match="symmetric"):
+        S.classical_mds(np.array([[0.0, 1.0, 2.0], [3.0, 0.0, 1.0], [2.0, 1.0, 0.0]]))
+
+
+def test_shape_distance_matrix_matches_literal_formula():
+    g = np.random.default_rng(8)
+    reps = [g.standard_normal((15, d)) for d in (3, 5, 8)]
+    D = S.shape_distance_matrix(reps)
+    for i in range(3):
+        for j in range(3):
+            expected = 0.0 if i == j else literal_shape_distance(reps[i], reps[j])
+            assert D[i, j] == pytest.approx(expected, abs=1e-9)
+
+
+def test_pool_positions_needs_a_real_position():
+    values = np.ones((2, 3, 4))
+    mask = np.array([[True, False, False], [False, False, False]])
+    with pytest.raises(ValueError, match="without any real position"):
+        S.pool_positions(values, mask)
+
+
+def test_permutation_null_with_tied_rdm_is_spearman_of_relabelled_rdms():
+    A = S.label_rdm(np.array([0, 0, 1, 1, 2, 2]))
+    B = S.rdm(np.random.default_rng(9).standard_normal((6, 3)))
+    exact = {round(scipy.stats.spearmanr(upper(A[np.ix_(p, p)]), upper(B))[0], 9)
+             for p in itertools.permutations(range(6))}
+    result = S.permutation_test(A, B, "spearman", n_permutations=200, seed=0)
+    null = {round(float(v), 9) for v in result.null}
+    assert null <= exact and len(null) > 5

@@ -1,0 +1,257 @@
+"""Tensor component analysis and connectome jobs on small synthetic activation stores with planted structure."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from pipeline import jobs, layout
+from pipeline.analyses.connectome import affinity
+from pipeline.analyses.factorization import CPResult, factor_similarity
+from pipeline.jobs import factorization as factorization_jobs
+from pipeline.store import StoreWriter
+
+TCA_SPEC = {"sites": ["rnn", "hidden.*"], "max_rank": 4, "replicates": 2, "n_iter_max": 150, "tol": 1e-6,
+            "nonneg": "auto", "normalize": False, "max_units": 64, "max_stimuli": 200, "holdout": 0.1, "seed": 0,
+            "device": "cpu", "dtype": "float64"}
+CONNECTOME_SPEC = {"sites": ["hidden.*"], "affinity": "abs_correlation", "rank": 3, "replicates": 3,
+                   "n_iter_max": 300, "tol": 1e-7, "max_units": 64, "max_stimuli": 500, "seed": 0,
+                   "device": "cpu", "dtype": "float64"}
+
+
+def write_store(path, sites, coords, step=0, kind="flipflop"):
+    """An activation store: sites name -> (stimulus, position, unit); coords as StoreWriter takes them."""
+    n, n_pos = next(iter(sites.values())).shape[:2]
+    coords = {"stimulus": (("stimulus",), np.array([f"s{i:03d}" for i in range(n)])), **coords}
+    coords.setdefault("mask", (("stimulus", "position"), np.ones((n, n_pos), bool)))
+    attrs = {"fingerprint": str(path), "model_id": "toy", "run": "base-seed0", "checkpoint_name": f"step-{step:04d}",
+             "step": step, "stimulus_set": "toy-set", "stimulus_kind": kind}
+    writer = StoreWriter(path, {s: v.shape[1:] for s, v in sites.items()}, coords, attrs, dtype="float64")
+    writer.write(sites)
+    return writer.finish()
+
+
+def planted(factors):
+    """CPResult of explicit factor matrices (I_n, R): unit-norm columns, weights the products of the norms."""
+    norms = [np.linalg.norm(f, axis=0) for f in factors]
+    return CPResult(weights=np.prod(norms, axis=0), factors=[f / n for f, n in zip(factors, norms)],
+                    rel_error=0.0, n_iter=0, loss_history=[])
+
+
+def stored_model(group, modes):
+    return CPResult(weights=group["weight"].values, factors=[group[f"{m}_factor"].values for m in modes],
+                    rel_error=0.0, n_iter=0, loss_history=[])
+
+
+def open_group(path, site):
+    return xr.open_zarr(path, group=site, consolidated=False, zarr_format=3).load()
+
+
+def test_tca_recovers_planted_unit_time_trial_factors(tmp_path):
+    rng = np.random.default_rng(1)
+    n_units, n_steps, n_trials = 20, 30, 48
+    t = np.arange(n_steps)
+    units = rng.random((n_units, 3)) + 0.1
+    times = np.stack([np.exp(-0.5 * ((t - c) / 4.0) ** 2) for c in (5, 15, 25)], axis=1)
+    labels = np.array(["+-+", "--+", "++-"])[np.arange(n_trials) % 3]
+    trials = np.where(labels[:, None] == np.array(["+-+", "--+", "++-"])[None, :], 1.0, 0.2)
+    trials = trials * (1 + 0.1 * rng.random((n_trials, 3)))
+    T = np.einsum("ur,tr,kr->utk", units, times, trials)
+    X = np.transpose(T, (2, 1, 0)) + 0.002 * rng.random((n_trials, n_steps, n_units))  # (trial, time, unit)
+    store = write_store(tmp_path / "a.zarr", {"rnn": X}, {"label": (("stimulus",), labels)})
+    out = tmp_path / "tca" / "a.zarr"
+    factorization_jobs.run_tca(TCA_SPEC, store, out)
+
+    summary = json.loads(layout.summary_path(out).read_text())
+    assert {"analysis", "params", "provenance"} <= set(summary)
+    assert summary["analysis"] == "tca" and summary["provenance"]["checkpoint_name"] == "step-0000"
+    assert summary["mode_labels"] == ["unit", "time step", "trial"]
+    site = summary["sites"]["rnn"]
+    assert site["status"] == "ok" and site["nonneg"] is True and site["rank"] == 3
+    assert site["ranks"] == [1, 2, 3, 4] and len(site["cv_test_error"]) == 4
+    group = open_group(out, "rnn")
+    assert list(group["label"].values) == list(labels)
+    assert group["objective"].shape == (4, 2) and group["similarity"].shape == (4, 2)
+    score, _ = factor_similarity(stored_model(group, ("unit", "position", "stimulus")), planted([units, times, trials]))
+    assert score >= 0.9
+
+
+def test_tca_ignores_padding_and_keeps_high_variance_units(tmp_path):
+    rng = np.random.default_rng(2)
+    n_stim, n_pos, loud, quiet = 40, 16, 16, 8
+    lengths = rng.integers(5, 13, n_stim)  # the last 4 positions are padding everywhere
+    mask = np.arange(n_pos)[None, :] < lengths[:, None]
+    A, B, C = rng.random((loud, 2)) + 0.2, rng.random((n_pos, 2)) + 0.2, rng.random((n_stim, 2)) + 0.2
+    X = np.zeros((n_stim, n_pos, loud + quiet))
+    X[:, :, :loud] = np.einsum("ur,pr,sr->spu", A, B, C) + 0.005 * rng.random((n_stim, n_pos, loud))
+    X[:, :, loud:] = 0.01 * rng.random((n_stim, n_pos, quiet))
+    results = []
+    for name, junk in (("a", 50.0), ("b", -300.0)):
+        padded = np.where(mask[:, :, None], X, junk * rng.standard_normal(X.shape))
+        store = write_store(tmp_path / f"{name}.zarr", {"hidden.0": padded},
+                            {"mask": (("stimulus", "position"), mask)}, kind="sentences")
+        out = tmp_path / "tca" / f"{name}.zarr"
+        factorization_jobs.run_tca({**TCA_SPEC, "normalize": True, "max_units": loud}, store, out)
+        results.append(open_group(out, "hidden.0"))
+    first, second = results
+    assert list(first["unit"].values) == list(range(loud))  # the quiet units are dropped
+    assert first.sizes["position"] == 12  # all-padding positions are dropped
+    for var in ("unit_factor", "position_factor", "stimulus_factor", "weight", "objective", "cv_test_error"):
+        np.testing.assert_allclose(first[var].values, second[var].values, rtol=1e-6, atol=1e-9)
+    scale = np.max(np.where(mask[:, :, None], X, 0)[:, :12, :loud], axis=(0, 1))  # per-unit max over real entries
+    truth = planted([A / scale[:, None], B[:12], C])
+    score, _ = factor_similarity(stored_model(first, ("unit", "position", "stimulus")), truth)
+    assert first.attrs["rank"] == 2 and score >= 0.9
+
+
+def test_tca_across_checkpoints_recovers_training_time_courses(tmp_path):
+    rng = np.random.default_rng(3)
+    n_units, n_stim, steps = 16, 60, [0, 5, 10, 20, 40, 80, 160, 320]
+    split = np.where(np.arange(n_stim) % 3 == 0, "test", "train")
+    test = split == "test"
+    units = rng.standard_normal((n_units, 2))
+    stimuli = rng.standard_normal((n_stim, 2))
+    course = np.stack([1 / (1 + np.exp(-(np.log1p(steps) - c) * 3)) for c in (2.0, 4.5)], axis=1) + 0.05
+    stores = []
+    for k in rng.permutation(len(steps)):  # handed over out of order; the job sorts by step
+        X = np.einsum("ur,sr,r->su", units, stimuli, course[k])[:, None, :]
+        X = X + 0.001 * rng.standard_normal(X.shape)
+        X[~test] = rng.standard_normal(X[~test].shape)  # only the test split is analysed
+        stores.append(write_store(tmp_path / f"c{k}.zarr", {"hidden.0.act": X},
+                                  {"split": (("stimulus",), split)}, step=steps[k], kind="digits"))
+    out = tmp_path / "across.zarr"
+    factorization_jobs.run_tca_across(TCA_SPEC, stores, out)
+    summary = json.loads(layout.summary_path(out).read_text())
+    assert summary["analysis"] == "tca-across" and summary["steps"] == steps and summary["run"] == "base-seed0"
+    assert summary["sites"]["hidden.0.act"]["nonneg"] is False and summary["sites"]["hidden.0.act"]["rank"] == 2
+    group = open_group(out, "hidden.0.act")
+    assert list(group["step"].values) == steps
+    assert list(group["stimulus"].values) == [f"s{i:03d}" for i in np.flatnonzero(test)]
+    score, _ = factor_similarity(stored_model(group, ("unit", "stimulus", "checkpoint")),
+                                 planted([units, stimuli[test], course]))
+    assert score >= 0.9
+
+
+def test_connectome_finds_planted_communities_and_when_they_are_active(tmp_path):
+    rng = np.random.default_rng(4)
+    n_stim, n_pos, size = 100, 3, 8
+    active = np.array([[1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 1, 1]], bool)  # (group, checkpoint)
+    groups = np.repeat(np.arange(3), size)
+    stores = []
+    for k in range(active.shape[1]):
+        latent = rng.standard_normal((n_stim, n_pos, 3))
+        X = 0.3 * rng.standard_normal((n_stim, n_pos, groups.size))
+        X += latent[:, :, groups] * active[groups, k]
+        stores.append(write_store(tmp_path / f"c{k}.zarr", {"hidden.1": X}, {}, step=10 * k, kind="digits"))
+    out = tmp_path / "connectome.zarr"
+    factorization_jobs.run_connectome(CONNECTOME_SPEC, stores, out)
+    summary = json.loads(layout.summary_path(out).read_text())
+    assert summary["analysis"] == "connectome" and sorted(summary["sites"]["hidden.1"]["community_sizes"]) == [8, 8, 8]
+    group = open_group(out, "hidden.1")
+    assert group["affinity"].shape == (24, 24, 6)
+    found = group["community"].values
+    for g in range(3):
+        members = found[groups == g]
+        assert (members == members[0]).all() and members[0] not in found[groups != g]
+        course = group["checkpoint_factor"].values[:, members[0]]
+        assert course[active[g]].min() > 3 * course[~active[g]].max()
+
+
+def test_affinity_is_absolute_pearson_correlation():
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((50, 6)) @ rng.standard_normal((6, 6))
+    X[:, 2] = 4.0  # a constant unit has no correlation: its row and column are 0
+    expected = np.abs(np.corrcoef(np.delete(X, 2, axis=1).T))
+    got = affinity(X)
+    np.testing.assert_allclose(np.delete(np.delete(got, 2, 0), 2, 1), expected, atol=1e-12)
+    assert not got[2].any() and not got[:, 2].any()
+    np.testing.assert_allclose(affinity(X, "squared_correlation"), got**2, atol=1e-12)
+
+
+@pytest.mark.parametrize(("kind", "source", "models", "plan"), [
+    ("sentences", "huggingface", None, "checkpoint"),
+    ("flipflop", "train", None, "checkpoint"),
+    ("digits", "train", None, "across"),
+    ("digits", "huggingface", None, None),
+    ("flipflop", "train", ["other"], None),
+])
+def test_tca_plan_picks_the_tensor_layout(kind, source, models, plan):
+    config = {"stimuli": {"s": {"kind": kind}}, "models": {"m": {"source": source}},
+              "analyses": {"tca": {} if models is None else {"models": models}, "connectome": {}}}
+    assert jobs.tca_plan(config, "m", "s") == plan
+    assert jobs.connectome_enabled(config, "m") == (source != "huggingface")
+
+
+def test_model_report_shows_factors_and_communities_or_no_results(tmp_path):
+    from pipeline.report.build import write_checkpoint_report, write_model_report
+
+    rng = np.random.default_rng(6)
+    labels = np.array(["+-+", "---"])[np.arange(12) % 2]
+    tca_results = []
+    for step in (0, 10):
+        store = write_store(tmp_path / f"seq{step}.zarr", {"rnn": rng.random((12, 8, 6))},
+                            {"label": (("stimulus",), labels)}, step=step)
+        tca_results.append(tmp_path / "tca" / f"seq{step}.zarr")
+        small = {**TCA_SPEC, "max_rank": 2, "replicates": 1, "n_iter_max": 20}
+        factorization_jobs.run_tca(small, store, tca_results[-1])
+    stores = [write_store(tmp_path / f"ff{k}.zarr", {"hidden.0": rng.standard_normal((30, 1, 6))},
+                          {"label": (("stimulus",), np.arange(30) % 3)}, step=k, kind="digits") for k in range(3)]
+    across = tmp_path / "runs" / "a" / "toy-set.across.zarr"
+    factorization_jobs.run_tca_across({**TCA_SPEC, "max_rank": 2, "replicates": 1, "n_iter_max": 20}, stores, across)
+    connectome = tmp_path / "runs" / "c" / "toy-set.across.zarr"
+    factorization_jobs.run_connectome({**CONNECTOME_SPEC, "rank": 2, "replicates": 1}, stores, connectome)
+
+    def spec(inputs):
+        return {"model_name": "toy", "model": {"source": "train", "sites": ["rnn"]}, "analyses": {},
+                "output_dir": str(tmp_path), "inputs": [str(p) for p in inputs]}
+
+    def report(inputs, name):
+        write_model_report(spec(inputs), tmp_path / name / "toy" / "index.html")
+        return tmp_path / name / "toy"
+
+    full = report(tca_results + [layout.summary_path(across), layout.summary_path(connectome)], "full")
+    page = (full / "index.html").read_text()
+    for section in ("tca-across", "connectome"):
+        body = page.split(f'<section id="{section}">')[1].split("</section>")[0]
+        assert "data:image/png;base64," in body and "No results" not in body
+    assert "could not be built" not in page
+    write_checkpoint_report(spec(tca_results[1:]), full / "base-seed0" / "toy-set" / "step-0010.html")
+    checkpoint_page = (full / "base-seed0" / "toy-set" / "step-0010.html").read_text()
+    body = checkpoint_page.split('<section id="tca">')[1].split("</section>")[0]
+    assert "data:image/png;base64," in body and "time step" in body
+
+    empty = report([], "empty")
+    page = (empty / "index.html").read_text()
+    for section in ("tca-across", "connectome"):
+        assert "No results for this section." in page.split(f'<section id="{section}">')[1].split("</section>")[0]
+
+
+def test_canonical_sorts_components_and_fixes_signs_without_changing_the_model():
+    from pipeline.analyses.factorization import reconstruct
+    from pipeline.analyses.tca import canonical
+
+    rng = np.random.default_rng(7)
+    model = planted([rng.standard_normal((5, 3)), rng.standard_normal((6, 3)), rng.standard_normal((4, 3))])
+    fixed = canonical(model)
+    np.testing.assert_allclose(reconstruct(fixed), reconstruct(model), atol=1e-12)
+    assert np.all(np.diff(fixed.weights) <= 0)
+    assert (fixed.factors[0].sum(axis=0) >= 0).all() and (fixed.factors[2].sum(axis=0) >= 0).all()
+
+
+def test_helpers_run_in_a_strict_array_namespace():
+    xps = pytest.importorskip("array_api_strict")
+    from pipeline.analyses.tca import scale_units, unit_variance
+
+    rng = np.random.default_rng(8)
+    X, mask = rng.standard_normal((10, 4, 5)), rng.random((10, 4)) > 0.3
+    got = unit_variance(xps.asarray(X), xps.asarray(mask))
+    assert isinstance(got, type(xps.asarray(0.0)))
+    np.testing.assert_allclose(np.asarray(got), X[mask].var(axis=0), atol=1e-12)
+    T = rng.standard_normal((5, 4, 3))
+    scaled, _ = scale_units(xps.asarray(T))
+    np.testing.assert_allclose(np.asarray(scaled), T / np.abs(T).max(axis=(1, 2))[:, None, None], atol=1e-12)
+    Y = rng.standard_normal((30, 6))
+    np.testing.assert_allclose(np.asarray(affinity(xps.asarray(Y))), np.abs(np.corrcoef(Y.T)), atol=1e-12)
