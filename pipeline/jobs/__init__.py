@@ -107,6 +107,19 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def write_result(out: Path, root: xr.Dataset, groups: dict[str, xr.Dataset] | None = None) -> None:
+    """Write a result store (optionally one Zarr group per site) into ``<out>.partial``, then rename it."""
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    root.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+    for name, ds in (groups or {}).items():
+        ds.to_zarr(tmp, group=name, mode="w", zarr_format=3, consolidated=False)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
 def _json_default(value):
     if isinstance(value, np.generic):
         return value.item()
@@ -164,13 +177,7 @@ def run_stats(spec: dict, store: Path, out: Path) -> None:
     result = xr.Dataset(per_unit, coords={"stimulus": text_values(ids),
                                           **{k: ("stimulus", v) for k, v in stimulus_coords.items()}},
                         attrs={"analysis": "stats", "store": str(store), **scalar_params(spec)})
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    result.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    write_result(out, result)
     write_json(layout.summary_path(out), {
         "analysis": "stats",
         "params": spec,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from pipeline.analyses.connectome import affinity, communities
 from pipeline.analyses.tca import TCAFit, fit_tca, scale_units, spread_indices, top_units, unit_variance
 from pipeline.backend import get_namespace, to_device, to_numpy
 from pipeline.errors import StoreError
-from pipeline.jobs import SEQUENCE_MODES, store_provenance, write_json
+from pipeline.jobs import SEQUENCE_MODES, store_provenance, write_json, write_result
 from pipeline.store import open_store, site_array, strings, text_values
 
 log = logging.getLogger(__name__)
@@ -96,19 +95,6 @@ def _tca_summary(fit: TCAFit, shape: tuple[int, ...], n_units: int, started: flo
             "cv_test_error": cv, "runtime_seconds": round(time.perf_counter() - started, 3)}
 
 
-def _write_groups(out: Path, root: xr.Dataset, groups: dict[str, xr.Dataset]) -> None:
-    """A result store with one Zarr group per site (``xr.open_zarr(out, group=site)``), via ``<out>.partial``."""
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    root.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
-    for site, ds in groups.items():
-        ds.to_zarr(tmp, group=site, mode="w", zarr_format=3, consolidated=False)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-
-
 def run_tca(spec: dict, store: Path, out: Path) -> None:
     """TCA of one checkpoint: a (unit x position x stimulus) tensor per selected site, padding masked out.
 
@@ -141,7 +127,7 @@ def run_tca(spec: dict, store: Path, out: Path) -> None:
         sites[site] = _tca_summary(fit, T.shape, X.shape[2], t0)
         log.info("tca %s: shape %s, rank %d, error %.3f", site, T.shape, fit.rank, fit.model.rel_error)
     root = xr.Dataset(coords=stim_coords, attrs={"analysis": "tca", "store": str(store)})
-    _write_groups(out, root, groups)
+    write_result(out, root, groups)
     write_json(layout.summary_path(out), {
         "analysis": "tca", "params": spec, "provenance": store_provenance(ds.attrs),
         "modes": ["unit", "position", "stimulus"], "mode_labels": list(modes), "sites": sites,
@@ -196,7 +182,7 @@ def run_tca_across(spec: dict, stores: list[Path], out: Path) -> None:
         sites[site] = _tca_summary(fit, T.shape, Y.shape[2], t0)
         log.info("tca across %s: shape %s, rank %d, error %.3f", site, T.shape, fit.rank, fit.model.rel_error)
     root = xr.Dataset(coords={**stim_coords, **_checkpoint_coords(series)}, attrs={"analysis": "tca-across"})
-    _write_groups(out, root, groups)
+    write_result(out, root, groups)
     summary = _across_summary("tca-across", spec, series, sites, started)
     write_json(layout.summary_path(out), {**summary, "modes": ["unit", "stimulus", "checkpoint"]})
 
@@ -247,5 +233,5 @@ def run_connectome(spec: dict, stores: list[Path], out: Path) -> None:
                        "community_sizes": sizes.tolist(), "similarity": float(found.similarities.mean()),
                        "runtime_seconds": round(time.perf_counter() - t0, 3)}
         log.info("connectome %s: %d units, community sizes %s", site, units.size, sizes.tolist())
-    _write_groups(out, xr.Dataset(coords=_checkpoint_coords(series), attrs={"analysis": "connectome"}), groups)
+    write_result(out, xr.Dataset(coords=_checkpoint_coords(series), attrs={"analysis": "connectome"}), groups)
     write_json(layout.summary_path(out), _across_summary("connectome", spec, series, sites, started))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from pipeline import layout
 from pipeline.analyses import similarity as sim
 from pipeline.backend import get_namespace, to_device, to_numpy
 from pipeline.errors import StoreError
-from pipeline.jobs import scalar_params, store_provenance, write_json
+from pipeline.jobs import scalar_params, store_provenance, write_json, write_result
 from pipeline.store import open_store, site_array, strings, text_values, unit_dim
 
 
@@ -80,7 +79,7 @@ def run_similarity(spec: dict, store: Path, out: Path) -> None:
         coords["label"] = ("stimulus", text_values(strings(ds["label"].values)[keep]))
     result = xr.Dataset(data, coords=coords, attrs={"analysis": "similarity", "store": str(store),
                                                     **scalar_params(spec)})
-    _write_result(result, out)
+    write_result(out, result)
     write_json(layout.summary_path(out), {
         "analysis": "similarity",
         "params": spec,
@@ -169,17 +168,6 @@ def _reference_test(spec: dict, xp, D: np.ndarray, R: np.ndarray) -> dict:
     except ValueError as err:
         return {"error": str(err)}
     return {"statistic": test.statistic, "pvalue": test.pvalue, "ci_low": low, "ci_high": high}
-
-
-def _write_result(result: xr.Dataset, out: Path) -> None:
-    """Write a result store into ``<out>.partial`` and rename it to ``out``."""
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    result.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
 
 
 def _similarity_inputs(results: list[Path]) -> list[tuple[dict, xr.Dataset]]:
@@ -290,7 +278,7 @@ def run_similarity_models(spec: dict, results: list[Path], out: Path) -> None:
         attrs={"analysis": "similarity", "scope": "experiment", "stimulus_set": str(stimulus_set),
                **scalar_params(spec)},
     )
-    _write_result(result, out)
+    write_result(out, result)
     write_json(layout.summary_path(out), {
         "analysis": "similarity",
         "scope": "experiment",
