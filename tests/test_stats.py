@@ -51,7 +51,7 @@ def expected(values, mask, zero_threshold=1e-6):
         "zero_fraction": (np.abs(finite) <= zero_threshold).sum(0) / rows.shape[0],
         "nan_count": np.isnan(rows).sum(0),
         "inf_count": np.isinf(rows).sum(0),
-        "median_abs": np.nanmedian(np.abs(finite)),
+        "median_abs": np.nanmedian(np.abs(finite)[np.abs(finite) > 0]),  # nonzero magnitudes
         "max_abs": np.nanmax(np.abs(finite)),
     }
 

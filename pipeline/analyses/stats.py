@@ -28,7 +28,7 @@ class SiteStats:
     nan_count: np.ndarray
     inf_count: np.ndarray
     massive_count: np.ndarray
-    median_abs: float
+    median_abs: float  # median of the nonzero |a|
     max_abs: float
     massive_threshold: float
     top_massive: list[dict]  # largest massive activations: value, stimulus (index), position, unit
@@ -88,8 +88,8 @@ def site_stats(blocks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], *,
     """Statistics of one site from ``blocks``, a callable returning a fresh block iterator.
 
     Two passes: the first gathers moments, zero counts, NaN/Inf counts and a histogram of
-    log10 |a| (median magnitude to about 1.2%); the second counts activations above
-    ``max(massive_ratio * median |a|, massive_min)`` per unit and lists the largest with their
+    log10 |a| (median of the nonzero magnitudes to about 1.2%); the second counts activations above
+    ``max(massive_ratio * median nonzero |a|, massive_min)`` per unit and lists the largest with their
     (stimulus, position, unit). A massive activation is one far above the site's typical scale
     (Sun et al. 2024, "Massive activations in large language models").
     """
@@ -156,13 +156,13 @@ def site_stats(blocks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], *,
 
 
 def _histogram_median(hist: np.ndarray) -> float:
-    total = hist.sum()
+    """Median of the nonzero |a| from the log10 histogram; exact zeros (``hist[0]``) are left out, so a
+    sparse (ReLU) site is measured by the scale of its active values."""
+    counts = hist[1:]
+    total = counts.sum()
     if total == 0:
         return 0.0
-    b = int(np.searchsorted(np.cumsum(hist), (total + 1) / 2))
-    if b == 0:
-        return 0.0
-    b = min(b, _BINS)
+    b = min(int(np.searchsorted(np.cumsum(counts), (total + 1) / 2)) + 1, _BINS)
     centre = _LOG_LO + (b - 0.5) * (_LOG_HI - _LOG_LO) / _BINS
     return float(10.0**centre)
 

@@ -56,7 +56,7 @@ def _training(ctx: ModelContext, _page=None) -> dict | None:
 
 ACROSS_PLOTS = (("zero_fraction", "fraction of zero activations"), ("n_dead", "dead units"),
                 ("massive_count", "massive activations"), ("mean_drift", "drift of unit means"),
-                ("median_abs", "median |activation|"), ("nan_count", "NaN values"))
+                ("median_abs", "median nonzero |activation|"), ("nan_count", "NaN values"))
 
 
 def _stats_across(ctx: ModelContext, _page=None) -> dict | None:
