@@ -7,6 +7,7 @@ input (config, checkpoint, store, stimuli, sites) end the command with one line 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -135,68 +136,40 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _dispatch(args) -> int:
-    from pipeline import jobs
+# command -> (module, function, the parsed arguments it takes in order); modules load on demand so a
+# job imports only what it runs
+JOBS = {
+    "train": ("pipeline.jobs", "run_train", ("spec", "out")),
+    "extract": ("pipeline.jobs", "run_extract", ("spec", "out", "checkpoint")),
+    "stats": ("pipeline.jobs", "run_stats", ("spec", "store", "out")),
+    "stats-across": ("pipeline.jobs", "run_stats_across", ("results", "out")),
+    "similarity": ("pipeline.jobs.similarity", "run_similarity", ("spec", "store", "out")),
+    "similarity-across": ("pipeline.jobs.similarity", "run_similarity_across", ("spec", "results", "out")),
+    "similarity-models": ("pipeline.jobs.similarity", "run_similarity_models", ("spec", "results", "out")),
+    "tca": ("pipeline.jobs.factorization", "run_tca", ("spec", "store", "out")),
+    "tca-across": ("pipeline.jobs.factorization", "run_tca_across", ("spec", "stores", "out")),
+    "connectome": ("pipeline.jobs.factorization", "run_connectome", ("spec", "stores", "out")),
+    "report-model": ("pipeline.report.build", "write_model_report", ("spec", "out")),
+    "report-checkpoint": ("pipeline.report.build", "write_checkpoint_report", ("spec", "out")),
+    "report-comparisons": ("pipeline.report.build", "write_comparisons_report", ("spec", "out")),
+    "report-index": ("pipeline.report.build", "write_index", ("spec", "out")),
+}
 
+
+def _dispatch(args) -> int:
     if args.command == "validate":
         import yaml
 
         with open(args.config) as f:
             config = validate_config(yaml.safe_load(f) or {})
         print(yaml.safe_dump(config, sort_keys=False))
-    elif args.command == "train":
-        jobs.run_train(args.spec, args.out)
-    elif args.command == "extract":
-        jobs.run_extract(args.spec, args.out, args.checkpoint)
-    elif args.command == "stats":
-        jobs.run_stats(args.spec, args.store, args.out)
-    elif args.command == "stats-across":
-        jobs.run_stats_across(args.results, args.out)
-    elif args.command == "similarity":
-        from pipeline.jobs import similarity as similarity_jobs
-
-        similarity_jobs.run_similarity(args.spec, args.store, args.out)
-    elif args.command == "similarity-across":
-        from pipeline.jobs import similarity as similarity_jobs
-
-        similarity_jobs.run_similarity_across(args.spec, args.results, args.out)
-    elif args.command == "similarity-models":
-        from pipeline.jobs import similarity as similarity_jobs
-
-        similarity_jobs.run_similarity_models(args.spec, args.results, args.out)
-    elif args.command == "report-comparisons":
-        from pipeline.report.build import write_comparisons_report
-
-        write_comparisons_report(args.spec, args.out)
-    elif args.command == "tca":
-        from pipeline.jobs import factorization as factorization_jobs
-
-        factorization_jobs.run_tca(args.spec, args.store, args.out)
-    elif args.command == "tca-across":
-        from pipeline.jobs import factorization as factorization_jobs
-
-        factorization_jobs.run_tca_across(args.spec, args.stores, args.out)
-    elif args.command == "connectome":
-        from pipeline.jobs import factorization as factorization_jobs
-
-        factorization_jobs.run_connectome(args.spec, args.stores, args.out)
-    elif args.command == "report-model":
-        from pipeline.report.build import write_model_report
-
-        write_model_report(args.spec, args.out)
-    elif args.command == "report-checkpoint":
-        from pipeline.report.build import write_checkpoint_report
-
-        write_checkpoint_report(args.spec, args.out)
-    elif args.command == "report-index":
-        from pipeline.report.build import write_index
-
-        write_index(args.spec, args.out)
     elif args.command == "show":
         from pipeline.store import open_store
 
-        ds = open_store(args.store)
-        print(ds)
+        print(open_store(args.store))
+    else:
+        module, function, names = JOBS[args.command]
+        getattr(importlib.import_module(module), function)(*(getattr(args, name) for name in names))
     return 0
 
 
