@@ -11,7 +11,7 @@ rule similarity:
             layout.analysis_result(OUT, "similarity", "{model}", "{run}", "{checkpoint}", "{stimuli}")
         ),
     params:
-        spec=lambda wc: spec_arg(jobs.similarity_spec(config, wc.stimuli)),
+        spec=spec_arg(jobs.similarity_spec(config)),
     log:
         layout.log_file(OUT, "similarity", "{model}", "{run}", "{checkpoint}", "{stimuli}"),
     benchmark:
@@ -32,7 +32,7 @@ rule similarity_across:
     output:
         layout.across_checkpoints(OUT, "similarity", "{model}", "{run}", "{stimuli}"),
     params:
-        spec=spec_arg(jobs.similarity_compare_spec(config)),
+        spec=spec_arg(jobs.similarity_spec(config)),
     log:
         layout.log_file(OUT, "similarity_across", "{model}", "{run}", "{stimuli}"),
     benchmark:
@@ -53,7 +53,7 @@ rule similarity_models:
         result=directory(layout.comparison_result(OUT, "similarity", "{stimuli}")),
         summary=layout.summary_path(layout.comparison_result(OUT, "similarity", "{stimuli}")),
     params:
-        spec=spec_arg(jobs.similarity_compare_spec(config)),
+        spec=spec_arg(jobs.similarity_spec(config)),
     log:
         layout.log_file(OUT, "similarity_models", "{stimuli}"),
     benchmark:

@@ -32,7 +32,7 @@ def spec(**overrides):
         "stimuli": {"toy": {"kind": "flipflop"}},
         "models": {"m": {"source": "huggingface", "path": "unused", "stimuli": ["toy"], "sites": ["x"]}},
     })
-    return {**jobs.similarity_spec(config, "toy"), "n_bootstrap": 50, **overrides}
+    return {**jobs.similarity_spec(config), "n_bootstrap": 50, **overrides}
 
 
 def orthogonal(d, seed):

@@ -50,14 +50,8 @@ def stats_spec(config: dict) -> dict:
     return dict(config["analyses"]["stats"])
 
 
-def similarity_spec(config: dict, stimuli: str) -> dict:
-    """Settings of the per-checkpoint similarity job; the stimulus set's entry locates inputs a store lacks."""
-    return {**config["analyses"]["similarity"], "device": config["device"], "stimuli_name": stimuli,
-            "stimuli": config["stimuli"][stimuli]}
-
-
-def similarity_compare_spec(config: dict) -> dict:
-    """Settings of the similarity comparisons across checkpoints and across models."""
+def similarity_spec(config: dict) -> dict:
+    """Settings of the similarity jobs (per checkpoint, across checkpoints, across models)."""
     return {**config["analyses"]["similarity"], "device": config["device"]}
 
 
