@@ -181,9 +181,8 @@ class _Data:
             raise ValueError(f"X must have at least 2 dimensions, got shape {tuple(X.shape)}")
         X = _as_float(X, xp)
         self.xp, self.dtype, self.shape = xp, X.dtype, tuple(int(d) for d in X.shape)
-        nan = xp.isnan(X)
         if mask is None:
-            if bool(xp.any(nan)):
+            if bool(xp.any(xp.isnan(X))):
                 raise ValueError("X contains NaN; pass mask=~isnan(X) (1 = observed) to treat them as missing")
             self.W = None
         else:
@@ -192,19 +191,24 @@ class _Data:
             observed = mask if mask.dtype in (getattr(xp, "bool", None), getattr(xp, "bool_", None)) else mask != 0
             if not bool(xp.any(observed)):
                 raise ValueError("mask marks no entry as observed; at least one entry of X must be observed")
-            if bool(xp.any(nan & observed)):
+            if bool(xp.any(xp.isnan(X) & observed)):
                 raise ValueError("X has NaN at entries the mask marks observed; set mask to 0 there")
             X = xp.where(observed, X, xp.zeros_like(X))
             self.W = _astype(observed, self.dtype, xp)
-        X64 = _astype(X, xp.float64, xp)
-        self.norm2 = float(xp.sum(X64 * X64))
+        # squared norms of the slices along the last mode and of the rest, summed in float64
+        squares = X * X
+        last = _astype(xp.sum(squares, axis=tuple(range(X.ndim - 1))), xp.float64, xp)
+        lines = _astype(xp.sum(squares, axis=-1), xp.float64, xp)
+        del squares
+        self.norm2 = float(xp.sum(lines))
         if not math.isfinite(self.norm2):
             raise ValueError("X contains inf; remove or mask the non-finite entries")
         if self.norm2 == 0:
             raise ValueError("X is zero on every observed entry; nothing to factorize")
         for n in range(X.ndim):
-            axes = tuple(k for k in range(X.ndim) if k != n)
-            if bool(xp.any(xp.sum(X * X, axis=axes) == 0)):
+            axes = tuple(k for k in range(X.ndim - 1) if k != n)
+            slices = last if n == X.ndim - 1 else xp.sum(lines, axis=axes)
+            if bool(xp.any(slices == 0)):
                 warnings.warn(f"X has all-zero slices along mode {n}; their factor rows will be zero", stacklevel=3)
         self.X = X
         if self.W is None:
@@ -327,33 +331,54 @@ def _update_hals_rows(A, M, G, xp):
 # ----------------------------------------------------------------------------- batched CP solver
 
 
+def _contract_leading(Z, factors, keep, xp):
+    """Contract Z (B, R, d_0, ..., d_{k-1}) with ``factors[j]`` (d_j, B, R) over every axis
+    j != keep (column-wise, shared B and R); returns (d_keep, B, R)."""
+    B, R = Z.shape[0], Z.shape[1]
+    k = len(factors)
+    for j in reversed(range(k)):
+        if j == keep:
+            continue
+        shape = [B, R] + [1] * (Z.ndim - 2)
+        shape[2 + j] = factors[j].shape[0]
+        Z = xp.sum(Z * xp.reshape(xp.moveaxis(factors[j], 0, -1), tuple(shape)), axis=2 + j)
+    return xp.moveaxis(Z, -1, 0)
+
+
 def _sweep_dense(data, U, grams, nonneg):
-    """One ALS/HALS sweep over all modes of an unmasked tensor; returns squared error terms (B,)."""
+    """One ALS/HALS sweep over all modes of an unmasked tensor; returns squared error terms (B,).
+
+    The tensor, seen as the matrix X2 (prod of the first ``split`` dims, prod of the rest), is
+    streamed twice, each time as the row-major left operand of a matrix product: ``X2 @ K`` for
+    the leading modes and ``K^T @ X2`` for the trailing ones (never ``X2^T @ K``, which BLAS
+    runs several times slower for skinny K).
+    """
     xp, N, m = data.xp, len(U), data.split
     B, R = U[0].shape[1], U[0].shape[2]
     inner = model2 = None
-    for side in (range(m), range(m, N)):
-        if side.start == 0:
+    for n in range(N):
+        if n == 0:
             K = _khatri_rao(U[m:], xp)
             Y = xp.matmul(data.X2, xp.reshape(K, (K.shape[0], B * R)))
-        else:
+            Y = xp.reshape(Y, tuple(data.shape[:m]) + (B, R))
+        elif n == m:
             K = _khatri_rao(U[:m], xp)
-            Y = xp.matmul(data.X2.T, xp.reshape(K, (K.shape[0], B * R)))
-        Y = xp.reshape(Y, tuple(data.shape[side.start : side.stop]) + (B, R))
-        local = U[side.start : side.stop]
-        for n in side:
-            M = _contract_partial(Y, local, n - side.start, xp)
-            V = None
-            for k in range(N):
-                if k != n:
-                    V = grams[k] if V is None else V * grams[k]
-            U[n] = _update_hals(U[n], M, V, xp) if nonneg else _update_als(M, V, xp)
-            grams[n] = _gram(U[n], xp)
-            if n == N - 1:
-                inner = xp.sum(M * U[n], axis=(0, 2))
-                model2 = xp.sum(V * grams[n], axis=(1, 2))
-            _move_scale(U, grams, n, xp)
-            local = U[side.start : side.stop]
+            Z = xp.matmul(xp.reshape(K, (K.shape[0], B * R)).T, data.X2)
+            Z = xp.reshape(Z, (B, R) + tuple(data.shape[m:]))
+        if n < m:
+            M = _contract_partial(Y, U[:m], n, xp)
+        else:
+            M = _contract_leading(Z, U[m:], n - m, xp)
+        V = None
+        for k in range(N):
+            if k != n:
+                V = grams[k] if V is None else V * grams[k]
+        U[n] = _update_hals(U[n], M, V, xp) if nonneg else _update_als(M, V, xp)
+        grams[n] = _gram(U[n], xp)
+        if n == N - 1:
+            inner = xp.sum(M * U[n], axis=(0, 2))
+            model2 = xp.sum(V * grams[n], axis=(1, 2))
+        _move_scale(U, grams, n, xp)
     return inner, model2
 
 
