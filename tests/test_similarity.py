@@ -246,6 +246,61 @@ def test_compare_matches_rsatoolbox():
 # ----------------------------------------------------------------------------- CKA
 
 
+def rank_cases():
+    """Vectors that stress ranking: ties, signed zeros, infinities, and distinct values closer
+    than the bits the one-sort keys keep (buckets that must be re-sorted by value)."""
+    g = rng(40)
+    close = 1.0 + 1e-9 * g.standard_normal(5000)
+    ints = g.integers(-4, 5, 3000).astype(float)
+    ints[::7] = -0.0
+    return {
+        "continuous": g.standard_normal(4000),
+        "close": close,
+        "close with ties and negatives": np.concatenate([close, close[::-1], -close]),
+        "ties and signed zeros": ints,
+        "ulp steps": 1.0 + np.arange(50)[::-1] * np.spacing(1.0),
+        "infinities": np.array([np.inf, 1.0, -np.inf, 1.0, 0.0]),
+        "two": np.array([3.0, -3.0]),
+    }
+
+
+@pytest.mark.parametrize("case", list(rank_cases()))
+def test_average_ranks_match_rankdata(case):
+    v = rank_cases()[case]
+    expected = scipy.stats.rankdata(v)
+    np.testing.assert_array_equal(S._average_ranks(np, v), expected)
+    np.testing.assert_array_equal(
+        S._average_ranks(np, v.astype(np.float32)), scipy.stats.rankdata(v.astype(np.float32))
+    )
+    xs = pytest.importorskip("array_api_strict")
+    np.testing.assert_array_equal(np.asarray(S._average_ranks(xs, xs.asarray(v))), expected)
+
+
+def test_sort_keys_order_and_ties():
+    v = rank_cases()["close with ties and negatives"]
+    order, ties = S._sort_keys(v)
+    np.testing.assert_array_equal(v[order], np.sort(v))
+    np.testing.assert_array_equal(np.sort(order), np.arange(v.size))
+    s = np.sort(v)
+    np.testing.assert_array_equal(ties, np.flatnonzero(s[1:] == s[:-1]))
+
+
+def test_spearman_of_close_values_matches_scipy():
+    g = rng(41)
+    A = 1.0 + 1e-9 * S.rdm(g.standard_normal((60, 5)), "euclidean")  # entries within a few ulp-buckets
+    B = S.rdm(g.standard_normal((60, 5)))
+    for method in ("spearman", "rho_a"):
+        assert S.compare_rdms(A, B, method) == pytest.approx(ref_compare(A, B, method), abs=TOL)
+
+
+def test_rdm_diagonal_is_exactly_zero():
+    xs = pytest.importorskip("array_api_strict")
+    X = rng(42).standard_normal((3, 30, 7))
+    for metric in ["correlation", "cosine", "euclidean", "sqeuclidean"]:
+        assert np.all(np.diagonal(S.rdm(X, metric), axis1=1, axis2=2) == 0.0)
+        assert np.all(np.diagonal(np.asarray(S.rdm(xs.asarray(X), metric)), axis1=1, axis2=2) == 0.0)
+
+
 @pytest.mark.parametrize("kernel", ["linear", "rbf"])
 @pytest.mark.parametrize("debiased", [False, True])
 @pytest.mark.parametrize("shape", [(20, 5, 7), (12, 30, 25)])  # feature-space and Gram-space linear forms

@@ -106,13 +106,11 @@ def rdm(X, metric: str = "correlation", noise=None):
         return D if X.ndim == 4 else D[0, ...]
     X = _as_float(xp, X, "X", (2, 3), "(stimuli, features) or a stack (k, stimuli, features)")
     stack = X if X.ndim == 3 else X[None, ...]
-    n = stack.shape[-2]
-    offdiag = 1.0 - xp.eye(n, dtype=X.dtype)
     if metric in ("euclidean", "sqeuclidean"):
         Xc = stack - xp.mean(stack, axis=-2, keepdims=True)
         sq = xp.sum(Xc * Xc, axis=-1)
         D = sq[..., :, None] + sq[..., None, :] - 2.0 * xp.matmul(Xc, _mT(xp, Xc))
-        D = xp.clip(D, 0.0, None) * offdiag
+        D = _zero_diagonal(xp, xp.clip(D, 0.0, None))
         if metric == "euclidean":
             D = xp.sqrt(D)
     else:
@@ -126,8 +124,21 @@ def rdm(X, metric: str = "correlation", noise=None):
                 "(drop that stimulus or use metric='euclidean')"
             )
         Z = Z / norms[..., None]
-        D = (1.0 - xp.matmul(Z, _mT(xp, Z))) * offdiag
+        D = xp.matmul(Z, _mT(xp, Z))  # the one (k, n, n) array: turned into distances in place
+        D -= 1.0
+        D *= -1.0
+        D = _zero_diagonal(xp, D)
     return D if X.ndim == 3 else D[0, ...]
+
+
+def _zero_diagonal(xp, D):
+    """D (k, n, n) with a zero diagonal: assigned in place where the namespace allows it."""
+    n = D.shape[-1]
+    if _scatters(xp):
+        i = xp.arange(n)
+        D[:, i, i] = 0.0
+        return D
+    return D * (1.0 - xp.eye(n, dtype=D.dtype))
 
 
 def _crossnobis(xp, X, noise):
@@ -239,50 +250,110 @@ def _upper_index(xp, n: int):
 
 def _rdm_vectors(xp, D, name: str):
     """Upper-triangle vectors of a stack of RDMs: (k, n, n) -> (k, N)."""
-    D = _as_float(xp, D, name, (2, 3), "an (n, n) RDM or a stack (k, n, n)")
-    if D.shape[-1] != D.shape[-2]:
-        raise ValueError(f"{name} must be square (stimuli x stimuli); got shape {tuple(D.shape)}")
+    D = xp.asarray(D)
+    if D.ndim not in (2, 3) or D.shape[-1] != D.shape[-2]:
+        raise ValueError(f"{name} must be an (n, n) RDM or a stack (k, n, n); got an array of shape {tuple(D.shape)}")
     stack = D if D.ndim == 3 else D[None, ...]
     n = stack.shape[-1]
     if n < 3:
         raise ValueError(f"{name} must compare at least 3 stimuli; got {n}")
     flat = xp.reshape(stack, (stack.shape[0], n * n))
-    return xp.take(flat, _upper_index(xp, n), axis=1)
+    v = xp.take(flat, _upper_index(xp, n), axis=1)
+    return _as_float(xp, v, name, (2,), "an (n, n) RDM or a stack (k, n, n)")
+
+
+def _scatters(xp) -> bool:
+    """True for namespaces that assign through integer-array indices (numpy, CuPy)."""
+    return getattr(xp, "__name__", "") in ("numpy", "cupy")
 
 
 def _average_ranks(xp, v):
-    """Average ranks (1-based, ties share their mean rank) along the last axis of v (k, N)."""
-    k, N = v.shape
-    order = xp.argsort(v, axis=-1, stable=False)
-    s = xp.take_along_axis(v, order, axis=-1)
-    first = xp.ones((k, 1), dtype=xp.bool)
-    starts_2d = xp.concat([first, s[:, 1:] != s[:, :-1]], axis=-1)
-    inverse = xp.argsort(order, axis=-1, stable=False)
-    if bool(xp.all(starts_2d)):  # no ties: the rank is the position in sorted order
-        return xp.astype(inverse, v.dtype) + 1.0
-    starts_flat = xp.reshape(starts_2d, (-1,))
-    starts = xp.nonzero(starts_flat)[0]
-    ends = xp.concat([starts[1:], xp.asarray([k * N], dtype=starts.dtype)])
-    mid = xp.astype(starts + ends - 1, v.dtype) / 2.0
-    group = xp.cumulative_sum(xp.astype(starts_flat, xp.int64)) - 1
-    offsets = xp.astype(xp.arange(k) * N, v.dtype)
-    sorted_ranks = xp.reshape(xp.take(mid, group), (k, N)) - offsets[:, None] + 1.0
-    return xp.take_along_axis(sorted_ranks, inverse, axis=-1)
+    """Average ranks (1-based, ties share their mean rank) of a vector v (N,).
+
+    numpy sorts once (``_sort_keys``) and scatters the ranks into place; CuPy argsorts once and
+    scatters; other namespaces, without integer-array assignment, argsort a second time to invert
+    the permutation.
+    """
+    N = v.shape[0]
+    if xp is np:
+        order, ties = _sort_keys(v)
+        starts_mask = np.ones(N, dtype=bool)
+        starts_mask[ties + 1] = False
+    else:
+        order = xp.argsort(v)
+        s = xp.take(v, order)
+        starts_mask = xp.concat([xp.ones((1,), dtype=xp.bool), s[1:] != s[:-1]])
+    ranks = xp.arange(1, N + 1, dtype=v.dtype)
+    if not bool(xp.all(starts_mask)):  # ties share the mean of the sorted positions they span
+        starts = xp.nonzero(starts_mask)[0]
+        ends = xp.concat([starts[1:], xp.asarray([N], dtype=starts.dtype)])
+        group = xp.cumulative_sum(xp.astype(starts_mask, xp.int64)) - 1
+        ranks = xp.take(xp.astype(starts + ends + 1, v.dtype) / 2.0, group)
+    if not _scatters(xp):
+        return xp.take(ranks, xp.argsort(order))
+    out = xp.empty_like(ranks)
+    out[order] = ranks
+    return out
 
 
-def _unit_vectors(xp, v, method: str, name: str):
-    """Transform RDM vectors (k, N) so that the similarity of two RDMs is a dot product."""
-    N = v.shape[-1]
+def _sort_keys(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Permutation that sorts a 1-D numpy vector, from one sort of integer keys, and its ties.
+
+    A key is the value's order-preserving 64-bit pattern with its low bits replaced by the entry's
+    index, so sorting the keys sorts the values and carries the permutation along (several times
+    faster than ``argsort``). Only neighbours in the same bucket (equal kept bits) can be tied or
+    out of order (distinct values less than about N 2^-52 apart relative to their size): those few
+    buckets are re-sorted by value.
+
+    Returns
+    -------
+    order : array (N,) of int
+    ties : array of int
+        Positions p in sorted order with v[order[p]] == v[order[p + 1]].
+    """
+    v = v.astype(np.float64) + 0.0  # + 0.0 turns -0.0 into 0.0, which it equals
+    N = v.shape[0]
+    shift = np.uint64(max(int(N - 1).bit_length(), 1))
+    bits = v.view(np.uint64)
+    sign = np.uint64(1 << 63)
+    key = np.where(bits >= sign, ~bits, bits | sign)
+    key >>= shift
+    key <<= shift
+    key |= np.arange(N, dtype=np.uint64)
+    key.sort()
+    order = (key & ((np.uint64(1) << shift) - np.uint64(1))).astype(np.intp)
+    bucket = key >> shift
+    same = np.flatnonzero(bucket[1:] == bucket[:-1])
+    wrong = np.unique(bucket[same[v[order[same + 1]] < v[order[same]]]])
+    if wrong.size:
+        lo, hi = np.searchsorted(bucket, wrong, "left"), np.searchsorted(bucket, wrong, "right")
+        size = hi - lo  # the positions lo..hi-1 of every such bucket, concatenated:
+        redo = np.arange(int(np.sum(size))) + np.repeat(lo - np.cumsum(size) + size, size)
+        order[redo] = order[redo][np.lexsort((v[order[redo]], bucket[redo]))]
+    return order, same[v[order[same + 1]] == v[order[same]]]
+
+
+def _unit_vector(xp, v, method: str, name: str):
+    """Transform one RDM vector (N,) so that the similarity of two RDMs is a dot product."""
+    N = v.shape[0]
     if method in ("spearman", "rho_a"):
         v = _average_ranks(xp, v)
     if method != "cosine":
-        v = v - xp.mean(v, axis=-1, keepdims=True)
+        v = v - xp.mean(v)
     if method == "rho_a":
         return v * math.sqrt(12.0 / (float(N) ** 3 - N))
-    norms = xp.sqrt(xp.sum(v * v, axis=-1, keepdims=True))
-    if bool(xp.any(norms == 0.0)):
+    norm = float(xp.linalg.vector_norm(v))
+    if norm == 0.0:
         raise ValueError(f"{name} holds an RDM whose entries are all equal; {method} similarity is undefined for it")
-    return v / norms
+    return v / norm
+
+
+def _unit_vectors(xp, v, method: str, name: str):
+    """``_unit_vector`` of each row of v (k, N), one row at a time to stay in cache."""
+    out = xp.empty_like(v)
+    for i in range(v.shape[0]):
+        out[i, :] = _unit_vector(xp, v[i, :], method, name)
+    return out
 
 
 def _kendall_tau_a(a: np.ndarray, b: np.ndarray) -> float:
@@ -393,6 +464,16 @@ def _gram(xp, X, kernel: str, sigma, name: str):
     return xp.exp(-D2 / (2.0 * s * s))
 
 
+def _centred_kernel(xp, X, kernel: str, debiased: bool, sigma, name: str):
+    """Centred kernel matrix (n, n) of X, as ``_center_gram`` of ``_gram``.
+
+    The linear Gram of column-centred data already has zero row and column means, so the biased
+    linear case skips the centring passes.
+    """
+    K = _gram(xp, X, kernel, sigma, name)
+    return K if kernel == "linear" and not debiased else _center_gram(xp, K, debiased)
+
+
 def _check_representation(xp, X, name: str, min_n: int = 2):
     X = _as_float(xp, X, name, (2,), "a (stimuli, features) matrix")
     if X.shape[0] < min_n:
@@ -437,8 +518,8 @@ def _hsic_terms(xp, X, Y, kernel: str, debiased: bool, sigma):
     n, dx, dy = X.shape[0], X.shape[1], Y.shape[1]
     if kernel == "linear" and n * (dx + dy) >= dx * dy + dx * dx + dy * dy:
         return _linear_hsic_feature_space(xp, X, Y, debiased)
-    Kc = _center_gram(xp, _gram(xp, X, kernel, sigma, "X"), debiased)
-    Lc = _center_gram(xp, _gram(xp, Y, kernel, sigma, "Y"), debiased)
+    Kc = _centred_kernel(xp, X, kernel, debiased, sigma, "X")
+    Lc = _centred_kernel(xp, Y, kernel, debiased, sigma, "Y")
     norm = _hsic_normaliser(n, debiased)
     return float(xp.sum(Kc * Lc)) / norm, float(xp.sum(Kc * Kc)) / norm, float(xp.sum(Lc * Lc)) / norm
 
@@ -513,12 +594,9 @@ def cka_matrix(reps, kernel: str = "linear", debiased: bool = False, sigma: floa
     if kernel == "linear" and n * total_d * total_d < gram_cost:
         H = _linear_hsic_matrix_feature_space(xp, reps, debiased)
     else:
-        F = xp.stack(
-            [
-                xp.reshape(_center_gram(xp, _gram(xp, R, kernel, sigma, f"reps[{i}]"), debiased), (-1,))
-                for i, R in enumerate(reps)
-            ]
-        )
+        F = xp.empty((r, n * n), dtype=xp.result_type(*reps))  # filled row by row: one Gram alive at a time
+        for i, R in enumerate(reps):
+            F[i, :] = xp.reshape(_centred_kernel(xp, R, kernel, debiased, sigma, f"reps[{i}]"), (-1,))
         H = xp.matmul(F, _mT(xp, F)) / _hsic_normaliser(n, debiased)
     d = xp.sum(H * xp.eye(r, dtype=H.dtype), axis=-1)
     if bool(xp.any(d <= 0.0)):
