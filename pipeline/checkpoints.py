@@ -2,7 +2,8 @@
 
 Checkpoints are written as safetensors files whose header carries the metadata as JSON under
 the key ``"pipeline"``. PyTorch pickles (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) are read with
-``weights_only=True``, so loading never executes code stored in a file.
+``weights_only=True``, so loading never executes code stored in a file. PyTorch and safetensors
+load only when weights are read or written: the workflow imports this module to find checkpoints.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import pickle
 import re
 import tempfile
 from pathlib import Path
-
-import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING
 
 from pipeline.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 METADATA_KEY = "pipeline"
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -41,6 +42,8 @@ def save_checkpoint(path, state_dict: dict[str, torch.Tensor], metadata: dict) -
     metadata : dict
         JSON-serializable metadata (training step, task, ...), stored under ``"pipeline"``.
     """
+    from safetensors.torch import save_file
+
     path = Path(path)
     try:
         header = {METADATA_KEY: json.dumps(metadata, sort_keys=True)}
@@ -94,6 +97,8 @@ def _corrupt(path: Path) -> CheckpointError:
 
 
 def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import SafetensorError, safe_open
+
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             header = handle.metadata() or {}
@@ -110,6 +115,8 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def _load_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    import torch
+
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

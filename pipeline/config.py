@@ -2,7 +2,8 @@
 
 The schema lives in ``pipeline/schemas/config.schema.yaml``; the workflow validates with it in
 ``rules/common.smk`` and the command line validates with it here, so both reject the same
-mistakes with the same one-line messages.
+mistakes with the same one-line messages. jsonschema and yaml load only when a config is
+validated: every job imports this module for its small helpers.
 """
 
 from __future__ import annotations
@@ -11,24 +12,28 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
-
-import jsonschema
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    import jsonschema
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
 RESERVED_MODEL_NAMES = ("comparisons",)  # report folders that are not models
 
 
 def load_schema() -> dict:
+    import yaml
+
     with open(SCHEMA_PATH) as f:
         return yaml.safe_load(f)
 
 
 def _validator_filling_defaults():
     """A Draft 2020-12 validator that writes each property's default into the instance."""
+    import jsonschema
+
     base = jsonschema.Draft202012Validator
     check_properties = base.VALIDATORS["properties"]
 

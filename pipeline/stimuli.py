@@ -40,12 +40,21 @@ class StimulusSet:
 
     @property
     def content_hash(self) -> str:
-        """sha256 over ids, coordinates and inputs: changes whenever the stimuli change."""
+        """sha256 over ids, coordinates and inputs: changes whenever the stimuli change.
+
+        Text coordinates enter as their characters, numeric ones as dtype, shape and raw bytes
+        (formatting numbers as text would cost a third of a second on the digits).
+        """
         h = hashlib.sha256()
         h.update("\n".join(self.ids).encode())
         for name in sorted(self.coords):
+            values = np.ascontiguousarray(self.coords[name][1])
             h.update(name.encode())
-            h.update(np.ascontiguousarray(self.coords[name][1]).astype(str).tobytes())
+            if values.dtype.kind in "OUST":
+                h.update(values.astype(str).tobytes())
+            else:
+                h.update(f"{values.dtype.str}{values.shape}".encode())
+                h.update(values.tobytes())
         if self.inputs is not None:
             h.update(np.ascontiguousarray(self.inputs).tobytes())
         for text in self.texts or []:

@@ -17,12 +17,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import xarray as xr
 
 from pipeline import layout
-from pipeline.analyses.stats import blocks_of, site_stats
 from pipeline.config import run_settings
-from pipeline.store import open_store, site_array, strings, text_values, unit_dim
 
 log = logging.getLogger(__name__)
 
@@ -101,19 +98,6 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def write_result(out: Path, root: xr.Dataset, groups: dict[str, xr.Dataset] | None = None) -> None:
-    """Write a result store (optionally one Zarr group per site) into ``<out>.partial``, then rename it."""
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    root.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
-    for name, ds in (groups or {}).items():
-        ds.to_zarr(tmp, group=name, mode="w", zarr_format=3, consolidated=False)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-
-
 def _json_default(value):
     if isinstance(value, np.generic):
         return value.item()
@@ -143,16 +127,20 @@ def run_extract(spec: dict, out: Path, checkpoint: Path | None) -> None:
 
 def run_stats(spec: dict, store: Path, out: Path) -> None:
     """Activation statistics of every site of a store: result store ``out`` and summary JSON beside it."""
+    from pipeline.analyses.stats import blocks_of, site_stats
+    from pipeline.results import Result, dims, open_activations, read, write_result
+
     started = time.perf_counter()
-    ds = open_store(store)
-    mask = ds["mask"].values
-    ids = strings(ds["stimulus"].values)
-    tokens = strings(ds["token"].values) if "token" in ds else None
+    group = open_activations(store)
+    attrs = group.attrs.asdict()
+    mask = read(group, "mask")
+    ids = read(group, "stimulus")
+    tokens = read(group, "token") if "token" in group else None
     per_unit = {}
     summaries = {}
-    for site in ds.attrs["sites"]:
-        values = site_array(ds, site).data  # dask array, read block by block
-        rows = max(1, values.chunksize[0])
+    for site in attrs["sites"]:
+        values = group[site]  # Zarr array, read block by block
+        rows = max(1, values.chunks[0])
         try:
             stats = site_stats(lambda v=values, r=rows: blocks_of(v, mask, r), **spec)
         except ValueError as err:
@@ -163,19 +151,16 @@ def run_stats(spec: dict, store: Path, out: Path) -> None:
             top["stimulus_id"] = str(ids[top["stimulus"]])
             if tokens is not None:
                 top["token"] = str(tokens[top["stimulus"], top["position"]])
-        dim = unit_dim(site)
+        unit = dims(group, site)[2]
         for name in ("mean", "variance", "zero_fraction", "nan_count", "inf_count", "massive_count"):
             # ':' not '/': in Zarr v3 a '/' in a variable name nests it in a group the top level never shows
-            per_unit[f"{site}:{name}"] = xr.DataArray(getattr(stats, name), dims=[dim])
-    stimulus_coords = {name: text_values(ds[name].values) for name in ("label", "text") if name in ds}
-    result = xr.Dataset(per_unit, coords={"stimulus": text_values(ids),
-                                          **{k: ("stimulus", v) for k, v in stimulus_coords.items()}},
-                        attrs={"analysis": "stats", "store": str(store), **scalar_params(spec)})
-    write_result(out, result)
+            per_unit[f"{site}:{name}"] = ((unit,), getattr(stats, name))
+    coords = {"stimulus": ids, **{name: ("stimulus", read(group, name)) for name in ("label", "text") if name in group}}
+    write_result(out, Result(per_unit, coords, {"analysis": "stats", "store": str(store), **scalar_params(spec)}))
     write_json(layout.summary_path(out), {
         "analysis": "stats",
         "params": spec,
-        "provenance": store_provenance(ds.attrs),
+        "provenance": store_provenance(attrs),
         "sites": summaries,
         "runtime_seconds": round(time.perf_counter() - started, 3),
     })
@@ -199,17 +184,19 @@ def run_stats_across(results: list[Path], out: Path) -> None:
     Besides each summary scalar over training, records the drift of the per-unit means,
     ||mu_t - mu_(t-1)|| / ||mu_(t-1)||, between consecutive checkpoints.
     """
+    import zarr
+
     entries = []
     for path in results:
         summary = json.loads(layout.summary_path(Path(path)).read_text())
-        entries.append((summary, Path(path)))
+        entries.append((summary, zarr.open_group(Path(path), mode="r")))
     entries.sort(key=lambda e: (e[0]["provenance"].get("step", -1), e[0]["provenance"].get("checkpoint_name", "")))
     sites = list(entries[0][0]["sites"]) if entries else []
     series = {}
     for site in sites:
         rows = [summary["sites"].get(site, {"status": "missing"}) for summary, _ in entries]
         series[site] = {key: [row.get(key) for row in rows] for key in ACROSS_KEYS}
-        means = [_unit_means(path, site) for _, path in entries]
+        means = [_unit_means(group, site) for _, group in entries]
         series[site]["mean_drift"] = [None] + [
             float(np.linalg.norm(b - a) / max(np.linalg.norm(a), 1e-12)) if a is not None and b is not None else None
             for a, b in zip(means[:-1], means[1:])
@@ -232,10 +219,10 @@ ACROSS_KEYS = ("status", "zero_fraction", "n_dead", "n_constant", "massive_count
                "median_abs", "max_abs", "mean_variance")
 
 
-def _unit_means(result: Path, site: str) -> np.ndarray | None:
-    ds = xr.open_zarr(result, consolidated=False, zarr_format=3)
+def _unit_means(group, site: str) -> np.ndarray | None:
+    """Per-unit means (units,) of ``site`` in a stats result store (a Zarr group), None when it has none."""
     name = f"{site}:mean"
-    return np.nan_to_num(ds[name].values) if name in ds else None
+    return np.nan_to_num(np.asarray(group[name][...])) if name in group else None
 
 
 # ---------------------------------------------------------------- similarity

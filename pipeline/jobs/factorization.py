@@ -8,47 +8,44 @@ import time
 from pathlib import Path
 
 import numpy as np
-import xarray as xr
+import zarr
 
 from pipeline import layout
 from pipeline.analyses.connectome import affinity, communities
 from pipeline.analyses.tca import TCAFit, fit_tca, scale_units, spread_indices, top_units, unit_variance
 from pipeline.backend import get_namespace, to_device, to_numpy
 from pipeline.errors import StoreError
-from pipeline.jobs import SEQUENCE_MODES, store_provenance, write_json, write_result
-from pipeline.store import open_store, site_array, strings, text_values
+from pipeline.jobs import SEQUENCE_MODES, store_provenance, write_json
+from pipeline.results import Result, open_activations, read, write_result
 
 log = logging.getLogger(__name__)
 
 
-def _matching_sites(ds: xr.Dataset, patterns: list[str]) -> list[str]:
-    return [s for s in ds.attrs["sites"] if any(fnmatch.fnmatchcase(s, p) for p in patterns)]
+def _matching_sites(group: zarr.Group, patterns: list[str]) -> list[str]:
+    return [s for s in group.attrs["sites"] if any(fnmatch.fnmatchcase(s, p) for p in patterns)]
 
 
-def _factor_stimuli(ds: xr.Dataset, max_stimuli: int) -> np.ndarray:
+def _factor_stimuli(group: zarr.Group, max_stimuli: int) -> np.ndarray:
     """Stimuli a factorization uses: the test split when the set has one, spread evenly up to ``max_stimuli``."""
-    index = np.arange(ds.sizes["stimulus"])
-    if "split" in ds:
-        test = strings(ds["split"].values) == "test"
+    index = np.arange(group["stimulus"].shape[0])
+    if "split" in group:
+        test = read(group, "split") == "test"
         index = index[test] if test.any() else index
     return index[spread_indices(len(index), max_stimuli)]
 
 
-def _stimulus_coords(ds: xr.Dataset, index: np.ndarray) -> dict:
-    coords = {"stimulus": text_values(strings(ds["stimulus"].values)[index])}
-    for name in ("label", "text"):
-        if name in ds:
-            coords[name] = ("stimulus", text_values(strings(ds[name].values)[index]))
-    return coords
+def _stimulus_coords(group: zarr.Group, index: np.ndarray) -> dict:
+    return {"stimulus": read(group, "stimulus", index),
+            **{name: ("stimulus", read(group, name, index)) for name in ("label", "text") if name in group}}
 
 
-def _series(stores: list[Path]) -> list[xr.Dataset]:
+def _series(stores: list[Path]) -> list[zarr.Group]:
     """The activation stores of a run ordered by training step; all must hold the same stimuli."""
-    series = sorted((open_store(s) for s in stores),
+    series = sorted((open_activations(s) for s in stores),
                     key=lambda d: (d.attrs.get("step", -1), d.attrs.get("checkpoint_name", "")))
-    ids = strings(series[0]["stimulus"].values)
+    ids = read(series[0], "stimulus")
     for d in series[1:]:
-        if not np.array_equal(strings(d["stimulus"].values), ids):
+        if not np.array_equal(read(d, "stimulus"), ids):
             raise StoreError(f"store of checkpoint {d.attrs.get('checkpoint_name')} holds other stimuli than "
                              f"{series[0].attrs.get('checkpoint_name')}; re-extract the run with one stimulus set")
     return series
@@ -71,7 +68,7 @@ def _tca_fit(spec: dict, T: np.ndarray, mask: np.ndarray | None) -> TCAFit:
                    n_iter_max=spec["n_iter_max"], tol=spec["tol"], holdout=spec["holdout"], random_state=spec["seed"])
 
 
-def _tca_dataset(fit: TCAFit, dims: tuple[str, ...], coords: dict) -> xr.Dataset:
+def _tca_dataset(fit: TCAFit, dims: tuple[str, ...], coords: dict) -> Result:
     """Factors of the chosen model (``<dim>_factor`` (dim, component), ``weight``) and the rank diagnostics."""
     ranks = fit.ensemble.ranks
     data = {f"{dim}_factor": ((dim, "component"), to_numpy(f)) for dim, f in zip(dims, fit.model.factors)}
@@ -81,8 +78,8 @@ def _tca_dataset(fit: TCAFit, dims: tuple[str, ...], coords: dict) -> xr.Dataset
     if fit.cv is not None:
         data["cv_train_error"] = (("rank", "replicate"), np.stack([fit.cv.train_error[r] for r in ranks]))
         data["cv_test_error"] = (("rank", "replicate"), np.stack([fit.cv.test_error[r] for r in ranks]))
-    return xr.Dataset(data, coords={"rank": ranks, "component": np.arange(fit.rank), **coords},
-                      attrs={"rank": fit.rank, "nonneg": fit.nonneg, "rel_error": fit.model.rel_error})
+    return Result(data, {"rank": np.asarray(ranks), "component": np.arange(fit.rank), **coords},
+                  {"rank": fit.rank, "nonneg": fit.nonneg, "rel_error": fit.model.rel_error})
 
 
 def _tca_summary(fit: TCAFit, shape: tuple[int, ...], n_units: int, started: float) -> dict:
@@ -102,19 +99,20 @@ def run_tca(spec: dict, store: Path, out: Path) -> None:
     the factors and rank diagnostics (result store ``out``, one group per site) and a summary JSON.
     """
     started = time.perf_counter()
-    ds = open_store(store)
-    index = _factor_stimuli(ds, spec["max_stimuli"])
-    mask = np.asarray(ds["mask"].values, dtype=bool)[index]
+    group = open_activations(store)
+    attrs = group.attrs.asdict()
+    index = _factor_stimuli(group, spec["max_stimuli"])
+    mask = read(group, "mask", index).astype(bool)
     observed = np.flatnonzero(mask.any(axis=0))
     positions = np.arange(observed.max() + 1 if observed.size else mask.shape[1])  # drop all-padding positions
     mask = mask[:, positions]
-    modes = SEQUENCE_MODES.get(ds.attrs.get("stimulus_kind"), ("unit", "position", "stimulus"))
-    stim_coords = _stimulus_coords(ds, index)
+    modes = SEQUENCE_MODES.get(attrs.get("stimulus_kind"), ("unit", "position", "stimulus"))
+    stim_coords = _stimulus_coords(group, index)
     groups, sites = {}, {}
-    for site in _matching_sites(ds, spec["sites"]):
+    for site in _matching_sites(group, spec["sites"]):
         t0 = time.perf_counter()
         try:
-            X = np.asarray(site_array(ds, site).isel(stimulus=index, position=positions).values)
+            X = read(group, site, index)[:, positions]
             units = top_units(unit_variance(X, mask), spec["max_units"])
             T = np.transpose(X[:, :, units], (2, 1, 0))  # (unit, position, stimulus)
             fit = _tca_fit(spec, T, np.broadcast_to(mask.T[None], T.shape))
@@ -126,17 +124,16 @@ def run_tca(spec: dict, store: Path, out: Path) -> None:
                                     {"unit": units, "position": positions, **stim_coords})
         sites[site] = _tca_summary(fit, T.shape, X.shape[2], t0)
         log.info("tca %s: shape %s, rank %d, error %.3f", site, T.shape, fit.rank, fit.model.rel_error)
-    root = xr.Dataset(coords=stim_coords, attrs={"analysis": "tca", "store": str(store)})
-    write_result(out, root, groups)
+    write_result(out, Result(coords=stim_coords, attrs={"analysis": "tca", "store": str(store)}), groups)
     write_json(layout.summary_path(out), {
-        "analysis": "tca", "params": spec, "provenance": store_provenance(ds.attrs),
+        "analysis": "tca", "params": spec, "provenance": store_provenance(attrs),
         "modes": ["unit", "position", "stimulus"], "mode_labels": list(modes), "sites": sites,
         "runtime_seconds": round(time.perf_counter() - started, 3),
     })
 
 
-def _across_summary(analysis: str, spec: dict, series: list[xr.Dataset], sites: dict, started: float) -> dict:
-    provenance = [store_provenance(d.attrs) for d in series]
+def _across_summary(analysis: str, spec: dict, series: list[zarr.Group], sites: dict, started: float) -> dict:
+    provenance = [store_provenance(d.attrs.asdict()) for d in series]
     return {
         "analysis": analysis, "params": spec, "provenance": provenance,
         "model": provenance[0].get("model_id"), "run": provenance[0].get("run"),
@@ -146,8 +143,8 @@ def _across_summary(analysis: str, spec: dict, series: list[xr.Dataset], sites: 
     }
 
 
-def _checkpoint_coords(series: list[xr.Dataset]) -> dict:
-    return {"checkpoint": text_values([d.attrs.get("checkpoint_name", "") for d in series]),
+def _checkpoint_coords(series: list[zarr.Group]) -> dict:
+    return {"checkpoint": np.array([d.attrs.get("checkpoint_name", "") for d in series], dtype=str),
             "step": ("checkpoint", np.array([d.attrs.get("step", -1) for d in series], dtype=np.int64))}
 
 
@@ -162,14 +159,13 @@ def run_tca_across(spec: dict, stores: list[Path], out: Path) -> None:
     series = _series(stores)
     first = series[0]
     index = _factor_stimuli(first, spec["max_stimuli"])
-    mask = np.asarray(first["mask"].values, dtype=bool)[index]
+    mask = read(first, "mask", index).astype(bool)
     stim_coords = _stimulus_coords(first, index)
     groups, sites = {}, {}
     for site in _matching_sites(first, spec["sites"]):
         t0 = time.perf_counter()
         try:
-            Y = np.stack([_position_mean(np.asarray(site_array(d, site).isel(stimulus=index).values), mask)
-                          for d in series])  # (checkpoint, stimulus, unit)
+            Y = np.stack([_position_mean(read(d, site, index), mask) for d in series])  # (checkpoint, stimulus, unit)
             units = top_units(unit_variance(Y), spec["max_units"])
             T = np.transpose(Y[:, :, units], (2, 1, 0))  # (unit, stimulus, checkpoint)
             fit = _tca_fit(spec, T, None)
@@ -181,8 +177,8 @@ def run_tca_across(spec: dict, stores: list[Path], out: Path) -> None:
                                     {"unit": units, **stim_coords, **_checkpoint_coords(series)})
         sites[site] = _tca_summary(fit, T.shape, Y.shape[2], t0)
         log.info("tca across %s: shape %s, rank %d, error %.3f", site, T.shape, fit.rank, fit.model.rel_error)
-    root = xr.Dataset(coords={**stim_coords, **_checkpoint_coords(series)}, attrs={"analysis": "tca-across"})
-    write_result(out, root, groups)
+    write_result(out, Result(coords={**stim_coords, **_checkpoint_coords(series)}, attrs={"analysis": "tca-across"}),
+                 groups)
     summary = _across_summary("tca-across", spec, series, sites, started)
     write_json(layout.summary_path(out), {**summary, "modes": ["unit", "stimulus", "checkpoint"]})
 
@@ -197,7 +193,7 @@ def run_connectome(spec: dict, stores: list[Path], out: Path) -> None:
     started = time.perf_counter()
     series = _series(stores)
     index = _factor_stimuli(series[0], spec["max_stimuli"])
-    rows = np.asarray(series[0]["mask"].values, dtype=bool)[index].ravel()
+    rows = read(series[0], "mask", index).astype(bool).ravel()
     xp = get_namespace(spec["device"])
     groups, sites = {}, {}
     for site in _matching_sites(series[0], spec["sites"]):
@@ -205,7 +201,7 @@ def run_connectome(spec: dict, stores: list[Path], out: Path) -> None:
         try:
             samples = []
             for d in series:
-                X = np.asarray(site_array(d, site).isel(stimulus=index).values)
+                X = read(d, site, index)
                 samples.append(X.reshape(-1, X.shape[-1])[rows])  # (observed samples, unit)
             units = top_units(sum(s.var(axis=0) for s in samples), spec["max_units"])
             A = xp.stack([affinity(to_device(s[:, units], xp, spec["dtype"]), spec["affinity"]) for s in samples],
@@ -216,16 +212,15 @@ def run_connectome(spec: dict, stores: list[Path], out: Path) -> None:
             log.warning("connectome of site %s failed: %s", site, err)
             sites[site] = {"status": "failed", "error": str(err)}
             continue
-        groups[site] = xr.Dataset(
+        groups[site] = Result(
             {"affinity": (("unit", "unit_b", "checkpoint"), to_numpy(A)),
              "unit_factor": (("unit", "component"), found.unit_factor),
              "checkpoint_factor": (("checkpoint", "component"), found.time_factor),
              "weight": (("component",), found.weights), "loading": (("unit", "component"), found.loading),
              "community": (("unit",), found.assignment),
              "objective": (("replicate",), found.objectives), "similarity": (("replicate",), found.similarities)},
-            coords={"unit": units, "unit_b": units, "component": np.arange(found.weights.size),
-                    **_checkpoint_coords(series)},
-            attrs={"rel_error": found.rel_error},
+            {"unit": units, "unit_b": units, "component": np.arange(found.weights.size), **_checkpoint_coords(series)},
+            {"rel_error": found.rel_error},
         )
         sizes = np.bincount(found.assignment[found.assignment >= 0], minlength=found.weights.size)
         sites[site] = {"status": "ok", "n_units": int(units.size), "n_samples": int(rows.sum()),
@@ -233,5 +228,5 @@ def run_connectome(spec: dict, stores: list[Path], out: Path) -> None:
                        "community_sizes": sizes.tolist(), "similarity": float(found.similarities.mean()),
                        "runtime_seconds": round(time.perf_counter() - t0, 3)}
         log.info("connectome %s: %d units, community sizes %s", site, units.size, sizes.tolist())
-    write_result(out, xr.Dataset(coords=_checkpoint_coords(series), attrs={"analysis": "connectome"}), groups)
+    write_result(out, Result(coords=_checkpoint_coords(series), attrs={"analysis": "connectome"}), groups)
     write_json(layout.summary_path(out), _across_summary("connectome", spec, series, sites, started))

@@ -7,14 +7,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import xarray as xr
+import zarr
 
 from pipeline import layout
 from pipeline.analyses import similarity as sim
 from pipeline.backend import get_namespace, to_device, to_numpy
 from pipeline.errors import StoreError
-from pipeline.jobs import scalar_params, store_provenance, write_json, write_result
-from pipeline.store import open_store, site_array, strings, text_values, unit_dim
+from pipeline.jobs import scalar_params, store_provenance, write_json
+from pipeline.results import Result, dims, open_activations, read, write_result
 
 
 def run_similarity(spec: dict, store: Path, out: Path) -> None:
@@ -31,13 +31,14 @@ def run_similarity(spec: dict, store: Path, out: Path) -> None:
     """
     started = time.perf_counter()
     xp = get_namespace(spec["device"])
-    ds = open_store(store)
-    ids = strings(ds["stimulus"].values)
+    group = open_activations(store)
+    attrs = group.attrs.asdict()
+    ids = read(group, "stimulus")
     keep = stimulus_subset(len(ids), spec["max_stimuli"], spec["seed"])
-    mask = np.asarray(ds["mask"].values, dtype=bool)[keep]
+    mask = read(group, "mask", keep).astype(bool)
     sites, reps, rdms = {}, {}, {}
-    for site in ds.attrs["sites"]:
-        values = np.asarray(site_array(ds, site).isel(stimulus=keep).values)
+    for site in attrs["sites"]:
+        values = read(group, site, keep)
         try:
             rep = to_numpy(sim.pool_positions(to_device(values, xp), to_device(mask, xp)))
         except ValueError as err:
@@ -57,11 +58,11 @@ def run_similarity(spec: dict, store: Path, out: Path) -> None:
             sites[site]["rdm_error"] = str(err)
     names = list(reps)
     matrices = _layer_matrices(spec, xp, [reps[s] for s in names], [rdms.get(s) for s in names])
-    refs, ref_status = _reference_rdms(spec, xp, ds, keep)
+    refs, ref_status = _reference_rdms(spec, xp, group, keep)
     tests = {site: {ref: _reference_test(spec, xp, rdms[site], R) for ref, R in refs.items()} for site in rdms}
 
     n = len(keep)
-    kept_ids = text_values(ids[keep])
+    kept_ids = ids[keep]
     data = {name: (("site_a", "site_b"), M) for name, M in matrices.items()}
     rdm_stack = np.stack([rdms.get(s, np.full((n, n), np.nan)) for s in names]) if names else np.zeros((0, n, n))
     data["rdm"] = (("site", "stimulus", "stimulus_b"), rdm_stack.astype(np.float32))
@@ -70,20 +71,19 @@ def run_similarity(spec: dict, store: Path, out: Path) -> None:
             [[tests.get(s, {}).get(r, {}).get(field, np.nan) for r in refs] for s in names], dtype=float
         ).reshape(len(names), len(refs)))
     for site in names:
-        data[representation_name(site)] = (("stimulus", unit_dim(site)), reps[site])
-    coords = {"site": text_values(names), "site_a": text_values(names), "site_b": text_values(names),
-              "stimulus": kept_ids, "stimulus_b": kept_ids}
+        data[representation_name(site)] = (("stimulus", dims(group, site)[2]), reps[site])
+    site_names = np.array(names, dtype=str)
+    coords = {"site": site_names, "site_a": site_names, "site_b": site_names, "stimulus": kept_ids,
+              "stimulus_b": kept_ids}
     if refs:
-        coords["reference"] = text_values(list(refs))
-    if "label" in ds.variables:
-        coords["label"] = ("stimulus", text_values(strings(ds["label"].values)[keep]))
-    result = xr.Dataset(data, coords=coords, attrs={"analysis": "similarity", "store": str(store),
-                                                    **scalar_params(spec)})
-    write_result(out, result)
+        coords["reference"] = np.array(list(refs), dtype=str)
+    if "label" in group:
+        coords["label"] = ("stimulus", read(group, "label", keep))
+    write_result(out, Result(data, coords, {"analysis": "similarity", "store": str(store), **scalar_params(spec)}))
     write_json(layout.summary_path(out), {
         "analysis": "similarity",
         "params": spec,
-        "provenance": store_provenance(ds.attrs),
+        "provenance": store_provenance(attrs),
         "representation": "mean over real (unpadded) positions of each stimulus",
         "n_stimuli": n,
         "n_stimuli_total": len(ids),
@@ -122,7 +122,7 @@ def _layer_matrices(spec: dict, xp, reps: list[np.ndarray], rdms: list[np.ndarra
     return {"cka": cka, "rsa": rsa, "shape": shape}
 
 
-def _reference_rdms(spec: dict, xp, ds: xr.Dataset, keep: np.ndarray) -> tuple[dict, dict]:
+def _reference_rdms(spec: dict, xp, group: zarr.Group, keep: np.ndarray) -> tuple[dict, dict]:
     """Reference RDMs on the kept stimuli: ``label`` (same label 0, else 1) and ``input`` (the stimuli's inputs).
 
     Inputs come from the store's ``input`` coordinate (flip-flop pulses) or, for stimulus sets
@@ -130,8 +130,8 @@ def _reference_rdms(spec: dict, xp, ds: xr.Dataset, keep: np.ndarray) -> tuple[d
     Returns (name -> RDM, name -> status).
     """
     refs, status = {}, {}
-    if "label" in ds.variables:
-        codes = np.unique(strings(ds["label"].values)[keep], return_inverse=True)[1]
+    if "label" in group:
+        codes = np.unique(read(group, "label", keep), return_inverse=True)[1]
         if codes.max() > 0:
             refs["label"] = to_numpy(sim.label_rdm(to_device(codes, xp)))
             status["label"] = {"status": "ok"}
@@ -140,7 +140,7 @@ def _reference_rdms(spec: dict, xp, ds: xr.Dataset, keep: np.ndarray) -> tuple[d
     else:
         status["label"] = {"status": "unavailable", "reason": "the store has no label coordinate"}
     try:
-        inputs = _stimulus_inputs(ds, keep)
+        inputs = _stimulus_inputs(group, keep)
         if inputs is None:
             status["input"] = {"status": "unavailable", "reason": "the stimuli are texts, not numeric inputs"}
         else:
@@ -151,11 +151,11 @@ def _reference_rdms(spec: dict, xp, ds: xr.Dataset, keep: np.ndarray) -> tuple[d
     return refs, status
 
 
-def _stimulus_inputs(ds: xr.Dataset, keep: np.ndarray) -> np.ndarray | None:
+def _stimulus_inputs(group: zarr.Group, keep: np.ndarray) -> np.ndarray | None:
     """Numeric inputs (kept stimuli, ...) stored with the activations, or None for text stimuli."""
-    if "input" not in ds.variables:
+    if "input" not in group:
         return None
-    return np.asarray(ds["input"].values, dtype=np.float64)[keep]
+    return read(group, "input", keep).astype(np.float64)
 
 
 def _reference_test(spec: dict, xp, D: np.ndarray, R: np.ndarray) -> dict:
@@ -170,16 +170,16 @@ def _reference_test(spec: dict, xp, D: np.ndarray, R: np.ndarray) -> dict:
     return {"statistic": test.statistic, "pvalue": test.pvalue, "ci_low": low, "ci_high": high}
 
 
-def _similarity_inputs(results: list[Path]) -> list[tuple[dict, xr.Dataset]]:
+def _similarity_inputs(results: list[Path]) -> list[tuple[dict, zarr.Group]]:
     """(summary, result store) of per-checkpoint similarity results; all must hold the same stimuli."""
     entries = []
     for path in results:
         summary = json.loads(layout.summary_path(Path(path)).read_text())
-        entries.append((summary, xr.open_zarr(path, consolidated=False, zarr_format=3)))
+        entries.append((summary, zarr.open_group(Path(path), mode="r")))
     if entries:
-        first = strings(entries[0][1]["stimulus"].values)
-        for summary, ds in entries[1:]:
-            if not np.array_equal(strings(ds["stimulus"].values), first):
+        first = read(entries[0][1], "stimulus")
+        for summary, group in entries[1:]:
+            if not np.array_equal(read(group, "stimulus"), first):
                 prov = summary["provenance"]
                 raise StoreError(
                     f"similarity result of {prov.get('model_id')}/{prov.get('run')}/{prov.get('checkpoint_name')} "
@@ -188,15 +188,16 @@ def _similarity_inputs(results: list[Path]) -> list[tuple[dict, xr.Dataset]]:
     return entries
 
 
-def _compare_representations(spec: dict, xp, entries: list[tuple[dict, xr.Dataset]], site: str) -> dict | None:
+def _compare_representations(spec: dict, xp, entries: list[tuple[dict, zarr.Group]], site: str) -> dict | None:
     """CKA, RSA and shape matrices of one site between entries where it is ok; None with fewer than 2."""
     have = [k for k, (summary, _) in enumerate(entries) if summary["sites"].get(site, {}).get("status") == "ok"]
     if len(have) < 2:
         return None
-    reps = [np.asarray(entries[k][1][representation_name(site)].values) for k in have]
+    reps = [read(entries[k][1], representation_name(site)) for k in have]
     rdms = []
     for k in have:
-        D = np.asarray(entries[k][1]["rdm"].sel(site=site).values, dtype=np.float64)
+        group = entries[k][1]
+        D = np.asarray(group["rdm"][list(read(group, "site")).index(site)], dtype=np.float64)
         rdms.append(D if np.all(np.isfinite(D)) else None)
     matrices = _layer_matrices(spec, xp, reps, rdms)
     return {"members": have, **{name: _json_matrix(M) for name, M in matrices.items()}}
@@ -260,7 +261,7 @@ def run_similarity_models(spec: dict, results: list[Path], out: Path) -> None:
                    if summary["sites"].get(site, {}).get("status") == "ok"]
     n_components = min(2, len(points))
     if points:
-        reps = [to_device(entries[k][1][representation_name(site)].values, xp) for k, site in points]
+        reps = [to_device(read(entries[k][1], representation_name(site)), xp) for k, site in points]
         D = sim.shape_distance_matrix(reps, alpha=spec["shape_alpha"])
         coords, eigenvalues = (to_numpy(a) for a in sim.classical_mds(D, n_components))
         D = to_numpy(D)
@@ -268,17 +269,15 @@ def run_similarity_models(spec: dict, results: list[Path], out: Path) -> None:
         D, coords, eigenvalues = np.zeros((0, 0)), np.zeros((0, 0)), np.zeros(0)
     positive = eigenvalues[eigenvalues > 0]
     stimulus_set = provenance[0].get("stimulus_set") if provenance else None
-    result = xr.Dataset(
+    point_names = np.array([f"{labels[k]}:{site}" for k, site in points], dtype=str)
+    write_result(out, Result(
         {"shape_distance": (("point", "point_b"), D), "mds": (("point", "component"), coords)},
-        coords={"point": text_values([f"{labels[k]}:{site}" for k, site in points]),
-                "point_b": text_values([f"{labels[k]}:{site}" for k, site in points]),
-                "point_entry": ("point", text_values([labels[k] for k, _ in points])),
-                "point_site": ("point", text_values([site for _, site in points])),
-                "component": np.arange(n_components)},
-        attrs={"analysis": "similarity", "scope": "experiment", "stimulus_set": str(stimulus_set),
-               **scalar_params(spec)},
-    )
-    write_result(out, result)
+        {"point": point_names, "point_b": point_names,
+         "point_entry": ("point", np.array([labels[k] for k, _ in points], dtype=str)),
+         "point_site": ("point", np.array([site for _, site in points], dtype=str)),
+         "component": np.arange(n_components)},
+        {"analysis": "similarity", "scope": "experiment", "stimulus_set": str(stimulus_set), **scalar_params(spec)},
+    ))
     write_json(layout.summary_path(out), {
         "analysis": "similarity",
         "scope": "experiment",

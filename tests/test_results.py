@@ -1,0 +1,93 @@
+"""The jobs' direct Zarr access: stores read as open_store reads them, result stores laid out as xarray writes them."""
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from pipeline.errors import StoreError
+from pipeline.results import Result, dims, open_activations, read, write_result
+from pipeline.store import StoreWriter, open_store, partial_path, site_array
+
+
+def planted_store(path, store_writer):
+    rng = np.random.default_rng(0)
+    mask = np.ones((7, 3), bool)
+    mask[2, 2] = False
+    sites = {"a.b": rng.standard_normal((7, 3, 4)).astype(np.float32), "c": rng.standard_normal((7, 3, 2))}
+    return store_writer(path, sites, mask, batch=3, step=5)
+
+
+def test_reads_what_open_store_reads(tmp_path, store_writer):
+    path = planted_store(tmp_path / "s.zarr", store_writer)
+    ds, group = open_store(path), open_activations(path)
+    attrs = group.attrs.asdict()
+    assert attrs.pop("coordinates") == "label text token mask"  # xarray turns this one into coordinates
+    assert attrs == ds.attrs
+    keep = np.array([0, 3, 6])
+    for site in ds.attrs["sites"]:
+        want = site_array(ds, site)
+        np.testing.assert_array_equal(read(group, site), want.values)
+        np.testing.assert_array_equal(read(group, site, keep), want.isel(stimulus=keep).values)
+        assert dims(group, site) == ds[site].dims
+    tokens = read(group, "token", keep)
+    assert tokens.dtype.kind == "U" and tokens.tolist() == ds["token"].values[keep].tolist()
+    np.testing.assert_array_equal(read(group, "mask"), ds["mask"].values)
+
+
+def broken_stores(tmp_path, store_writer):
+    """Paths open_store refuses: missing, interrupted (only the partial exists), a partial store, a foreign group."""
+    interrupted = tmp_path / "interrupted.zarr"
+    writer = StoreWriter(interrupted, {"x": (1, 2)}, {"stimulus": (("stimulus",), np.array(["s0", "s1"]))},
+                         {"fingerprint": "f"})
+    writer.write({"x": np.zeros((1, 1, 2))})
+    zarr.open_group(tmp_path / "foreign.zarr", mode="w").create_array("x", shape=(2,), dtype="f4")
+    (tmp_path / "junk.zarr").mkdir()
+    (tmp_path / "junk.zarr" / "zarr.json").write_text("not json")
+    return [tmp_path / "missing.zarr", interrupted, partial_path(interrupted), tmp_path / "foreign.zarr",
+            tmp_path / "junk.zarr"]
+
+
+def test_refuses_what_open_store_refuses_with_its_message(tmp_path, store_writer):
+    for path in broken_stores(tmp_path, store_writer):
+        with pytest.raises(StoreError) as expected:
+            open_store(path)
+        with pytest.raises(StoreError) as got:
+            open_activations(path)
+        assert str(got.value) == str(expected.value)
+        assert "\n" not in str(got.value)
+
+
+def test_result_store_reads_back_as_the_dataset_xarray_builds(tmp_path):
+    rng = np.random.default_rng(1)
+    names = np.array(["x", "y.z"], dtype=str)
+    root = Result(
+        {"m": (("site_a", "site_b"), rng.random((2, 2))), "count": (("site",), np.array([3, 0], np.int64)),
+         "rep:y.z": (("stimulus", "unit:y.z"), rng.random((3, 4)).astype(np.float32)),
+         "empty": (("none", "none_b"), np.zeros((0, 0)))},
+        {"site": names, "site_a": names, "site_b": names, "stimulus": np.array(["s0", "s1", "s2"], dtype=object),
+         "label": ("stimulus", np.array(["cat", "dog", "cat"])),
+         "flag": (("stimulus",), np.array([True, False, True]))},
+        {"analysis": "test", "n": np.int64(4), "scale": np.float32(0.5), "ranks": np.arange(3), "ok": True},
+    )
+    site = Result({"factor": (("unit", "component"), rng.random((4, 2)))},
+                  {"unit": np.array([1, 5, 6, 9]), "component": np.arange(2)}, {"rank": 2})
+    out = tmp_path / "r.zarr"
+    write_result(out, root, {"y.z": site})
+    assert not (tmp_path / "r.zarr.partial").exists()
+
+    want = xr.Dataset(root.data, coords=root.coords,
+                      attrs={"analysis": "test", "n": 4, "scale": 0.5, "ranks": [0, 1, 2], "ok": True})
+    got = xr.open_zarr(out, consolidated=False, zarr_format=3).load()
+    xr.testing.assert_identical(got, want)
+    assert got["site"].dtype.kind in "OUT" and got["count"].dtype == np.int64
+    xr.testing.assert_identical(xr.open_zarr(out, group="y.z", consolidated=False, zarr_format=3).load(),
+                                xr.Dataset(site.data, coords=site.coords, attrs=site.attrs))
+
+
+def test_result_store_replaces_an_old_one(tmp_path):
+    out = tmp_path / "r.zarr"
+    write_result(out, Result({"old": (("i",), np.arange(3))}))
+    write_result(out, Result({"new": (("j",), np.arange(2))}))
+    got = xr.open_zarr(out, consolidated=False, zarr_format=3)
+    assert list(got.data_vars) == ["new"]
