@@ -14,7 +14,6 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.config import validate_config
 from pipeline.errors import ConfigError, InputError
 
 
@@ -90,6 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", type=_spec, required=True)
     p.add_argument("--out", type=Path, required=True, help="the model's page (<report_dir>/<model>/index.html)")
 
+    p = sub.add_parser("report-run", help="draw what a model's page shows of one run's across-checkpoint results")
+    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--out", type=Path, required=True, help="the run's report (JSON, figures embedded)")
+
     p = sub.add_parser("report-checkpoint", help="write the report page of one checkpoint and stimulus set")
     p.add_argument("--spec", type=_spec, required=True)
     p.add_argument("--out", type=Path, required=True, help="the page (.html)")
@@ -150,6 +153,7 @@ JOBS = {
     "tca-across": ("pipeline.jobs.factorization", "run_tca_across", ("spec", "stores", "out")),
     "connectome": ("pipeline.jobs.factorization", "run_connectome", ("spec", "stores", "out")),
     "report-model": ("pipeline.report.build", "write_model_report", ("spec", "out")),
+    "report-run": ("pipeline.report.build", "write_run_report", ("spec", "out")),
     "report-checkpoint": ("pipeline.report.build", "write_checkpoint_report", ("spec", "out")),
     "report-comparisons": ("pipeline.report.build", "write_comparisons_report", ("spec", "out")),
     "report-index": ("pipeline.report.build", "write_index", ("spec", "out")),
@@ -159,6 +163,8 @@ JOBS = {
 def _dispatch(args) -> int:
     if args.command == "validate":
         import yaml
+
+        from pipeline.config import validate_config
 
         with open(args.config) as f:
             config = validate_config(yaml.safe_load(f) or {})

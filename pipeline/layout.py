@@ -75,6 +75,15 @@ def checkpoint_page(model_dir, run: str, checkpoint: str, stimuli: str) -> Path:
     return Path(model_dir) / run / stimuli / f"{checkpoint}.html"
 
 
+def run_report(output_dir: str, model: str, run: str, stimuli: str) -> Path:
+    """What a model's page shows of one run's across-checkpoint results (figures included), drawn by its own job."""
+    return Path(output_dir) / "report-runs" / model / run / f"{stimuli}.report.json"
+
+
+def is_run_report(path: Path) -> bool:
+    return path.name.endswith(".report.json") and path.parent.parent.parent.name == "report-runs"
+
+
 def comparisons_report(report_dir: str) -> Path:
     """Report page comparing models (experiment level)."""
     return Path(report_dir) / "comparisons" / "index.html"

@@ -120,17 +120,27 @@ def trained_folders(wildcards):
 
 
 def model_results(wildcards):
-    """Everything one model's report reads: per-checkpoint results and across-checkpoint summaries."""
-    entry = config["models"][wildcards.model]
+    """Everything one model's page reads: per-checkpoint results and each run's report (its across-checkpoint view)."""
+    model = wildcards.model
+    entry = config["models"][model]
     files = []
     for run in model_runs(entry):
         for stimuli in entry["stimuli"]:
-            files += stats_results(wildcards.model, run, stimuli)
-            files.append(str(layout.across_checkpoints(OUT, "stats", wildcards.model, run, stimuli)))
-            files += similarity_results(wildcards.model, run, stimuli)
-            files.append(str(layout.across_checkpoints(OUT, "similarity", wildcards.model, run, stimuli)))
-            files += factorization_results(wildcards.model, run, stimuli)
+            files += stats_results(model, run, stimuli)
+            files += similarity_results(model, run, stimuli)
+            if jobs.tca_plan(config, model, stimuli) == "checkpoint":
+                files += [
+                    str(layout.analysis_result(OUT, "tca", model, run, ckpt, stimuli))
+                    for ckpt in model_checkpoints(model, run)
+                ]
+            files.append(str(layout.run_report(OUT, model, run, stimuli)))
     return files
+
+
+def run_across_results(model, run, stimuli):
+    """Across-checkpoint summaries of one run: what its run report draws."""
+    files = [str(layout.across_checkpoints(OUT, analysis, model, run, stimuli)) for analysis in ("stats", "similarity")]
+    return files + [f for f in factorization_results(model, run, stimuli) if f.endswith(".across.json")]
 
 
 def checkpoint_results(wildcards):

@@ -1,8 +1,13 @@
 # Offline HTML report: a page per checkpoint and per model, the comparisons between models, an index.
+# A model page assembles what each run's job drew of that run's across-checkpoint results, so a new
+# checkpoint re-draws only its own run.
+
+import re
 
 
 localrules:
     report_checkpoint,
+    report_run,
     report_model,
     report_comparisons,
     report_index,
@@ -31,7 +36,28 @@ rule report_checkpoint:
         "{PIPELINE} --log {log} --threads {threads} report-checkpoint --spec {params.spec:q} --out {output}"
 
 
+rule report_run:
+    input:
+        lambda wc: run_across_results(wc.model, wc.run, wc.stimuli),
+    output:
+        layout.run_report(OUT, "{model}", "{run}", "{stimuli}"),
+    params:
+        spec=lambda wc, input: spec_arg({**report_spec(wc.model, input), "run": wc.run, "stimuli": wc.stimuli}),
+    log:
+        layout.log_file(OUT, "report-run", "{model}", "{run}", "{stimuli}"),
+    benchmark:
+        layout.benchmark_file(OUT, "report-run", "{model}", "{run}", "{stimuli}")
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    threads: 1
+    shell:
+        "{PIPELINE} --log {log} --threads {threads} report-run --spec {params.spec:q} --out {output}"
+
+
 rule report_model:
+    wildcard_constraints:
+        model="|".join(re.escape(name) for name in config["models"]),  # not the comparisons page's folder
     input:
         trained=trained_folders,
         results=model_results,

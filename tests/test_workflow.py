@@ -71,9 +71,10 @@ def workflow(tmp_path_factory):
     return root, series[2]
 
 
-# Jobs that combine checkpoints, runs or models: they re-run when any of their inputs is new.
+# Jobs that combine checkpoints, runs or models: they re-run when any of their inputs is new
+# (report_checkpoint is per checkpoint).
 AGGREGATE_RULES = {"all", "stats_across", "similarity_across", "similarity_models", "tca_across", "connectome",
-                   "report_model", "report_comparisons", "report_index"}  # report_checkpoint is per checkpoint
+                   "report_run", "report_model", "report_comparisons", "report_index"}
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:

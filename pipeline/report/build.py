@@ -1,14 +1,19 @@
-"""Write report pages: per model, per checkpoint, the comparisons between models, and the index."""
+"""Write report pages: per model, per checkpoint, the comparisons between models, and the index.
+
+A model page does not draw its runs' across-checkpoint figures itself: each run's job
+(``write_run_report``) draws them into a JSON file the page then assembles, so a new checkpoint
+re-draws only its own run. Figures (and matplotlib) are loaded only by the jobs that draw them.
+"""
 
 from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 from pathlib import Path
 
 import jinja2
-import yaml
 
 from pipeline import __version__, layout
 from pipeline.report.context import (
@@ -17,7 +22,13 @@ from pipeline.report.context import (
     load_experiment_context,
     load_model_context,
 )
-from pipeline.report.sections import SECTIONS, fmt
+
+
+def _fmt(value) -> str:
+    """Compact text for a table cell."""
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.4g}"
+    return "-" if value is None else str(value)
 
 
 def _environment() -> jinja2.Environment:
@@ -28,7 +39,7 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.globals["fmt"] = fmt
+    env.globals["fmt"] = _fmt
     return env
 
 
@@ -40,6 +51,8 @@ def _common(title: str, root: str) -> dict:
 
 def _sections(scope: str, ctx: ModelContext | ExperimentContext, page=None) -> tuple[list[dict], list[str]]:
     """Run each section of ``scope``; a section that fails is reported, the page still renders."""
+    from pipeline.report.sections import SECTIONS
+
     rendered, errors = [], []
     for section in SECTIONS:
         if section.scope != scope:
@@ -61,22 +74,54 @@ def _write_page(out: Path, html: str) -> None:
     os.replace(tmp, out)
 
 
-def _failed_sites(c) -> list[str]:
-    return [f"{analysis} failed for {c.run}/{c.checkpoint}/{c.stimuli} site {name}: {s.get('error')}"
-            for analysis, summary in c.summaries.items()
-            for name, s in summary.get("sites", {}).items() if s.get("status") == "failed"]
+def _run_report(ctx: ModelContext, run: str, stimuli: str) -> dict:
+    """The parts of the model sections drawn from one run's across-checkpoint results, and what failed."""
+    from pipeline.report.sections import SECTIONS
+
+    parts, errors = {}, []
+    for section in SECTIONS:
+        if section.run_part is None:
+            continue
+        try:
+            parts[section.id] = section.run_part(ctx, run, stimuli)
+        except Exception as err:  # one broken section must not hide the rest of the report
+            parts[section.id] = None
+            errors.append(f"section {section.title!r} could not be built for {run}/{stimuli}: "
+                          f"{type(err).__name__}: {err}")
+    return {"model": ctx.model_name, "run": run, "stimuli": stimuli, "parts": parts, "errors": errors}
+
+
+def write_run_report(spec: dict, out: Path) -> None:
+    """Draw what a model's page shows of one run (``spec["run"]`` on ``spec["stimuli"]``) into the JSON file ``out``.
+
+    The spec's inputs are the run's across-checkpoint summaries; figures are embedded as data URIs.
+    """
+    for key in ("run", "stimuli"):
+        if key not in spec:
+            raise ValueError(f"a run report spec needs {key!r}; add the run and its stimulus set to the spec")
+    ctx = load_model_context(spec)
+    report = _run_report(ctx, spec["run"], spec["stimuli"])
+    report["errors"] = ctx.errors + report["errors"]
+    _write_page(out, json.dumps(report))
 
 
 def write_model_report(spec: dict, out: Path) -> None:
     """Write a model's page ``out`` (``<report_dir>/<model>/index.html``) and its summary for the index.
 
-    Checkpoint pages are written by ``write_checkpoint_report``, one job each, so a new checkpoint
-    renders only its own page.
+    The spec's inputs are per-checkpoint results and, per run, either its run report
+    (``write_run_report``) or its across-checkpoint summaries, which are then drawn here. Checkpoint
+    pages are written by ``write_checkpoint_report``, one job each, so a new checkpoint renders
+    only its own page.
     """
+    import yaml
+
     ctx = load_model_context(spec)
+    for run, stimuli in sorted({(run, stimuli) for _, run, stimuli in ctx.across} - set(ctx.run_reports)):
+        ctx.run_reports[(run, stimuli)] = _run_report(ctx, run, stimuli)
     entry = ctx.model
     sections, section_errors = _sections("model", ctx)
-    errors = ctx.errors + section_errors
+    run_errors = [e for _, report in sorted(ctx.run_reports.items()) for e in report["errors"]]
+    errors = ctx.errors + run_errors + section_errors
     page = {
         **_common(f"Model {ctx.model_name}", "../"),
         "sections": sections,
@@ -91,7 +136,7 @@ def write_model_report(spec: dict, out: Path) -> None:
         "label": f"{c.run}/{c.checkpoint} ({c.stimuli})", "run": c.run, "step": c.step,
         "href": layout.checkpoint_page(ctx.model_name, c.run, c.checkpoint, c.stimuli).as_posix(),
     } for c in ctx.checkpoints), key=lambda c: (c["run"], c["step"], c["label"]))
-    n_errors = len(errors) + sum(len(_failed_sites(c)) for c in ctx.checkpoints)
+    n_errors = len(errors)  # the failed sites of every checkpoint are among ctx.errors
     summary = {
         "name": ctx.model_name, "source": entry["source"], "runs": ctx.runs, "stimuli": ctx.stimulus_sets,
         "n_checkpoints": len({(c.run, c.checkpoint) for c in ctx.checkpoints}), "n_errors": n_errors,
@@ -110,7 +155,7 @@ def write_checkpoint_report(spec: dict, out: Path) -> None:
     html = _environment().get_template("page.html").render(**{
         **_common(f"{ctx.model_name} · {c.run} · {c.checkpoint} · {c.stimuli}", "../../../"),
         "model_href": "../../index.html", "model_name": ctx.model_name,
-        "sections": sections, "errors": ctx.errors + _failed_sites(c) + section_errors,
+        "sections": sections, "errors": ctx.errors + section_errors,
         "intro": {"run": c.run, "checkpoint": c.checkpoint, "training step": c.step, "stimulus set": c.stimuli},
     })
     _write_page(out, html)
@@ -118,6 +163,8 @@ def write_checkpoint_report(spec: dict, out: Path) -> None:
 
 def write_comparisons_report(spec: dict, out: Path) -> None:
     """Write the experiment-level page comparing models (``comparisons/index.html``)."""
+    import yaml
+
     ctx = load_experiment_context(spec)
     sections, section_errors = _sections("experiment", ctx)
     page = {

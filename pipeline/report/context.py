@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import xarray as xr
 
 from pipeline import layout
-from pipeline.store import strings
+from pipeline.results import ResultGroup
 
 
 @dataclass
@@ -30,10 +29,10 @@ class CheckpointResults:
         path = self.result_stores.get(analysis)
         if path is None or not path.exists():
             return []
-        ds = xr.open_zarr(path, consolidated=False, zarr_format=3)
-        ids = strings(ds["stimulus"].values[:limit])
-        columns = {name: strings(ds[name].values[:limit]) for name in ("label", "text") if name in ds}
-        return [{"id": i, **{k: v[n] for k, v in columns.items()}} for n, i in enumerate(ids)]
+        group = ResultGroup(path)
+        ids = group["stimulus"][:limit]
+        columns = {name: group[name][:limit] for name in ("label", "text") if name in group}
+        return [{"id": str(i), **{k: str(v[n]) for k, v in columns.items()}} for n, i in enumerate(ids)]
 
 
 @dataclass
@@ -46,6 +45,8 @@ class ModelContext:
     checkpoints: list[CheckpointResults]
     across: dict[tuple[str, str, str], dict]  # (analysis, run, stimuli) -> across-checkpoint summary
     errors: list[str] = field(default_factory=list)
+    # (run, stimuli) -> what the run's report job drew from its across-checkpoint results (``report-run``)
+    run_reports: dict[tuple[str, str], dict] = field(default_factory=dict)
 
     @property
     def runs(self) -> list[str]:
@@ -59,14 +60,24 @@ class ModelContext:
         return sorted((c for c in self.checkpoints if c.run == run and c.stimuli == stimuli),
                       key=lambda c: (c.step, c.checkpoint))
 
+    def run_parts(self, section_id: str) -> list[dict]:
+        """A section's parts from every run's report, in (run, stimulus set) order; runs without one are left out."""
+        return [part for _, report in sorted(self.run_reports.items())
+                if (part := report["parts"].get(section_id)) is not None]
+
 
 def load_model_context(spec: dict) -> ModelContext:
-    """Group the rule's input files (result stores and across-checkpoint JSON) by checkpoint."""
+    """Group the rule's input files (result stores, across-checkpoint JSON, run reports) by checkpoint and run."""
     by_key: dict[tuple[str, str, str], CheckpointResults] = {}
     across: dict[tuple[str, str, str], dict] = {}
+    run_reports: dict[tuple[str, str], dict] = {}
     errors: list[str] = []
     for name in spec["inputs"]:
         path = Path(name)
+        if layout.is_run_report(path):
+            data = json.loads(path.read_text())
+            run_reports[(data["run"], data["stimuli"])] = data
+            continue
         if path.name.endswith(".across.json"):
             data = json.loads(path.read_text())
             data["summary_file"] = str(path)  # locates a result store written beside it, if any
@@ -83,7 +94,7 @@ def load_model_context(spec: dict) -> ModelContext:
         item.summaries[summary["analysis"]] = summary
         item.result_stores[summary["analysis"]] = path
     ctx = ModelContext(spec["model_name"], spec["model"], spec.get("analyses", {}), list(by_key.values()), across,
-                       errors)
+                       errors, run_reports)
     for c in ctx.checkpoints:
         for analysis, summary in c.summaries.items():
             for site, result in summary.get("sites", {}).items():

@@ -1,7 +1,8 @@
 """Report sections of tensor component analysis and of the dynamic functional connectome.
 
 Each ``collect_*`` function reads result stores (one Zarr group per site) and returns the data
-its template shows, or None when the page has no such results; ``sections.SECTIONS`` lists them.
+its template shows, or None when the page has no such results; each ``*_run`` function draws one
+run's share of a model section; ``sections.SECTIONS`` lists them.
 """
 
 from __future__ import annotations
@@ -9,17 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import xarray as xr
+from matplotlib.lines import Line2D
 
 from pipeline.report import figures
 from pipeline.report.context import CheckpointResults, ModelContext, finite
-from pipeline.store import strings
+from pipeline.results import ResultGroup
 
 MAX_LEGEND = 12  # more distinct labels than this are coloured without a legend
-
-
-def _group(path: Path, site: str) -> xr.Dataset:
-    return xr.open_zarr(path, group=site, consolidated=False, zarr_format=3).load()
 
 
 def _across_store(data: dict) -> Path:
@@ -28,70 +25,75 @@ def _across_store(data: dict) -> Path:
     return summary.with_name(summary.name.removesuffix(".json") + ".zarr")
 
 
-def _label_colours(labels: np.ndarray):
-    """One colour per distinct label: (colour per item, list of (label, colour))."""
-    cmap = figures.plt.get_cmap("tab10" if len(set(labels)) <= 10 else "tab20")
-    distinct = sorted(set(labels))
-    lookup = {label: cmap(i % cmap.N) for i, label in enumerate(distinct)}
-    return [lookup[label] for label in labels], list(lookup.items())
+def factor_figure(group: ResultGroup, modes: list[str], mode_labels: list[str]):
+    """One panel per mode with one row per component: bars for units, lines over positions and checkpoints
+    (against training step), and dots per stimulus coloured by its label (stimuli sorted by label).
 
-
-def factor_figure(group: xr.Dataset, modes: list[str], mode_labels: list[str]):
-    """One row per component, one column per mode: bars for units, lines over positions and checkpoints
-    (against training step), and dots per stimulus coloured by its label (stimuli sorted by label)."""
-    rank = group.sizes["component"]
-    fig, axes = figures.plt.subplots(rank, len(modes), figsize=(3.3 * len(modes), 1.25 * rank + 0.6), squeeze=False)
-    labels = strings(group["label"].values) if "label" in group else None
+    Each row is scaled to its largest magnitude (a CP factor's scale is carried by its weight) around
+    a grey zero line, every other row shaded; stacking the rows in one panel per mode draws several times faster than a
+    panel per (component, mode).
+    """
+    weights = group["weight"]
+    rank = weights.shape[0]
+    labels = group["label"] if "label" in group else None
     if labels is not None:
         by_label = np.argsort(labels, kind="stable")
-        colours, legend = _label_colours(labels[by_label])
-    for col, (mode, title) in enumerate(zip(modes, mode_labels)):
-        values = group[f"{mode}_factor"].values
-        for r in range(rank):
-            ax = axes[r, col]
-            if mode == "unit":
-                ax.vlines(np.arange(values.shape[0]), 0, values[:, r], color="#4c72b0", lw=2)
-            elif mode == "checkpoint":
-                ax.plot(group["step"].values, values[:, r], marker="o", ms=3, color="#c44e52")
-            elif mode == "stimulus" and labels is not None:
-                ax.scatter(np.arange(values.shape[0]), values[by_label, r], c=colours, s=7)
+        colours, legend = figures.label_colours(labels[by_label])
+    show_legend = labels is not None and "stimulus" in modes and len(legend) <= MAX_LEGEND
+    top = 0.55 if show_legend else 0.3  # inches above the panels: titles and the legend
+    fig = figures.figure(3.3 * len(modes), 0.75 * rank + 0.5 + top)
+    figures.place(fig, left=0.85, bottom=0.45, right=0.1, top=top, ncols=len(modes), wgap=0.2)
+    axes = fig.subplots(1, len(modes), squeeze=False)[0]
+    rows = -np.arange(rank)  # component 1 on top
+    for col, (ax, mode, title) in enumerate(zip(axes, modes, mode_labels)):
+        values = group[f"{mode}_factor"]  # (items, component)
+        scale = np.abs(values).max(axis=0)
+        scaled = 0.45 * values / np.where(scale > 0, scale, 1.0) + rows
+        n = values.shape[0]
+        for row in rows:
+            ax.axhline(row, color="#999", lw=0.5)
+            if row % 2:  # shade every other row so each trace reads against its own zero line
+                ax.axhspan(row - 0.5, row + 0.5, color="#f0f0f0", zorder=0, lw=0)
+        if mode == "unit":
+            ax.vlines(np.tile(np.arange(n), rank), np.repeat(rows, n), scaled.T.ravel(), color="#4c72b0", lw=2)
+        elif mode == "stimulus" and labels is not None:
+            ax.scatter(np.tile(np.arange(n), rank), scaled[by_label].T.ravel(), c=colours * rank, s=7)
+        else:
+            if mode == "checkpoint":
+                x, style = group["step"], {"marker": "o", "ms": 3, "color": "#c44e52"}
             else:
-                x = group[mode].values
-                ax.plot(x if x.dtype.kind in "iuf" else np.arange(x.size), values[:, r], color="#55a868")
-            ax.axhline(0, color="#999", lw=0.5)
-            ax.tick_params(labelsize=6)
-            ax.locator_params(nbins=3)
-            if col == 0:
-                ax.set_ylabel(f"#{r + 1} (w={group['weight'].values[r]:.3g})", fontsize=7)
-            if r == 0:
-                ax.set_title(title, fontsize=9)
-            if r == rank - 1:
-                sorted_note = " (sorted by label)" if mode == "stimulus" and labels is not None else " index"
-                ax.set_xlabel("training step" if mode == "checkpoint" else title + sorted_note, fontsize=7)
-            else:
-                ax.set_xticklabels([])
-    if labels is not None and "stimulus" in modes and len(legend) <= MAX_LEGEND:
-        handles = [figures.plt.Line2D([], [], ls="", marker="o", ms=4, color=c) for _, c in legend]
-        fig.legend(handles, [str(label) for label, _ in legend], loc="lower center", ncol=len(legend), fontsize=7,
-                   frameon=False, bbox_to_anchor=(0.5, 0.89))
-    fig.subplots_adjust(hspace=0.15, wspace=0.25)
+                x, style = group[mode], {"color": "#55a868"}
+                x = x if x.dtype.kind in "iuf" else np.arange(x.size)
+            for r in range(rank):
+                ax.plot(x, scaled[:, r], **style)
+        ax.set_ylim(rows[-1] - 0.5, 0.5)
+        ax.set_yticks(rows, [f"#{r + 1} (w={w:.3g})" for r, w in enumerate(weights)] if col == 0 else [],
+                      fontsize=7)
+        ax.tick_params(axis="x", labelsize=6)
+        ax.locator_params(axis="x", nbins=5)
+        ax.set_title(title, fontsize=9)
+        sorted_note = " (sorted by label)" if mode == "stimulus" and labels is not None else " index"
+        ax.set_xlabel("training step" if mode == "checkpoint" else title + sorted_note, fontsize=7)
+    if show_legend:
+        handles = [Line2D([], [], ls="", marker="o", ms=4, color=c) for _, c in legend]
+        fig.legend(handles, [str(label) for label, _ in legend], loc="upper center", ncol=len(legend), fontsize=7,
+                   frameon=False, bbox_to_anchor=(0.5, 1.0), borderaxespad=0.1)
     return fig
 
 
-def diagnostics_figure(group: xr.Dataset):
+def diagnostics_figure(group: ResultGroup):
     """Objective, replicate similarity and held-out error against rank; the chosen rank marked."""
-    ranks = group["rank"].values
+    ranks = group["rank"]
     panels = [("objective", "relative error (train)"), ("similarity", "similarity to best replicate")]
     if "cv_test_error" in group:
         panels.append(("cv_test_error", "held-out relative error"))
-    fig, axes = figures.small_multiples(len(panels), ncols=3, panel_size=(3.0, 2.2))
+    fig, axes = figures.small_multiples(len(panels), ncols=3, panel_size=(2.4, 1.5))
     for ax, (name, title) in zip(axes, panels):
-        values = group[name].values
-        for j in range(values.shape[1]):
-            ax.scatter(ranks, values[:, j], s=10, color="#4c72b0", alpha=0.7)
+        values = group[name]
+        ax.scatter(np.repeat(ranks, values.shape[1]), values.ravel(), s=10, color="#4c72b0", alpha=0.7)
         ax.plot(ranks, values.min(axis=1) if name != "similarity" else values.mean(axis=1), color="#4c72b0")
         if name == "cv_test_error":
-            ax.plot(ranks, group["cv_train_error"].values.min(axis=1), color="#999", ls="--", label="train")
+            ax.plot(ranks, group["cv_train_error"].min(axis=1), color="#999", ls="--", label="train")
             ax.legend(fontsize=6, frameon=False)
         ax.axvline(group.attrs["rank"], color="#c44e52", lw=1)
         ax.set_xticks(ranks)
@@ -109,7 +111,7 @@ def _site_blocks(path: Path, summary: dict, modes: list[str], mode_labels: list[
     for site, result in summary["sites"].items():
         if result.get("status") != "ok":
             continue
-        group = _group(path, site)
+        group = ResultGroup(path, site)
         blocks.append({"site": site, "result": result,
                        "factors": figures.to_data_uri(factor_figure(group, modes, mode_labels)),
                        "diagnostics": figures.to_data_uri(diagnostics_figure(group))})
@@ -151,31 +153,37 @@ def _over_training(ctx: ModelContext) -> dict | None:
     return {"figure": figures.to_data_uri(fig)}
 
 
+def tca_across_run(ctx: ModelContext, run: str, stimuli: str) -> dict | None:
+    """One run's across-checkpoint TCA: factors and rank diagnostics per site, failed sites."""
+    data = ctx.across.get(("tca-across", run, stimuli))
+    if data is None:
+        return None
+    blocks = _site_blocks(_across_store(data), data, data["modes"], data["modes"])
+    if not blocks and not _failed(data):
+        return None
+    return {"run": run, "stimuli": stimuli, "blocks": blocks, "failed": _failed(data),
+            "n_checkpoints": len(data["steps"]), "params": data["params"]}
+
+
 def collect_tca_across(ctx: ModelContext, _page=None) -> dict | None:
     """Across-checkpoint TCA per run and site, and how per-checkpoint TCA changes over training."""
-    runs = []
-    for (analysis, run, stimuli), data in sorted(ctx.across.items()):
-        if analysis != "tca-across":
-            continue
-        blocks = _site_blocks(_across_store(data), data, data["modes"], data["modes"])
-        if blocks or _failed(data):
-            runs.append({"run": run, "stimuli": stimuli, "blocks": blocks, "failed": _failed(data),
-                         "n_checkpoints": len(data["steps"])})
+    runs = ctx.run_parts("tca-across")
     overview = _over_training(ctx)
     if not runs and overview is None:
         return None
-    params = next((d["params"] for (a, _, _), d in ctx.across.items() if a == "tca-across"), None)
-    return {"runs": runs, "overview": overview, "params": params}
+    return {"runs": runs, "overview": overview, "params": runs[0]["params"] if runs else None}
 
 
-def connectome_figure(group: xr.Dataset):
+def connectome_figure(group: ResultGroup):
     """Affinity at the first and last checkpoint with units sorted by community, and community time courses."""
-    community = group["community"].values
-    order = np.lexsort((-group["loading"].values.max(axis=1), community))
+    community = group["community"]
+    order = np.lexsort((-group["loading"].max(axis=1), community))
     edges = np.flatnonzero(np.diff(community[order])) + 0.5
-    A = group["affinity"].values
-    steps = group["step"].values
-    fig, axes = figures.plt.subplots(1, 3, figsize=(11, 3.3))
+    A = group["affinity"]
+    steps = group["step"]
+    fig = figures.figure(11, 3.3)
+    figures.place(fig, left=0.2, bottom=0.45, top=0.3, ncols=3, wgap=0.55)
+    axes = fig.subplots(1, 3)
     for ax, k, name in ((axes[0], 0, "first"), (axes[1], A.shape[2] - 1, "last")):
         image = ax.imshow(A[np.ix_(order, order, [k])][:, :, 0], cmap="magma", vmin=0, vmax=1, interpolation="nearest")
         for e in edges:
@@ -185,32 +193,33 @@ def connectome_figure(group: xr.Dataset):
         ax.set_xticks([])
         ax.set_yticks([])
     fig.colorbar(image, ax=axes[1], fraction=0.046)
-    course = group["checkpoint_factor"].values * group["weight"].values
+    course = group["checkpoint_factor"] * group["weight"]
     sizes = np.bincount(community[community >= 0], minlength=course.shape[1])
     for r in range(course.shape[1]):
         axes[2].plot(steps, course[:, r], marker="o", ms=3, label=f"community {r + 1} ({sizes[r]} units)")
     axes[2].set_xlabel("training step")
     axes[2].set_title("community activity over training", fontsize=9)
     axes[2].legend(fontsize=6, frameon=False)
-    fig.tight_layout()
     return fig
+
+
+def connectome_run(ctx: ModelContext, run: str, stimuli: str) -> dict | None:
+    """One run's communities of co-active units per site, and when in training each is active."""
+    data = ctx.across.get(("connectome", run, stimuli))
+    if data is None:
+        return None
+    blocks = []
+    for site, result in data["sites"].items():
+        if result.get("status") != "ok":
+            continue
+        group = ResultGroup(_across_store(data), site)
+        blocks.append({"site": site, "result": result, "figure": figures.to_data_uri(connectome_figure(group))})
+    if not blocks and not _failed(data):
+        return None
+    return {"run": run, "stimuli": stimuli, "blocks": blocks, "failed": _failed(data), "params": data["params"]}
 
 
 def collect_connectome(ctx: ModelContext, _page=None) -> dict | None:
     """Communities of co-active units per run and site, and when in training each is active."""
-    runs = []
-    for (analysis, run, stimuli), data in sorted(ctx.across.items()):
-        if analysis != "connectome":
-            continue
-        blocks = []
-        for site, result in data["sites"].items():
-            if result.get("status") != "ok":
-                continue
-            group = _group(_across_store(data), site)
-            blocks.append({"site": site, "result": result, "figure": figures.to_data_uri(connectome_figure(group))})
-        if blocks or _failed(data):
-            runs.append({"run": run, "stimuli": stimuli, "blocks": blocks, "failed": _failed(data)})
-    if not runs:
-        return None
-    params = next(d["params"] for (a, _, _), d in ctx.across.items() if a == "connectome")
-    return {"runs": runs, "params": params}
+    runs = ctx.run_parts("connectome")
+    return {"runs": runs, "params": runs[0]["params"]} if runs else None

@@ -1,9 +1,15 @@
 """The sections of report pages, declared in one list.
 
-A section names its page (``scope``: the model page or a checkpoint page), a title, and a
-``collect`` function that turns the page's results into the data its template
-``templates/sections/<id>.html`` shows (None when there is nothing to show). A new analysis adds
-its section by appending to SECTIONS and adding a template; the framework renders them in order.
+A section names its page (``scope``: the model page, a checkpoint page or the page comparing
+models), a title, and a ``collect`` function that turns the page's results into the data its
+template ``templates/sections/<id>.html`` shows (None when there is nothing to show). A new
+analysis adds its section by appending to SECTIONS and adding a template; the framework renders
+them in order.
+
+A model section drawn from each run's across-checkpoint results also names ``run_part(ctx, run,
+stimuli)``: that run's share of the section (JSON data, figures as data URIs, None when the run
+has nothing for it). The run's own job draws it (``report-run``), so a new checkpoint re-draws only
+its run; ``collect`` then finds the shares of all runs in ``ctx.run_parts(section.id)``.
 """
 
 from __future__ import annotations
@@ -12,13 +18,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import xarray as xr
 
 from pipeline import layout
 from pipeline.report import figures
 from pipeline.report.context import CheckpointResults, ExperimentContext, ModelContext, finite
-from pipeline.report.factorization import collect_connectome, collect_tca, collect_tca_across
-from pipeline.store import strings
+from pipeline.report.factorization import (
+    collect_connectome,
+    collect_tca,
+    collect_tca_across,
+    connectome_run,
+    tca_across_run,
+)
+from pipeline.results import ResultGroup
 
 STATS_COLUMNS = ("n_units", "zero_fraction", "n_dead", "n_constant", "nan_count", "inf_count", "median_abs",
                  "max_abs", "massive_count")
@@ -30,6 +41,7 @@ class Section:
     title: str
     scope: str  # "model", "checkpoint" or "experiment" (the page comparing models)
     collect: Callable
+    run_part: Callable | None = None  # model sections only: one run's share, drawn by the run's job
 
 
 def _training(ctx: ModelContext, _page=None) -> dict | None:
@@ -59,20 +71,24 @@ ACROSS_PLOTS = (("zero_fraction", "fraction of zero activations"), ("n_dead", "d
                 ("median_abs", "median nonzero |activation|"), ("nan_count", "NaN values"))
 
 
+def _stats_across_run(ctx: ModelContext, run: str, stimuli: str) -> dict | None:
+    """One run's statistics over training: one panel per statistic, one line per site."""
+    data = ctx.across.get(("stats", run, stimuli))
+    if data is None or len(data["steps"]) < 2:
+        return None
+    fig, axes = figures.small_multiples(len(ACROSS_PLOTS), ncols=3)
+    for ax, (key, label) in zip(axes, ACROSS_PLOTS):
+        for site, series in data["sites"].items():
+            ax.plot(data["steps"], finite(series[key]), marker=".", ms=3, label=site)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("training step")
+    axes[0].legend(fontsize=6)
+    return {"run": run, "stimuli": stimuli, "figure": figures.to_data_uri(fig)}
+
+
 def _stats_across(ctx: ModelContext, _page=None) -> dict | None:
-    """Each statistic over training, one panel per statistic, one line per (run, site)."""
-    blocks = []
-    for (analysis, run, stimuli), data in sorted(ctx.across.items()):
-        if analysis != "stats" or len(data["steps"]) < 2:
-            continue
-        fig, axes = figures.small_multiples(len(ACROSS_PLOTS), ncols=3)
-        for ax, (key, label) in zip(axes, ACROSS_PLOTS):
-            for site, series in data["sites"].items():
-                ax.plot(data["steps"], finite(series[key]), marker=".", ms=3, label=site)
-            ax.set_title(label, fontsize=9)
-            ax.set_xlabel("training step")
-        axes[0].legend(fontsize=6)
-        blocks.append({"run": run, "stimuli": stimuli, "figure": figures.to_data_uri(fig)})
+    """Each statistic over training, one figure per run."""
+    blocks = ctx.run_parts("stats-across")
     return {"blocks": blocks} if blocks else None
 
 
@@ -119,13 +135,6 @@ def _provenance(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
     return {"items": prov, "packages": packages, "metadata": metadata}
 
 
-def fmt(value) -> str:
-    """Compact text for a table cell."""
-    if isinstance(value, float):
-        return "-" if np.isnan(value) else f"{value:.4g}"
-    return "-" if value is None else str(value)
-
-
 SIMILARITY_MATRICES = (("cka", "linear CKA", "viridis", 0.0, 1.0),
                        ("rsa", "RSA (RDM similarity)", "viridis", None, 1.0),
                        ("shape", "angular shape distance (rad)", "magma_r", 0.0, None))
@@ -138,23 +147,18 @@ def stars(pvalue) -> str:
     return "***" if pvalue < 0.001 else "**" if pvalue < 0.01 else "*" if pvalue < 0.05 else ""
 
 
-def _open_result(path) -> xr.Dataset:
-    return xr.open_zarr(path, consolidated=False, zarr_format=3)
-
-
 def _similarity(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
     """Site x site CKA, RSA and shape-distance heatmaps, and each RDM against the label and input RDMs."""
     summary = page.summaries.get("similarity")
     if summary is None:
         return None
-    ds = _open_result(page.result_stores["similarity"])
-    sites = strings(ds["site"].values).tolist()
+    result = ResultGroup(page.result_stores["similarity"])
+    sites = result["site"].tolist()
     figure = None
     if sites:
-        size = max(3.2, 0.28 * len(sites) + 1.8)
-        fig, axes = figures.small_multiples(3, ncols=3, panel_size=(size + 0.8, size))
-        for ax, (name, title, cmap, vmin, vmax) in zip(axes, SIMILARITY_MATRICES):
-            figures.heatmap(ax, ds[name].values, sites, title, cmap=cmap, vmin=vmin, vmax=vmax)
+        fig, axes = figures.heatmap_grid(3, 3, max(2.2, 0.13 * len(sites)), sites, sites)
+        for k, (ax, (name, title, cmap, vmin, vmax)) in enumerate(zip(axes, SIMILARITY_MATRICES)):
+            figures.heatmap(ax, result[name], sites, title, cmap=cmap, vmin=vmin, vmax=vmax, row_labels=k == 0)
         figure = figures.to_data_uri(fig)
     rows = []
     for site, tests in summary["tests"].items():
@@ -175,7 +179,10 @@ def _reference_chart(summary: dict) -> str | None:
     refs = [r for r, v in summary["references"].items() if v.get("status") == "ok"]
     if not sites or not refs:
         return None
-    fig, ax = figures.plt.subplots(figsize=(max(4.0, 0.5 * len(sites) * len(refs) + 1.5), 3.0))
+    below = figures.SIN60 * figures.text_inches(sites, 7) + 0.2
+    fig = figures.figure(max(4.0, 0.5 * len(sites) * len(refs) + 1.5), 2.2 + below)
+    figures.place(fig, left=max(0.7, figures.text_inches(sites[:1], 7) / 2 + 0.1), bottom=below, top=0.45)
+    ax = fig.add_subplot()
     width = 0.8 / len(refs)
     for k, ref in enumerate(refs):
         tests = [summary["tests"][s].get(ref, {}) for s in sites]
@@ -195,21 +202,27 @@ def _reference_chart(summary: dict) -> str | None:
     return figures.to_data_uri(fig)
 
 
+def _similarity_across_run(ctx: ModelContext, run: str, stimuli: str) -> dict | None:
+    """One run's checkpoint x checkpoint CKA (top row) and shape distance (bottom row), one column per site."""
+    data = ctx.across.get(("similarity", run, stimuli))
+    sites = {s: v for s, v in data["sites"].items() if len(v["steps"]) >= 2} if data else {}
+    if not sites:
+        return None
+    steps = [str(s) for v in sites.values() for s in v["steps"]]
+    fig, axes = figures.heatmap_grid(2 * len(sites), len(sites), 2.4, steps, steps)
+    for col, (site, v) in enumerate(sites.items()):
+        ticks = [str(s) for s in v["steps"]]
+        figures.heatmap(axes[col], finite_matrix(v["cka"]), ticks, f"{site}: CKA", vmin=0.0, vmax=1.0,
+                        row_labels=col == 0)
+        figures.heatmap(axes[len(sites) + col], finite_matrix(v["shape"]), ticks, f"{site}: shape distance",
+                        cmap="magma_r", vmin=0.0, row_labels=col == 0)
+    return {"run": run, "stimuli": stimuli, "figure": figures.to_data_uri(fig),
+            "final": [{"site": s, "cka": v["cka"][-1], "steps": v["steps"]} for s, v in sites.items()]}
+
+
 def _similarity_across(ctx: ModelContext, _page=None) -> dict | None:
-    """Checkpoint x checkpoint CKA and shape distance per site (representational drift over training)."""
-    blocks = []
-    for (analysis, run, stimuli), data in sorted(ctx.across.items()):
-        sites = {s: v for s, v in data["sites"].items() if len(v["steps"]) >= 2} if analysis == "similarity" else {}
-        if not sites:
-            continue
-        fig, axes = figures.small_multiples(2 * len(sites), ncols=len(sites), panel_size=(3.6, 3.0))
-        for col, (site, v) in enumerate(sites.items()):
-            ticks = [str(s) for s in v["steps"]]
-            figures.heatmap(axes[col], finite_matrix(v["cka"]), ticks, f"{site}: CKA", vmin=0.0, vmax=1.0)
-            figures.heatmap(axes[len(sites) + col], finite_matrix(v["shape"]), ticks, f"{site}: shape distance",
-                            cmap="magma_r", vmin=0.0)
-        blocks.append({"run": run, "stimuli": stimuli, "figure": figures.to_data_uri(fig),
-                       "final": [{"site": s, "cka": v["cka"][-1], "steps": v["steps"]} for s, v in sites.items()]})
+    """Checkpoint x checkpoint CKA and shape distance per site (representational drift over training), per run."""
+    blocks = ctx.run_parts("similarity-across")
     return {"blocks": blocks} if blocks else None
 
 
@@ -227,12 +240,15 @@ def _similarity_models(ctx: ExperimentContext, _page=None) -> dict | None:
         comparisons = summary["comparisons"]
         figure = None
         if comparisons:
-            fig, axes = figures.small_multiples(2 * len(comparisons), ncols=min(4, 2 * len(comparisons)),
-                                                panel_size=(4.0, 3.4))
+            entries = [e for c in comparisons.values() for e in c["entries"]]
+            ncols = min(4, 2 * len(comparisons))
+            size = max(2.4, 0.13 * max(len(c["entries"]) for c in comparisons.values()))
+            fig, axes = figures.heatmap_grid(2 * len(comparisons), ncols, size, entries, entries)
             for k, (site, c) in enumerate(comparisons.items()):
-                figures.heatmap(axes[2 * k], finite_matrix(c["cka"]), c["entries"], f"{site}: CKA", vmin=0.0, vmax=1.0)
+                figures.heatmap(axes[2 * k], finite_matrix(c["cka"]), c["entries"], f"{site}: CKA", vmin=0.0, vmax=1.0,
+                                row_labels=2 * k % ncols == 0)
                 figures.heatmap(axes[2 * k + 1], finite_matrix(c["shape"]), c["entries"], f"{site}: shape distance",
-                                cmap="magma_r", vmin=0.0)
+                                cmap="magma_r", vmin=0.0, row_labels=False)
             figure = figures.to_data_uri(fig)
         blocks.append({"stimuli": stimuli, "entries": summary["entries"], "figure": figure,
                        "n_sites": len(comparisons)})
@@ -245,11 +261,13 @@ def _similarity_mds(ctx: ExperimentContext, _page=None) -> dict | None:
     for (analysis, stimuli), summary in sorted(ctx.summaries.items()):
         if analysis != "similarity" or summary["mds"]["n_points"] < 3:
             continue
-        ds = _open_result(ctx.result_stores[(analysis, stimuli)])
-        coords = np.asarray(ds["mds"].values)
-        entries = strings(ds["point_entry"].values)
-        sites = strings(ds["point_site"].values)
-        fig, ax = figures.plt.subplots(figsize=(6.5, 5.0))
+        result = ResultGroup(ctx.result_stores[(analysis, stimuli)])
+        coords = result["mds"]
+        entries = result["point_entry"]
+        sites = result["point_site"]
+        fig = figures.figure(6.5, 5.0)
+        figures.place(fig, left=0.6, bottom=0.5)
+        ax = fig.add_subplot()
         for entry in dict.fromkeys(entries):
             ax.scatter(*coords[entries == entry].T, label=entry, s=25)
         for (x, y), site in zip(coords, sites):
@@ -265,16 +283,17 @@ def _similarity_mds(ctx: ExperimentContext, _page=None) -> dict | None:
 
 SECTIONS = [
     Section("training", "Training", "model", _training),
-    Section("stats-across", "Activation statistics across training", "model", _stats_across),
+    Section("stats-across", "Activation statistics across training", "model", _stats_across, _stats_across_run),
     Section("checkpoints", "Checkpoints", "model", _checkpoint_list),
     Section("stats", "Activation statistics", "checkpoint", _stats),
     Section("stimuli", "Stimuli", "checkpoint", _stimuli),
     Section("provenance", "Provenance", "checkpoint", _provenance),
-    Section("similarity-across", "Representational drift across training", "model", _similarity_across),
+    Section("similarity-across", "Representational drift across training", "model", _similarity_across,
+            _similarity_across_run),
     Section("similarity", "Representational similarity", "checkpoint", _similarity),
     Section("similarity-models", "Representational similarity between models", "experiment", _similarity_models),
     Section("similarity-mds", "Map of representations (MDS)", "experiment", _similarity_mds),
-    Section("tca-across", "Tensor components across training", "model", collect_tca_across),
-    Section("connectome", "Functional connectome over training", "model", collect_connectome),
+    Section("tca-across", "Tensor components across training", "model", collect_tca_across, tca_across_run),
+    Section("connectome", "Functional connectome over training", "model", collect_connectome, connectome_run),
     Section("tca", "Tensor component analysis", "checkpoint", collect_tca),
 ]
