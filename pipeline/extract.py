@@ -62,9 +62,8 @@ class Inputs:
             if stim.texts is None:
                 raise ModelError(f"model {loaded.name!r} reads text but stimulus set {stim.name!r} holds arrays; "
                                  "pair it with a sentence set")
-            lengths = [len(ids) for ids in loaded.tokenizer(stim.texts, truncation=True, max_length=max_length)[
-                "input_ids"]]
-            encoded = loaded.tokenizer(stim.texts, padding="max_length", truncation=True, max_length=max(lengths),
+            # padded to the longest (truncated) text of the whole set, not of a batch
+            encoded = loaded.tokenizer(stim.texts, padding="longest", truncation=True, max_length=max_length,
                                        return_tensors="pt")
             self.tensors = {k: v for k, v in encoded.items()}
             self.coords["token_id"] = (("stimulus", "position"), encoded["input_ids"].numpy().astype(np.int32))

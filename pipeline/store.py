@@ -15,6 +15,7 @@ the next run can resume it.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import shutil
 from pathlib import Path
@@ -23,6 +24,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 import zarr
+import zarr.api.asynchronous
+from zarr.core.sync import sync
 
 from pipeline.errors import StoreError
 
@@ -32,6 +35,9 @@ CHUNK_MIN_BYTES, CHUNK_MAX_BYTES = 2**20, 8 * 2**20
 # MiniLM, lz4 6%) while compressing doubles the cost of writing (benchmarks/bench_extract.md).
 COMPRESSORS = None
 FORMAT_VERSION = 1
+# Every chunk a batch writes holds data: skip zarr's check for chunks that equal the fill value, a full
+# extra pass over each batch.
+WRITE_CONFIG = {"write_empty_chunks": True}
 
 def unit_dim(site: str) -> str:
     """Name of a site's unit dimension."""
@@ -103,8 +109,12 @@ class StoreWriter:
         self.work = partial_path(self.path)
         self.sites = sites
         self.n_stimuli = len(coords["stimulus"][1])
-        self.group = self._resume(attrs["fingerprint"]) or self._create(coords, attrs, dtype, batch_size)
-        self.arrays = {site: self.group[site] for site in sites}
+        group = self._resume(attrs["fingerprint"])
+        if group is None:
+            self.group, self.arrays = self._create(coords, attrs, dtype, batch_size)
+        else:
+            self.group = group
+            self.arrays = {site: group[site].with_config(WRITE_CONFIG).async_array for site in sites}
 
     @property
     def n_written(self) -> int:
@@ -121,32 +131,30 @@ class StoreWriter:
         if self.work.exists():
             shutil.rmtree(self.work)
         self.work.parent.mkdir(parents=True, exist_ok=True)
-        group = zarr.open_group(self.work, mode="w", zarr_format=3)
         itemsize = np.dtype(dtype).itemsize
-        for site, (n_pos, n_units) in self.sites.items():
-            group.create_array(
-                site, shape=(self.n_stimuli, n_pos, n_units), dtype=dtype, fill_value=np.nan,
-                chunks=(stimulus_chunk(self.n_stimuli, n_pos, n_units, itemsize, batch_size), n_pos, n_units),
-                compressors=COMPRESSORS,
-                dimension_names=["stimulus", "position", unit_dim(site)],
-            )
+        site_arrays = {
+            site: dict(shape=(self.n_stimuli, n_pos, n_units), dtype=dtype, fill_value=np.nan,
+                       chunks=(stimulus_chunk(self.n_stimuli, n_pos, n_units, itemsize, batch_size), n_pos, n_units),
+                       compressors=COMPRESSORS, dimension_names=["stimulus", "position", unit_dim(site)],
+                       config=WRITE_CONFIG)
+            for site, (n_pos, n_units) in self.sites.items()
+        }
+        coord_values = {}
         for name, (dims, values) in coords.items():
             values = np.asarray(values)
             if values.dtype.kind in "UOT":
                 values = values.astype(str)
-                arr = group.create_array(name, shape=values.shape, dtype=str, dimension_names=list(dims))
-            else:
-                arr = group.create_array(name, shape=values.shape, dtype=values.dtype, dimension_names=list(dims))
-            arr[...] = values
-        group.attrs.update({
+            coord_values[name] = (list(dims), values)
+        group_attrs = {
             **attrs,
             "coordinates": " ".join(name for name in coords if name != "stimulus"),
             "sites": list(self.sites),
             "format_version": FORMAT_VERSION,
             "complete": False,
             "n_written": 0,
-        })
-        return group
+        }
+        group, arrays = sync(_create_group(self.work, group_attrs, site_arrays, coord_values))
+        return zarr.Group(group), arrays
 
     def write(self, batch: dict[str, np.ndarray]) -> None:
         """Append the next batch: site -> array (batch, n_positions, n_units)."""
@@ -157,8 +165,7 @@ class StoreWriter:
         stop = start + sizes.pop()
         if stop > self.n_stimuli:
             raise StoreError(f"batch overruns the store {self.path}: {stop} > {self.n_stimuli} stimuli")
-        for site, values in batch.items():
-            self.arrays[site][start:stop] = values
+        sync(_set_all((self.arrays[site], slice(start, stop), values) for site, values in batch.items()))
         self.group.attrs["n_written"] = stop
 
     def finish(self, extra_attrs: dict | None = None) -> Path:
@@ -174,6 +181,29 @@ class StoreWriter:
             shutil.rmtree(self.path)
         self.work.rename(self.path)
         return self.path
+
+
+async def _create_group(path: Path, attrs: dict, site_arrays: dict[str, dict],
+                        coords: dict[str, tuple[list[str], np.ndarray]]):
+    """Create a store's group, its empty site arrays and its filled coordinate arrays, all concurrently.
+
+    Returns the AsyncGroup and site -> AsyncArray.
+    """
+    group = await zarr.api.asynchronous.open_group(path, mode="w", zarr_format=3, attributes=attrs)
+
+    async def coordinate(name, dims, values):
+        dtype = str if values.dtype.kind == "U" else values.dtype
+        array = await group.create_array(name, shape=values.shape, dtype=dtype, dimension_names=dims)
+        await array.setitem(..., values)
+
+    made = await asyncio.gather(*(group.create_array(site, **kwargs) for site, kwargs in site_arrays.items()),
+                                *(coordinate(name, *spec) for name, spec in coords.items()))
+    return group, dict(zip(site_arrays, made))
+
+
+async def _set_all(assignments) -> None:
+    """Run ``array[selection] = values`` for (async array, selection, values) triples concurrently."""
+    await asyncio.gather(*(array.setitem(selection, values) for array, selection, values in assignments))
 
 
 def open_store(path) -> xr.Dataset:

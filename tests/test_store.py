@@ -131,6 +131,28 @@ def test_writer_resumes_only_a_partial_store_from_the_same_inputs(tmp_path):
     assert np.isnan(zarr.open_group(partial_path(path))["layer.0"][:]).all()
 
 
+
+def test_nan_batches_survive_partial_chunk_writes_and_resume(tmp_path):
+    # small batches share one chunk (each write reads the chunk back); a batch that equals the fill
+    # value (all NaN) and scattered NaNs must be stored as such, also by a writer reopened half-way
+    values = planted_values()
+    values["layer.0"][2:4] = np.nan
+    values["layer.1"][0, 1, 2] = np.nan
+    shapes = {site: v.shape[1:] for site, v in values.items()}
+    path = tmp_path / "s.zarr"
+    first = StoreWriter(path, shapes, coords(), PROVENANCE, batch_size=2)
+    assert zarr.open_group(partial_path(path))["layer.0"].chunks == (N, N_POS, 7)
+    for start in (0, 2):
+        first.write({site: v[start:start + 2] for site, v in values.items()})
+    resumed = StoreWriter(path, shapes, coords(), PROVENANCE, batch_size=2)
+    assert resumed.n_written == 4
+    for start in range(4, N, 2):
+        resumed.write({site: v[start:start + 2] for site, v in values.items()})
+    ds = open_store(resumed.finish())
+    for site, v in values.items():
+        np.testing.assert_array_equal(ds[site].values, v)
+    assert np.isnan(ds["layer.0"].values[2:4]).all() and not np.isnan(ds["layer.0"].values[4:]).any()
+
 @pytest.mark.parametrize(("n_stimuli", "n_positions", "n_units"), [
     (256, 64, 384),  # MiniLM residual stream on the built-in sentences
     (256, 64, 1536),  # MiniLM MLP activations
