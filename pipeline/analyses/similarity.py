@@ -105,38 +105,45 @@ def rdm(X, metric: str = "correlation", noise=None):
         D = _crossnobis(xp, X if X.ndim == 4 else X[None, ...], noise)
         return D if X.ndim == 4 else D[0, ...]
     X = _as_float(xp, X, "X", (2, 3), "(stimuli, features) or a stack (k, stimuli, features)")
-    stack = X if X.ndim == 3 else X[None, ...]
+    if X.ndim == 2:
+        return _rdm_one(xp, X, metric)
+    # one RDM at a time: each (n, n) product stays in cache while it becomes distances
+    D = xp.empty((X.shape[0], X.shape[1], X.shape[1]), dtype=X.dtype)
+    for i in range(X.shape[0]):
+        D[i, ...] = _rdm_one(xp, X[i, ...], metric)
+    return D
+
+
+def _rdm_one(xp, X, metric: str):
+    """RDM (n, n) of one pattern matrix X (n, d) for a metric other than crossnobis."""
     if metric in ("euclidean", "sqeuclidean"):
-        Xc = stack - xp.mean(stack, axis=-2, keepdims=True)
+        Xc = X - xp.mean(X, axis=0, keepdims=True)
         sq = xp.sum(Xc * Xc, axis=-1)
-        D = sq[..., :, None] + sq[..., None, :] - 2.0 * xp.matmul(Xc, _mT(xp, Xc))
+        D = sq[:, None] + sq[None, :] - 2.0 * xp.matmul(Xc, Xc.T)
         D = _zero_diagonal(xp, xp.clip(D, 0.0, None))
-        if metric == "euclidean":
-            D = xp.sqrt(D)
-    else:
-        Z = stack - xp.mean(stack, axis=-1, keepdims=True) if metric == "correlation" else stack
-        norms = xp.sqrt(xp.sum(Z * Z, axis=-1))
-        scale = xp.sqrt(xp.sum(stack * stack, axis=-1))
-        if bool(xp.any(norms <= _tiny(xp, X) * scale)):
-            kind = "constant across features" if metric == "correlation" else "all zero"
-            raise ValueError(
-                f"X has a stimulus pattern that is {kind}; the {metric} distance is undefined for it "
-                "(drop that stimulus or use metric='euclidean')"
-            )
-        Z = Z / norms[..., None]
-        D = xp.matmul(Z, _mT(xp, Z))  # the one (k, n, n) array: turned into distances in place
-        D -= 1.0
-        D *= -1.0
-        D = _zero_diagonal(xp, D)
-    return D if X.ndim == 3 else D[0, ...]
+        return xp.sqrt(D) if metric == "euclidean" else D
+    Z = X - xp.mean(X, axis=-1, keepdims=True) if metric == "correlation" else X
+    norms = xp.sqrt(xp.sum(Z * Z, axis=-1))
+    scale = xp.sqrt(xp.sum(X * X, axis=-1))
+    if bool(xp.any(norms <= _tiny(xp, X) * scale)):
+        kind = "constant across features" if metric == "correlation" else "all zero"
+        raise ValueError(
+            f"X has a stimulus pattern that is {kind}; the {metric} distance is undefined for it "
+            "(drop that stimulus or use metric='euclidean')"
+        )
+    Z = Z / norms[:, None]
+    D = xp.matmul(Z, Z.T)  # turned into distances in place
+    D -= 1.0
+    D *= -1.0
+    return _zero_diagonal(xp, D)
 
 
 def _zero_diagonal(xp, D):
-    """D (k, n, n) with a zero diagonal: assigned in place where the namespace allows it."""
+    """D (..., n, n) with a zero diagonal: assigned in place where the namespace allows it."""
     n = D.shape[-1]
     if _scatters(xp):
         i = xp.arange(n)
-        D[:, i, i] = 0.0
+        D[..., i, i] = 0.0
         return D
     return D * (1.0 - xp.eye(n, dtype=D.dtype))
 
