@@ -20,26 +20,10 @@ import zarr
 import zarr.api.asynchronous
 from zarr.core.sync import sync
 
+from pipeline.store import strings
+
 # chunk files named c.0.0 beside the array's metadata, not in nested folders c/0/0: a third of the folders to make
 FLAT_CHUNK_KEYS = {"name": "default", "separator": "."}
-
-
-def open_activations(path) -> zarr.Group:
-    """A complete activation store as a read-only Zarr group.
-
-    Refuses a missing, unreadable, incomplete or foreign store with the one-line StoreError of
-    ``pipeline.store.open_store`` (the same checks; xarray loads only to raise it).
-    """
-    try:
-        group = zarr.open_group(Path(path), mode="r")
-        attrs = group.attrs.asdict()
-    except Exception:  # missing or unreadable: open_store names which
-        group, attrs = None, {}
-    if group is None or "format_version" not in attrs or "sites" not in attrs or not attrs.get("complete"):
-        from pipeline.store import open_store
-
-        open_store(path)  # raises the StoreError that says what is wrong
-    return group
 
 
 def read(group: zarr.Group, name: str, index=None) -> np.ndarray:
@@ -50,7 +34,7 @@ def read(group: zarr.Group, name: str, index=None) -> np.ndarray:
     array = group[name]
     values = array[...] if index is None else array.get_orthogonal_selection((np.asarray(index),))
     values = np.asarray(values)
-    return np.array(values.tolist(), dtype=str) if values.dtype.kind in "OT" else values
+    return strings(values) if values.dtype.kind in "OT" else values
 
 
 def dims(group: zarr.Group, name: str) -> tuple[str, ...]:

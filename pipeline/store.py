@@ -19,15 +19,17 @@ import asyncio
 import datetime
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xarray as xr
 import zarr
 import zarr.api.asynchronous
 from zarr.core.sync import sync
 
 from pipeline.errors import StoreError
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 CHUNK_BYTES = 4 * 2**20  # target chunk size along the stimulus axis (design: 1-8 MB)
 CHUNK_MIN_BYTES, CHUNK_MAX_BYTES = 2**20, 8 * 2**20
@@ -206,11 +208,10 @@ async def _set_all(assignments) -> None:
     await asyncio.gather(*(array.setitem(selection, values) for array, selection, values in assignments))
 
 
-def open_store(path) -> xr.Dataset:
-    """Open a complete activation store lazily (dask-backed) as an xarray Dataset.
+def open_group(path) -> zarr.Group:
+    """A complete activation store as a read-only Zarr group, without xarray (what analysis jobs read).
 
-    Each site is a variable with dims ``(stimulus, position, unit:<site>)``; provenance is in
-    ``ds.attrs``. Raises StoreError for a missing, incomplete or foreign store.
+    Raises StoreError for a missing, incomplete or foreign store.
     """
     path = Path(path)
     if not path.exists():
@@ -230,7 +231,19 @@ def open_store(path) -> xr.Dataset:
             f"activation store {path} is incomplete ({attrs.get('n_written', 0)} stimuli written); "
             "re-run the extraction to finish it"
         )
-    return xr.open_zarr(path, consolidated=False, zarr_format=3)
+    return group
+
+
+def open_store(path) -> xr.Dataset:
+    """Open a complete activation store lazily (dask-backed) as an xarray Dataset.
+
+    Each site is a variable with dims ``(stimulus, position, unit:<site>)``; provenance is in
+    ``ds.attrs``. Raises StoreError for a missing, incomplete or foreign store.
+    """
+    import xarray as xr
+
+    open_group(path)
+    return xr.open_zarr(Path(path), consolidated=False, zarr_format=3)
 
 
 def strings(values) -> np.ndarray:

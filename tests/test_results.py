@@ -6,8 +6,8 @@ import xarray as xr
 import zarr
 
 from pipeline.errors import StoreError
-from pipeline.results import Result, dims, open_activations, read, write_result
-from pipeline.store import StoreWriter, open_store, partial_path, site_array
+from pipeline.results import Result, dims, read, write_result
+from pipeline.store import StoreWriter, open_group, open_store, partial_path, site_array
 
 
 def planted_store(path, store_writer):
@@ -20,7 +20,7 @@ def planted_store(path, store_writer):
 
 def test_reads_what_open_store_reads(tmp_path, store_writer):
     path = planted_store(tmp_path / "s.zarr", store_writer)
-    ds, group = open_store(path), open_activations(path)
+    ds, group = open_store(path), open_group(path)
     attrs = group.attrs.asdict()
     assert attrs.pop("coordinates") == "label text token mask"  # xarray turns this one into coordinates
     assert attrs == ds.attrs
@@ -53,7 +53,7 @@ def test_refuses_what_open_store_refuses_with_its_message(tmp_path, store_writer
         with pytest.raises(StoreError) as expected:
             open_store(path)
         with pytest.raises(StoreError) as got:
-            open_activations(path)
+            open_group(path)
         assert str(got.value) == str(expected.value)
         assert "\n" not in str(got.value)
 

@@ -128,10 +128,11 @@ def run_extract(spec: dict, out: Path, checkpoint: Path | None) -> None:
 def run_stats(spec: dict, store: Path, out: Path) -> None:
     """Activation statistics of every site of a store: result store ``out`` and summary JSON beside it."""
     from pipeline.analyses.stats import blocks_of, site_stats
-    from pipeline.results import Result, dims, open_activations, read, write_result
+    from pipeline.results import Result, dims, read, write_result
+    from pipeline.store import open_group
 
     started = time.perf_counter()
-    group = open_activations(store)
+    group = open_group(store)
     attrs = group.attrs.asdict()
     mask = read(group, "mask")
     ids = read(group, "stimulus")

@@ -16,7 +16,8 @@ from pipeline.analyses.tca import TCAFit, fit_tca, scale_units, spread_indices, 
 from pipeline.backend import get_namespace, to_device, to_numpy
 from pipeline.errors import StoreError
 from pipeline.jobs import SEQUENCE_MODES, store_provenance, write_json
-from pipeline.results import Result, open_activations, read, write_result
+from pipeline.results import Result, read, write_result
+from pipeline.store import open_group
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def _stimulus_coords(group: zarr.Group, index: np.ndarray) -> dict:
 
 def _series(stores: list[Path]) -> list[zarr.Group]:
     """The activation stores of a run ordered by training step; all must hold the same stimuli."""
-    series = sorted((open_activations(s) for s in stores),
+    series = sorted((open_group(s) for s in stores),
                     key=lambda d: (d.attrs.get("step", -1), d.attrs.get("checkpoint_name", "")))
     ids = read(series[0], "stimulus")
     for d in series[1:]:
@@ -99,7 +100,7 @@ def run_tca(spec: dict, store: Path, out: Path) -> None:
     the factors and rank diagnostics (result store ``out``, one group per site) and a summary JSON.
     """
     started = time.perf_counter()
-    group = open_activations(store)
+    group = open_group(store)
     attrs = group.attrs.asdict()
     index = _factor_stimuli(group, spec["max_stimuli"])
     mask = read(group, "mask", index).astype(bool)

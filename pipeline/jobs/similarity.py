@@ -14,7 +14,8 @@ from pipeline.analyses import similarity as sim
 from pipeline.backend import get_namespace, to_device, to_numpy
 from pipeline.errors import StoreError
 from pipeline.jobs import scalar_params, store_provenance, write_json
-from pipeline.results import Result, dims, open_activations, read, write_result
+from pipeline.results import Result, dims, read, write_result
+from pipeline.store import open_group
 
 
 def run_similarity(spec: dict, store: Path, out: Path) -> None:
@@ -31,7 +32,7 @@ def run_similarity(spec: dict, store: Path, out: Path) -> None:
     """
     started = time.perf_counter()
     xp = get_namespace(spec["device"])
-    group = open_activations(store)
+    group = open_group(store)
     attrs = group.attrs.asdict()
     ids = read(group, "stimulus")
     keep = stimulus_subset(len(ids), spec["max_stimuli"], spec["seed"])
