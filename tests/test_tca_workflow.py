@@ -255,3 +255,16 @@ def test_helpers_run_in_a_strict_array_namespace():
     np.testing.assert_allclose(np.asarray(scaled), T / np.abs(T).max(axis=(1, 2))[:, None, None], atol=1e-12)
     Y = rng.standard_normal((30, 6))
     np.testing.assert_allclose(np.asarray(affinity(xps.asarray(Y))), np.abs(np.corrcoef(Y.T)), atol=1e-12)
+
+
+def test_interrupted_extraction_is_reported_once_on_the_model_page(tmp_path):
+    from pipeline.report.build import write_model_report
+
+    partial = tmp_path / "activations" / "toy" / "base-seed0" / "step-0010" / "toy-set.zarr.partial"
+    partial.mkdir(parents=True)
+    spec = {"model_name": "toy", "model": {"source": "train", "sites": ["rnn"]}, "analyses": {},
+            "output_dir": str(tmp_path), "inputs": []}
+    out = tmp_path / "reports" / "toy" / "index.html"
+    write_model_report(spec, out)
+    assert out.read_text().count(f"incomplete activation store {partial}") == 1
+    assert json.loads(layout.model_summary(tmp_path / "reports", "toy").read_text())["n_errors"] == 1

@@ -19,6 +19,7 @@ from pipeline import __version__, layout
 from pipeline.report.context import (
     ExperimentContext,
     ModelContext,
+    interrupted_extractions,
     load_experiment_context,
     load_model_context,
 )
@@ -100,9 +101,7 @@ def write_run_report(spec: dict, out: Path) -> None:
         if key not in spec:
             raise ValueError(f"a run report spec needs {key!r}; add the run and its stimulus set to the spec")
     ctx = load_model_context(spec)
-    report = _run_report(ctx, spec["run"], spec["stimuli"])
-    report["errors"] = ctx.errors + report["errors"]
-    _write_page(out, json.dumps(report))
+    _write_page(out, json.dumps(_run_report(ctx, spec["run"], spec["stimuli"])))
 
 
 def write_model_report(spec: dict, out: Path) -> None:
@@ -121,13 +120,14 @@ def write_model_report(spec: dict, out: Path) -> None:
     entry = ctx.model
     sections, section_errors = _sections("model", ctx)
     run_errors = [e for _, report in sorted(ctx.run_reports.items()) for e in report["errors"]]
-    errors = ctx.errors + run_errors + section_errors
+    errors = ctx.errors + interrupted_extractions(spec) + run_errors + section_errors
+    n_checkpoints = len({(c.run, c.checkpoint) for c in ctx.checkpoints})
     page = {
         **_common(f"Model {ctx.model_name}", "../"),
         "sections": sections,
         "errors": errors,
         "intro": {"source": entry["source"], "runs": ", ".join(ctx.runs),
-                  "checkpoints": len({(c.run, c.checkpoint) for c in ctx.checkpoints}),
+                  "checkpoints": n_checkpoints,
                   "stimulus sets": ", ".join(ctx.stimulus_sets), "sites": ", ".join(entry["sites"])},
         "parameters": yaml.safe_dump({"model": entry, "analyses": ctx.analyses}, sort_keys=False),
     }
@@ -136,10 +136,9 @@ def write_model_report(spec: dict, out: Path) -> None:
         "label": f"{c.run}/{c.checkpoint} ({c.stimuli})", "run": c.run, "step": c.step,
         "href": layout.checkpoint_page(ctx.model_name, c.run, c.checkpoint, c.stimuli).as_posix(),
     } for c in ctx.checkpoints), key=lambda c: (c["run"], c["step"], c["label"]))
-    n_errors = len(errors)  # the failed sites of every checkpoint are among ctx.errors
     summary = {
         "name": ctx.model_name, "source": entry["source"], "runs": ctx.runs, "stimuli": ctx.stimulus_sets,
-        "n_checkpoints": len({(c.run, c.checkpoint) for c in ctx.checkpoints}), "n_errors": n_errors,
+        "n_checkpoints": n_checkpoints, "n_errors": len(errors),
         "checkpoints": checkpoints, "href": f"{ctx.model_name}/index.html",
     }
     _write_page(layout.model_summary(out.parent.parent, ctx.model_name), json.dumps(summary, indent=1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,15 +25,18 @@ class CheckpointResults:
     summaries: dict[str, dict] = field(default_factory=dict)
     result_stores: dict[str, Path] = field(default_factory=dict)
 
-    def stimulus_table(self, analysis: str = "stats", limit: int = 400) -> list[dict]:
-        """id, label and text of the recorded stimuli (first ``limit``), from a result store."""
-        path = self.result_stores.get(analysis)
+    def stimulus_table(self, limit: int = 400) -> list[dict]:
+        """id, label and text of the recorded stimuli (first ``limit``), from the statistics result store."""
+        return self._stimulus_rows[:limit]
+
+    @functools.cached_property
+    def _stimulus_rows(self) -> list[dict]:
+        path = self.result_stores.get("stats")
         if path is None or not path.exists():
             return []
         group = ResultGroup(path)
-        ids = group["stimulus"][:limit]
-        columns = {name: group[name][:limit] for name in ("label", "text") if name in group}
-        return [{"id": str(i), **{k: str(v[n]) for k, v in columns.items()}} for n, i in enumerate(ids)]
+        columns = {name: group[name] for name in ("label", "text") if name in group}
+        return [{"id": str(i), **{k: str(v[n]) for k, v in columns.items()}} for n, i in enumerate(group["stimulus"])]
 
 
 @dataclass
@@ -101,15 +105,14 @@ def load_model_context(spec: dict) -> ModelContext:
                 if result.get("status") == "failed":
                     ctx.errors.append(f"{analysis} failed for {c.run}/{c.checkpoint}/{c.stimuli} site {site}: "
                                       f"{result.get('error')}")
-    for partial in _partial_stores(spec):
-        ctx.errors.append(f"incomplete activation store {partial} (an extraction was interrupted; re-run to finish)")
     return ctx
 
 
-def _partial_stores(spec: dict) -> list[Path]:
-    """Interrupted extractions of this model left under the output folder."""
+def interrupted_extractions(spec: dict) -> list[str]:
+    """One error per activation store of this model that an interrupted extraction left unfinished."""
     folder = Path(spec["output_dir"]) / "activations" / spec["model_name"]
-    return sorted(folder.glob("*/*/*.zarr.partial")) if folder.is_dir() else []
+    partials = sorted(folder.glob("*/*/*.zarr.partial")) if folder.is_dir() else []
+    return [f"incomplete activation store {p} (an extraction was interrupted; re-run to finish)" for p in partials]
 
 
 def finite(values) -> list[float]:
