@@ -155,7 +155,7 @@ def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: boo
         pending = None
         for start in tqdm(starts, desc=f"extract {spec['model_name']}/{out.parent.name}", unit="batch",
                           disable=quiet):
-            batch = first if start == 0 and first is not None else run_batch(start)
+            batch = first if first is not None else run_batch(start)
             first = None
             if pending is not None:
                 pending.result()

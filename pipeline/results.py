@@ -20,7 +20,7 @@ import zarr
 import zarr.api.asynchronous
 from zarr.core.sync import sync
 
-from pipeline.store import strings
+from pipeline.store import partial_path, strings
 
 # chunk files named c.0.0 beside the array's metadata, not in nested folders c/0/0: a third of the folders to make
 FLAT_CHUNK_KEYS = {"name": "default", "separator": "."}
@@ -65,7 +65,7 @@ def write_result(out: Path, root: Result, groups: dict[str, Result] | None = Non
     all groups are written concurrently.
     """
     out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
+    tmp = partial_path(out)
     if tmp.exists():
         shutil.rmtree(tmp)
     sync(_write(tmp, root, groups or {}))

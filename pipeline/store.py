@@ -251,11 +251,6 @@ def strings(values) -> np.ndarray:
     return np.array(np.asarray(values).tolist(), dtype=str)
 
 
-def text_values(values) -> np.ndarray:
-    """Strings as an object array, which xarray stores as variable-length UTF-8 in Zarr v3."""
-    return np.array(np.asarray(values).tolist(), dtype=object)
-
-
 def site_array(ds: xr.Dataset, site: str) -> xr.DataArray:
     """One site as a DataArray with dims ``(stimulus, position, unit)``."""
     if site not in ds.attrs["sites"]:

@@ -804,9 +804,7 @@ def classical_mds(D, n_components: int = 2):
         raise ValueError(f"n_components must lie in [1, {n}] for {n} points; got {n_components}")
     if float(xp.max(xp.abs(D - _mT(xp, D)))) > 1e-8 * max(1.0, float(xp.max(xp.abs(D)))):
         raise ValueError("D must be symmetric; average it with its transpose first")
-    sq = D * D
-    row = xp.mean(sq, axis=-1)
-    B = -0.5 * (sq - row[:, None] - row[None, :] + xp.mean(row))
+    B = -0.5 * _center_gram(xp, D * D, debiased=False)
     lam, V = xp.linalg.eigh(B)
     lam, V = xp.flip(lam, axis=0), xp.flip(V, axis=1)
     coords = V[:, :n_components] * xp.sqrt(xp.clip(lam[:n_components], 0.0, None))[None, :]
@@ -951,19 +949,20 @@ def permutation_test(
     _check_same_stimuli(A.shape[0], B.shape[0], "A and B")
     a, b = _rdm_vectors(xp, A, "A"), _rdm_vectors(xp, B, "B")
     n = A.shape[0]
-    observed = float(_similarities(xp, a, b, method)[0, 0])
     idx = _upper_index(xp, n)
     rows, cols = idx // n, idx % n
     if method == "kendall_tau_a":
+        observed = float(_similarities(xp, a, b, method)[0, 0])
         flat, tb = xp.reshape(A, (-1,)), b
     else:
         # Relabelling stimuli only reorders the entries of A's vector, and ranks, centring and scaling
         # commute with reordering: transform once, then permute the transformed entries.
+        ta, tb = _unit_vectors(xp, a, method, "A"), _unit_vectors(xp, b, method, "B")
+        observed = float(xp.matmul(ta, _mT(xp, tb))[0, 0])
         position = np.zeros((n, n), dtype=np.int64)
         position[np.triu_indices(n, 1)] = np.arange(n * (n - 1) // 2)
         position = position + position.T
-        flat = xp.take(_unit_vectors(xp, a, method, "A")[0, ...], xp.asarray(position.reshape(-1)))
-        tb = _unit_vectors(xp, b, method, "B")
+        flat = xp.take(ta[0, ...], xp.asarray(position.reshape(-1)))
     rng = _seeded(seed)
     null = []
     for start in range(0, n_permutations, batch):

@@ -224,6 +224,3 @@ def _unit_means(group, site: str) -> np.ndarray | None:
     """Per-unit means (units,) of ``site`` in a stats result store (a Zarr group), None when it has none."""
     name = f"{site}:mean"
     return np.nan_to_num(np.asarray(group[name][...])) if name in group else None
-
-
-# ---------------------------------------------------------------- similarity

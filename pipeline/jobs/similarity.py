@@ -14,7 +14,7 @@ from pipeline.analyses import similarity as sim
 from pipeline.backend import get_namespace, to_device, to_numpy
 from pipeline.errors import StoreError
 from pipeline.jobs import scalar_params, store_provenance, write_json
-from pipeline.results import Result, dims, read, write_result
+from pipeline.results import Result, ResultGroup, dims, read, write_result
 from pipeline.store import open_group
 
 
@@ -36,12 +36,13 @@ def run_similarity(spec: dict, store: Path, out: Path) -> None:
     attrs = group.attrs.asdict()
     ids = read(group, "stimulus")
     keep = stimulus_subset(len(ids), spec["max_stimuli"], spec["seed"])
-    mask = read(group, "mask", keep).astype(bool)
+    mask = to_device(read(group, "mask", keep).astype(bool), xp)
     sites, reps, rdms = {}, {}, {}
     for site in attrs["sites"]:
         values = read(group, site, keep)
         try:
-            rep = to_numpy(sim.pool_positions(to_device(values, xp), to_device(mask, xp)))
+            pooled = sim.pool_positions(to_device(values, xp), mask)
+            rep = to_numpy(pooled)
         except ValueError as err:
             sites[site] = {"status": "failed", "error": str(err)}
             continue
@@ -54,7 +55,7 @@ def run_similarity(spec: dict, store: Path, out: Path) -> None:
         reps[site] = rep
         sites[site] = {"status": "ok", "n_units": int(rep.shape[1])}
         try:
-            rdms[site] = to_numpy(sim.rdm(to_device(rep, xp), spec["rdm_metric"]))
+            rdms[site] = to_numpy(sim.rdm(pooled, spec["rdm_metric"]))
         except ValueError as err:  # e.g. a stimulus with all units silent has no correlation distance
             sites[site]["rdm_error"] = str(err)
     names = list(reps)
@@ -126,9 +127,8 @@ def _layer_matrices(spec: dict, xp, reps: list[np.ndarray], rdms: list[np.ndarra
 def _reference_rdms(spec: dict, xp, group: zarr.Group, keep: np.ndarray) -> tuple[dict, dict]:
     """Reference RDMs on the kept stimuli: ``label`` (same label 0, else 1) and ``input`` (the stimuli's inputs).
 
-    Inputs come from the store's ``input`` coordinate (flip-flop pulses) or, for stimulus sets
-    with numeric inputs that the store does not keep (digit pixels), from the stimulus set itself.
-    Returns (name -> RDM, name -> status).
+    Inputs come from the store's ``input`` coordinate (digit pixels, flip-flop pulses); text
+    stimuli have none. Returns (name -> RDM, name -> status).
     """
     refs, status = {}, {}
     if "label" in group:
@@ -140,23 +140,16 @@ def _reference_rdms(spec: dict, xp, group: zarr.Group, keep: np.ndarray) -> tupl
             status["label"] = {"status": "unavailable", "reason": "every kept stimulus has the same label"}
     else:
         status["label"] = {"status": "unavailable", "reason": "the store has no label coordinate"}
+    if "input" not in group:
+        status["input"] = {"status": "unavailable", "reason": "the stimuli are texts, not numeric inputs"}
+        return refs, status
+    inputs = read(group, "input", keep).astype(np.float64)
     try:
-        inputs = _stimulus_inputs(group, keep)
-        if inputs is None:
-            status["input"] = {"status": "unavailable", "reason": "the stimuli are texts, not numeric inputs"}
-        else:
-            refs["input"] = to_numpy(sim.input_rdm(to_device(inputs, xp), spec["rdm_metric"]))
-            status["input"] = {"status": "ok", "shape": list(inputs.shape[1:])}
-    except (ValueError, KeyError) as err:
+        refs["input"] = to_numpy(sim.input_rdm(to_device(inputs, xp), spec["rdm_metric"]))
+        status["input"] = {"status": "ok", "shape": list(inputs.shape[1:])}
+    except ValueError as err:
         status["input"] = {"status": "unavailable", "reason": str(err)}
     return refs, status
-
-
-def _stimulus_inputs(group: zarr.Group, keep: np.ndarray) -> np.ndarray | None:
-    """Numeric inputs (kept stimuli, ...) stored with the activations, or None for text stimuli."""
-    if "input" not in group:
-        return None
-    return read(group, "input", keep).astype(np.float64)
 
 
 def _reference_test(spec: dict, xp, D: np.ndarray, R: np.ndarray) -> dict:
@@ -171,16 +164,16 @@ def _reference_test(spec: dict, xp, D: np.ndarray, R: np.ndarray) -> dict:
     return {"statistic": test.statistic, "pvalue": test.pvalue, "ci_low": low, "ci_high": high}
 
 
-def _similarity_inputs(results: list[Path]) -> list[tuple[dict, zarr.Group]]:
+def _similarity_inputs(results: list[Path]) -> list[tuple[dict, ResultGroup]]:
     """(summary, result store) of per-checkpoint similarity results; all must hold the same stimuli."""
     entries = []
     for path in results:
         summary = json.loads(layout.summary_path(Path(path)).read_text())
-        entries.append((summary, zarr.open_group(Path(path), mode="r")))
+        entries.append((summary, ResultGroup(path)))
     if entries:
-        first = read(entries[0][1], "stimulus")
+        first = entries[0][1]["stimulus"]
         for summary, group in entries[1:]:
-            if not np.array_equal(read(group, "stimulus"), first):
+            if not np.array_equal(group["stimulus"], first):
                 prov = summary["provenance"]
                 raise StoreError(
                     f"similarity result of {prov.get('model_id')}/{prov.get('run')}/{prov.get('checkpoint_name')} "
@@ -189,16 +182,16 @@ def _similarity_inputs(results: list[Path]) -> list[tuple[dict, zarr.Group]]:
     return entries
 
 
-def _compare_representations(spec: dict, xp, entries: list[tuple[dict, zarr.Group]], site: str) -> dict | None:
+def _compare_representations(spec: dict, xp, entries: list[tuple[dict, ResultGroup]], site: str) -> dict | None:
     """CKA, RSA and shape matrices of one site between entries where it is ok; None with fewer than 2."""
     have = [k for k, (summary, _) in enumerate(entries) if summary["sites"].get(site, {}).get("status") == "ok"]
     if len(have) < 2:
         return None
-    reps = [read(entries[k][1], representation_name(site)) for k in have]
+    reps = [entries[k][1][representation_name(site)] for k in have]
     rdms = []
     for k in have:
         group = entries[k][1]
-        D = np.asarray(group["rdm"][list(read(group, "site")).index(site)], dtype=np.float64)
+        D = np.asarray(group["rdm"][list(group["site"]).index(site)], dtype=np.float64)
         rdms.append(D if np.all(np.isfinite(D)) else None)
     matrices = _layer_matrices(spec, xp, reps, rdms)
     return {"members": have, **{name: _json_matrix(M) for name, M in matrices.items()}}
@@ -262,7 +255,7 @@ def run_similarity_models(spec: dict, results: list[Path], out: Path) -> None:
                    if summary["sites"].get(site, {}).get("status") == "ok"]
     n_components = min(2, len(points))
     if points:
-        reps = [to_device(read(entries[k][1], representation_name(site)), xp) for k, site in points]
+        reps = [to_device(entries[k][1][representation_name(site)], xp) for k, site in points]
         D = sim.shape_distance_matrix(reps, alpha=spec["shape_alpha"])
         coords, eigenvalues = (to_numpy(a) for a in sim.classical_mds(D, n_components))
         D = to_numpy(D)
