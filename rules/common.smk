@@ -50,18 +50,30 @@ def model_checkpoints(model, run):
     return {checkpoint_name(f): str(f) for f in files}
 
 
-def stats_results(model, run, stimuli):
+def analysis_results(analysis, model, run, stimuli):
+    """Result stores of one analysis for every checkpoint of a run, in training order."""
     return [
-        str(layout.analysis_result(OUT, "stats", model, run, ckpt, stimuli))
+        str(layout.analysis_result(OUT, analysis, model, run, ckpt, stimuli))
         for ckpt in model_checkpoints(model, run)
     ]
 
 
-def similarity_results(model, run, stimuli):
-    return [
-        str(layout.analysis_result(OUT, "similarity", model, run, ckpt, stimuli))
-        for ckpt in model_checkpoints(model, run)
-    ]
+def checkpoint_analyses(model, stimuli):
+    """Analyses that run on each checkpoint of a model on one stimulus set."""
+    analyses = ["stats", "similarity"]
+    if jobs.tca_plan(config, model, stimuli) == "checkpoint":
+        analyses.append("tca")
+    return analyses
+
+
+def run_across_results(model, run, stimuli):
+    """Across-checkpoint summaries of one run: what its run report draws."""
+    analyses = ["stats", "similarity"]
+    if jobs.tca_plan(config, model, stimuli) == "across":
+        analyses.append("tca-across")
+    if jobs.connectome_enabled(config, model):
+        analyses.append("connectome")
+    return [str(layout.across_checkpoints(OUT, analysis, model, run, stimuli)) for analysis in analyses]
 
 
 def final_similarity_results(stimuli):
@@ -84,22 +96,6 @@ def comparison_results():
 def run_stores(model, run, stimuli):
     """Activation stores of every checkpoint of a run, in training order."""
     return [str(layout.activation_store(OUT, model, run, ckpt, stimuli)) for ckpt in model_checkpoints(model, run)]
-
-
-def factorization_results(model, run, stimuli):
-    """TCA and connectome results of one run: per-checkpoint stores and across-checkpoint summaries."""
-    plan = jobs.tca_plan(config, model, stimuli)
-    files = []
-    if plan == "checkpoint":
-        files += [
-            str(layout.analysis_result(OUT, "tca", model, run, ckpt, stimuli))
-            for ckpt in model_checkpoints(model, run)
-        ]
-    elif plan == "across":
-        files.append(str(layout.across_checkpoints(OUT, "tca-across", model, run, stimuli)))
-    if jobs.connectome_enabled(config, model):
-        files.append(str(layout.across_checkpoints(OUT, "connectome", model, run, stimuli)))
-    return files
 
 
 for _analysis in ("tca", "connectome"):
@@ -126,30 +122,19 @@ def model_results(wildcards):
     files = []
     for run in model_runs(entry):
         for stimuli in entry["stimuli"]:
-            files += stats_results(model, run, stimuli)
-            files += similarity_results(model, run, stimuli)
-            if jobs.tca_plan(config, model, stimuli) == "checkpoint":
-                files += [
-                    str(layout.analysis_result(OUT, "tca", model, run, ckpt, stimuli))
-                    for ckpt in model_checkpoints(model, run)
-                ]
+            for analysis in checkpoint_analyses(model, stimuli):
+                files += analysis_results(analysis, model, run, stimuli)
             files.append(str(layout.run_report(OUT, model, run, stimuli)))
     return files
-
-
-def run_across_results(model, run, stimuli):
-    """Across-checkpoint summaries of one run: what its run report draws."""
-    files = [str(layout.across_checkpoints(OUT, analysis, model, run, stimuli)) for analysis in ("stats", "similarity")]
-    return files + [f for f in factorization_results(model, run, stimuli) if f.endswith(".across.json")]
 
 
 def checkpoint_results(wildcards):
     """Result stores of one (model, run, checkpoint, stimulus set): what its report page shows."""
     model, run, checkpoint, stimuli = wildcards.model, wildcards.run, wildcards.checkpoint, wildcards.stimuli
-    analyses = ["stats", "similarity"]
-    if jobs.tca_plan(config, model, stimuli) == "checkpoint":
-        analyses.append("tca")
-    return [str(layout.analysis_result(OUT, analysis, model, run, checkpoint, stimuli)) for analysis in analyses]
+    return [
+        str(layout.analysis_result(OUT, analysis, model, run, checkpoint, stimuli))
+        for analysis in checkpoint_analyses(model, stimuli)
+    ]
 
 
 def checkpoint_pages(wildcards):

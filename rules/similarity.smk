@@ -28,7 +28,7 @@ rule similarity:
 
 rule similarity_across:
     input:
-        lambda wc: similarity_results(wc.model, wc.run, wc.stimuli),
+        lambda wc: analysis_results("similarity", wc.model, wc.run, wc.stimuli),
     output:
         layout.across_checkpoints(OUT, "similarity", "{model}", "{run}", "{stimuli}"),
     params:

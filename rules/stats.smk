@@ -23,7 +23,7 @@ rule stats:
 
 rule stats_across:
     input:
-        lambda wc: stats_results(wc.model, wc.run, wc.stimuli),
+        lambda wc: analysis_results("stats", wc.model, wc.run, wc.stimuli),
     output:
         layout.across_checkpoints(OUT, "stats", "{model}", "{run}", "{stimuli}"),
     log:

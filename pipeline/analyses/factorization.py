@@ -143,18 +143,23 @@ def _column_norms(U, xp):
     return xp.where(norms > 0, norms, xp.ones_like(norms))
 
 
-def _contract_partial(Y, factors, keep, xp):
-    """Contract a partial tensor Y (d_0, ..., d_{k-1}, B, R) with ``factors[j]`` (d_j, B, R)
-    over every axis j != keep (column-wise, shared B and R); returns (d_keep, B, R)."""
-    k = len(factors)
-    for j in reversed(range(k)):
+def _contract_partial(Y, factors, keep, xp, leading=False):
+    """Contract a partial tensor Y with ``factors[j]`` (d_j, B, R) over every mode j != keep
+    (column-wise, shared B and R). Y is (d_0, ..., d_{k-1}, B, R), or (B, R, d_0, ..., d_{k-1})
+    when ``leading``; returns (d_keep, B, R)."""
+    first = 2 if leading else 0
+    for j in reversed(range(len(factors))):
         if j == keep:
             continue
+        f = xp.moveaxis(factors[j], 0, -1) if leading else factors[j]
         shape = [1] * Y.ndim
-        shape[j] = factors[j].shape[0]
-        shape[-2:] = factors[j].shape[1:]
-        Y = xp.sum(Y * xp.reshape(factors[j], tuple(shape)), axis=j)
-    return Y
+        shape[first + j] = factors[j].shape[0]
+        if leading:
+            shape[:2] = f.shape[:2]
+        else:
+            shape[-2:] = f.shape[1:]
+        Y = xp.sum(Y * xp.reshape(f, tuple(shape)), axis=first + j)
+    return xp.moveaxis(Y, -1, 0) if leading else Y
 
 
 def _unfold(X, mode, xp):
@@ -331,20 +336,6 @@ def _update_hals_rows(A, M, G, xp):
 # ----------------------------------------------------------------------------- batched CP solver
 
 
-def _contract_leading(Z, factors, keep, xp):
-    """Contract Z (B, R, d_0, ..., d_{k-1}) with ``factors[j]`` (d_j, B, R) over every axis
-    j != keep (column-wise, shared B and R); returns (d_keep, B, R)."""
-    B, R = Z.shape[0], Z.shape[1]
-    k = len(factors)
-    for j in reversed(range(k)):
-        if j == keep:
-            continue
-        shape = [B, R] + [1] * (Z.ndim - 2)
-        shape[2 + j] = factors[j].shape[0]
-        Z = xp.sum(Z * xp.reshape(xp.moveaxis(factors[j], 0, -1), tuple(shape)), axis=2 + j)
-    return xp.moveaxis(Z, -1, 0)
-
-
 def _sweep_dense(data, U, grams, nonneg):
     """One ALS/HALS sweep over all modes of an unmasked tensor; returns squared error terms (B,).
 
@@ -368,7 +359,7 @@ def _sweep_dense(data, U, grams, nonneg):
         if n < m:
             M = _contract_partial(Y, U[:m], n, xp)
         else:
-            M = _contract_leading(Z, U[m:], n - m, xp)
+            M = _contract_partial(Z, U[m:], n - m, xp, leading=True)
         V = None
         for k in range(N):
             if k != n:

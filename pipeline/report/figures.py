@@ -91,13 +91,13 @@ def bar_chart(labels: list[str], values: list[float], title: str, ylabel: str) -
     return fig
 
 
-def heatmap_grid(n_panels: int, ncols: int, panel: float, row_labels: list[str], col_labels: list[str]):
+def heatmap_grid(n_panels: int, ncols: int, panel: float, labels: list[str]):
     """A grid of square heatmap panels of ``panel`` inches, with room for the labels and colour bars.
 
     Row labels are written on the first column only (``heatmap(..., row_labels=...)``). Returns (fig, axes).
     """
-    below = SIN60 * text_inches(col_labels, 6) + 0.15
-    left = max(text_inches(row_labels, 6) + 0.2, text_inches(col_labels[:1], 6) / 2 + 0.1)
+    below = SIN60 * text_inches(labels, 6) + 0.15
+    left = max(text_inches(labels, 6) + 0.2, text_inches(labels[:1], 6) / 2 + 0.1)
     return small_multiples(n_panels, ncols, panel_size=(panel * 1.15, panel), left=left, bottom=below,
                            wgap=0.55, hgap=below + 0.3, top=0.3, right=0.55)
 
@@ -111,17 +111,16 @@ def label_colours(labels) -> tuple[list, list[tuple[str, tuple]]]:
 
 
 def heatmap(ax, matrix, labels: list[str], title: str, cmap: str = "viridis", vmin=None, vmax=None,
-            col_labels: list[str] | None = None, row_labels: bool = True):
-    """Draw a labelled matrix (rows x columns) on ``ax`` with a colour bar; values written in cells when few.
+            row_labels: bool = True):
+    """Draw a labelled square matrix on ``ax`` with a colour bar; values written in cells when few.
 
-    NaN cells are left blank. ``row_labels=False`` leaves the rows unlabelled (a panel beside one
+    NaN (or None) cells are left blank. ``row_labels=False`` leaves the rows unlabelled (a panel beside one
     that names them). Cell values are written in black or white, whichever stands out from the cell.
     """
     matrix = np.asarray(matrix, dtype=float)
-    col_labels = labels if col_labels is None else col_labels
     image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest",
                       aspect="auto")
-    ax.set_xticks(range(len(col_labels)), col_labels, rotation=60, ha="right", fontsize=6)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=6)
     if row_labels:
         ax.set_yticks(range(len(labels)), labels, fontsize=6)
     else:

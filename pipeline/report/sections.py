@@ -156,7 +156,7 @@ def _similarity(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
     sites = result["site"].tolist()
     figure = None
     if sites:
-        fig, axes = figures.heatmap_grid(3, 3, max(2.2, 0.13 * len(sites)), sites, sites)
+        fig, axes = figures.heatmap_grid(3, 3, max(2.2, 0.13 * len(sites)), sites)
         for k, (ax, (name, title, cmap, vmin, vmax)) in enumerate(zip(axes, SIMILARITY_MATRICES)):
             figures.heatmap(ax, result[name], sites, title, cmap=cmap, vmin=vmin, vmax=vmax, row_labels=k == 0)
         figure = figures.to_data_uri(fig)
@@ -209,12 +209,12 @@ def _similarity_across_run(ctx: ModelContext, run: str, stimuli: str) -> dict | 
     if not sites:
         return None
     steps = [str(s) for v in sites.values() for s in v["steps"]]
-    fig, axes = figures.heatmap_grid(2 * len(sites), len(sites), 2.4, steps, steps)
+    fig, axes = figures.heatmap_grid(2 * len(sites), len(sites), 2.4, steps)
     for col, (site, v) in enumerate(sites.items()):
         ticks = [str(s) for s in v["steps"]]
-        figures.heatmap(axes[col], finite_matrix(v["cka"]), ticks, f"{site}: CKA", vmin=0.0, vmax=1.0,
+        figures.heatmap(axes[col], v["cka"], ticks, f"{site}: CKA", vmin=0.0, vmax=1.0,
                         row_labels=col == 0)
-        figures.heatmap(axes[len(sites) + col], finite_matrix(v["shape"]), ticks, f"{site}: shape distance",
+        figures.heatmap(axes[len(sites) + col], v["shape"], ticks, f"{site}: shape distance",
                         cmap="magma_r", vmin=0.0, row_labels=col == 0)
     return {"run": run, "stimuli": stimuli, "figure": figures.to_data_uri(fig),
             "final": [{"site": s, "cka": v["cka"][-1], "steps": v["steps"]} for s, v in sites.items()]}
@@ -224,11 +224,6 @@ def _similarity_across(ctx: ModelContext, _page=None) -> dict | None:
     """Checkpoint x checkpoint CKA and shape distance per site (representational drift over training), per run."""
     blocks = ctx.run_parts("similarity-across")
     return {"blocks": blocks} if blocks else None
-
-
-def finite_matrix(rows) -> np.ndarray:
-    """A JSON matrix (None for missing) as a float array with NaN."""
-    return np.array([finite(r) for r in rows], dtype=float)
 
 
 def _similarity_models(ctx: ExperimentContext, _page=None) -> dict | None:
@@ -243,11 +238,11 @@ def _similarity_models(ctx: ExperimentContext, _page=None) -> dict | None:
             entries = [e for c in comparisons.values() for e in c["entries"]]
             ncols = min(4, 2 * len(comparisons))
             size = max(2.4, 0.13 * max(len(c["entries"]) for c in comparisons.values()))
-            fig, axes = figures.heatmap_grid(2 * len(comparisons), ncols, size, entries, entries)
+            fig, axes = figures.heatmap_grid(2 * len(comparisons), ncols, size, entries)
             for k, (site, c) in enumerate(comparisons.items()):
-                figures.heatmap(axes[2 * k], finite_matrix(c["cka"]), c["entries"], f"{site}: CKA", vmin=0.0, vmax=1.0,
+                figures.heatmap(axes[2 * k], c["cka"], c["entries"], f"{site}: CKA", vmin=0.0, vmax=1.0,
                                 row_labels=2 * k % ncols == 0)
-                figures.heatmap(axes[2 * k + 1], finite_matrix(c["shape"]), c["entries"], f"{site}: shape distance",
+                figures.heatmap(axes[2 * k + 1], c["shape"], c["entries"], f"{site}: shape distance",
                                 cmap="magma_r", vmin=0.0, row_labels=False)
             figure = figures.to_data_uri(fig)
         blocks.append({"stimuli": stimuli, "entries": summary["entries"], "figure": figure,
