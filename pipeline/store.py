@@ -111,8 +111,8 @@ class StoreWriter:
         self.work = partial_path(self.path)
         self.sites = sites
         self.n_stimuli = len(coords["stimulus"][1])
-        group = self._resume(attrs["fingerprint"])
-        if group is None:
+        group = _matching_partial(self.work, attrs["fingerprint"], sites)
+        if group is None:  # a fresh store (a leftover made from other inputs is removed)
             self.group, self.arrays = self._create(coords, attrs, dtype, batch_size)
         else:
             self.group = group
@@ -122,12 +122,6 @@ class StoreWriter:
     def n_written(self) -> int:
         """Stimuli already written (a resumed store continues from here)."""
         return int(self.group.attrs["n_written"])
-
-    def _resume(self, fingerprint: str):
-        group = _matching_partial(self.work, fingerprint, self.sites)
-        if group is None and self.work.exists():
-            shutil.rmtree(self.work)
-        return group
 
     def _create(self, coords, attrs, dtype, batch_size):
         if self.work.exists():

@@ -492,6 +492,16 @@ def _check_representation(xp, X, name: str, min_n: int = 2):
     return X
 
 
+
+def _check_reps(xp, reps, min_n: int = 2) -> list:
+    """Validated representations (n, d_i) of the same n stimuli, at least one."""
+    if len(reps) < 1:
+        raise ValueError("reps must hold at least one representation")
+    reps = [_check_representation(xp, R, f"reps[{i}]", min_n) for i, R in enumerate(reps)]
+    for i, R in enumerate(reps):
+        _check_same_stimuli(reps[0].shape[0], R.shape[0], f"reps[0] and reps[{i}]")
+    return reps
+
 def _ratio(hxy: float, hxx: float, hyy: float) -> float:
     if hxx <= 0.0 or hyy <= 0.0:
         raise ValueError(
@@ -588,13 +598,8 @@ def cka_matrix(reps, kernel: str = "linear", debiased: bool = False, sigma: floa
         xp = array_namespace(reps)
         reps = xp.asarray(reps)
         reps = [reps[i, ...] for i in range(reps.shape[0])]
-    min_n = 4 if debiased else 2
-    reps = [_check_representation(xp, R, f"reps[{i}]", min_n) for i, R in enumerate(reps)]
-    if len(reps) < 1:
-        raise ValueError("reps must hold at least one representation")
+    reps = _check_reps(xp, reps, 4 if debiased else 2)
     n = reps[0].shape[0]
-    for i, R in enumerate(reps):
-        _check_same_stimuli(n, R.shape[0], f"reps[0] and reps[{i}]")
     dims = [R.shape[1] for R in reps]
     r, total_d = len(reps), sum(dims)
     gram_cost = n * n * total_d + r * r * n * n
@@ -764,9 +769,7 @@ def shape_distance_matrix(reps, alpha: float = 1.0):
     if len(reps) < 1:
         raise ValueError("reps must hold at least one representation")
     xp = array_namespace(*reps)
-    reps = [_check_representation(xp, R, f"reps[{i}]") for i, R in enumerate(reps)]
-    for i, R in enumerate(reps):
-        _check_same_stimuli(reps[0].shape[0], R.shape[0], f"reps[0] and reps[{i}]")
+    reps = _check_reps(xp, reps)
     factors = [_whitened_factors(xp, R, alpha) for R in reps]
     D = np.zeros((len(reps), len(reps)))
     for i, j in zip(*np.triu_indices(len(reps), 1)):
