@@ -3,12 +3,16 @@
 Analyses are written against the array namespace of their inputs (``array_namespace``), so
 the same code runs on numpy, CuPy and strict array-API namespaces. This module is the one
 place that decides the device from config (``device: auto|cpu|gpu``), owns the dtype policy
-(float32 by default, float64 on request) and moves arrays between host and device.
+(float32 by default, float64 on request) and moves arrays between host and device. On the CPU,
+``each_on_cores`` spreads independent pieces of numpy work over the available cores.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
 
@@ -92,3 +96,26 @@ def to_numpy(x: Any) -> np.ndarray:
     if type(x).__module__.split(".")[0] == "cupy":
         return x.get()
     return np.asarray(x)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def each_on_cores(work: Callable[[int], None], count: int) -> None:
+    """Call ``work(i)`` for i in range(count) on one thread per available core, BLAS limited to
+    one thread each (numpy releases the GIL in BLAS, sorts and element-wise loops), so that
+    independent matrix products run side by side instead of splitting each one. An exception in
+    any call is raised here."""
+    workers = min(count, available_cores())
+    if workers < 2:
+        for i in range(count):
+            work(i)
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        list(pool.map(work, range(count)))

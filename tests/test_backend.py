@@ -7,6 +7,8 @@ import pytest
 from pipeline.backend import (
     BackendError,
     array_namespace,
+    available_cores,
+    each_on_cores,
     get_namespace,
     gpu_available,
     resolve_dtype,
@@ -93,3 +95,17 @@ def test_to_device_casts():
     np.testing.assert_array_equal(back, host)
     with pytest.raises(BackendError, match="dtype"):
         to_device(host, np, dtype="float16")
+
+
+def test_each_on_cores_calls_every_index_once_and_raises():
+    seen = []
+    each_on_cores(seen.append, 7)
+    assert sorted(seen) == list(range(7))
+
+    def fail(i):
+        if i == 3:
+            raise ValueError("item 3 is bad")
+
+    with pytest.raises(ValueError, match="item 3 is bad"):
+        each_on_cores(fail, 5)
+    assert available_cores() >= 1

@@ -264,16 +264,18 @@ def rank_cases():
     }
 
 
+def average_ranks(xp, v):
+    return S._unsort(xp, *S._sorted_ranks(xp, v))
+
+
 @pytest.mark.parametrize("case", list(rank_cases()))
 def test_average_ranks_match_rankdata(case):
     v = rank_cases()[case]
     expected = scipy.stats.rankdata(v)
-    np.testing.assert_array_equal(S._average_ranks(np, v), expected)
-    np.testing.assert_array_equal(
-        S._average_ranks(np, v.astype(np.float32)), scipy.stats.rankdata(v.astype(np.float32))
-    )
+    np.testing.assert_array_equal(average_ranks(np, v), expected)
+    np.testing.assert_array_equal(average_ranks(np, v.astype(np.float32)), scipy.stats.rankdata(v.astype(np.float32)))
     xs = pytest.importorskip("array_api_strict")
-    np.testing.assert_array_equal(np.asarray(S._average_ranks(xs, xs.asarray(v))), expected)
+    np.testing.assert_array_equal(np.asarray(average_ranks(xs, xs.asarray(v))), expected)
 
 
 def test_sort_keys_order_and_ties():
@@ -630,3 +632,14 @@ def test_gpu_matches_numpy():
         )
     assert S.cka(gx, gy, debiased=True) == pytest.approx(S.cka(X, Y, debiased=True), abs=1e-10)
     assert S.procrustes_distance(gx, gy) == pytest.approx(S.procrustes_distance(X, Y), abs=1e-10)
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_blocked_gram_space_cka_matrix(monkeypatch, debiased):
+    """Blocks of one to three Gram rows give the pairwise CKA of the literal formula."""
+    g = rng(55)
+    reps = [g.standard_normal((11, 30)) for _ in range(3)]
+    loop = np.array([[ref_cka(a, b, "linear", debiased) for b in reps] for a in reps])
+    for entries in (1, 50, 99):  # 1, 1 and 3 rows per block of 3 representations x 11 stimuli
+        monkeypatch.setattr(S, "_GRAM_BLOCK_ENTRIES", entries)
+        np.testing.assert_allclose(S.cka_matrix(reps, debiased=debiased), loop, atol=TOL, rtol=0)

@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.backend import array_namespace, to_numpy
+from pipeline.backend import array_namespace, each_on_cores, to_numpy
 
 RDM_METRICS = ("correlation", "euclidean", "sqeuclidean", "cosine", "crossnobis")
 COMPARE_METHODS = ("spearman", "pearson", "kendall_tau_a", "rho_a", "cosine")
@@ -107,34 +107,52 @@ def rdm(X, metric: str = "correlation", noise=None):
     X = _as_float(xp, X, "X", (2, 3), "(stimuli, features) or a stack (k, stimuli, features)")
     if X.ndim == 2:
         return _rdm_one(xp, X, metric)
-    # one RDM at a time: each (n, n) product stays in cache while it becomes distances
+    # one RDM at a time: each (n, n) product stays in cache while it becomes distances; numpy
+    # computes one RDM per core
     D = xp.empty((X.shape[0], X.shape[1], X.shape[1]), dtype=X.dtype)
-    for i in range(X.shape[0]):
-        D[i, ...] = _rdm_one(xp, X[i, ...], metric)
+    if xp is np:
+        each_on_cores(lambda i: _rdm_one(xp, X[i, ...], metric, out=D[i, ...]), X.shape[0])
+    else:
+        for i in range(X.shape[0]):
+            D[i, ...] = _rdm_one(xp, X[i, ...], metric)
     return D
 
 
-def _rdm_one(xp, X, metric: str):
-    """RDM (n, n) of one pattern matrix X (n, d) for a metric other than crossnobis."""
+def _rdm_one(xp, X, metric: str, out=None):
+    """RDM (n, n) of one pattern matrix X (n, d) for a metric other than crossnobis.
+
+    ``out`` (numpy only, (n, n)) receives the RDM without an intermediate copy.
+    """
     if metric in ("euclidean", "sqeuclidean"):
         Xc = X - xp.mean(X, axis=0, keepdims=True)
         sq = xp.sum(Xc * Xc, axis=-1)
         D = sq[:, None] + sq[None, :] - 2.0 * xp.matmul(Xc, Xc.T)
         D = _zero_diagonal(xp, xp.clip(D, 0.0, None))
-        return xp.sqrt(D) if metric == "euclidean" else D
-    Z = X - xp.mean(X, axis=-1, keepdims=True) if metric == "correlation" else X
-    norms = xp.sqrt(xp.sum(Z * Z, axis=-1))
-    scale = xp.sqrt(xp.sum(X * X, axis=-1))
-    if bool(xp.any(norms <= _tiny(xp, X) * scale)):
+        D = xp.sqrt(D) if metric == "euclidean" else D
+        if out is not None:
+            out[...] = D
+        return D
+    if metric == "correlation":
+        mean = xp.mean(X, axis=-1, keepdims=True)
+        Z = X - mean
+        sq = xp.sum(Z * Z, axis=-1)
+        total = sq + X.shape[-1] * mean[:, 0] ** 2  # squared norm of each uncentred pattern
+    else:
+        Z = X
+        sq = total = xp.sum(Z * Z, axis=-1)
+    if bool(xp.any(sq <= _tiny(xp, X) ** 2 * total)):
         kind = "constant across features" if metric == "correlation" else "all zero"
         raise ValueError(
             f"X has a stimulus pattern that is {kind}; the {metric} distance is undefined for it "
             "(drop that stimulus or use metric='euclidean')"
         )
-    Z = Z / norms[:, None]
-    D = xp.matmul(Z, Z.T)  # turned into distances in place
-    D -= 1.0
-    D *= -1.0
+    Z = Z / xp.sqrt(sq)[:, None]
+    if out is None:
+        D = xp.matmul(Z, _mT(xp, Z))
+        D -= 1.0  # cosine similarities turned into distances in place
+        D *= -1.0
+    else:
+        D = np.subtract(1.0, np.matmul(Z, Z.T, out=out), out=out)
     return _zero_diagonal(xp, D)
 
 
@@ -265,7 +283,12 @@ def _rdm_vectors(xp, D, name: str):
     if n < 3:
         raise ValueError(f"{name} must compare at least 3 stimuli; got {n}")
     flat = xp.reshape(stack, (stack.shape[0], n * n))
-    v = xp.take(flat, _upper_index(xp, n), axis=1)
+    index = _upper_index(xp, n)
+    if xp is np:  # one RDM per core
+        v = np.empty((flat.shape[0], index.size), dtype=flat.dtype)
+        each_on_cores(lambda i: np.take(flat[i, :], index, out=v[i, :]), flat.shape[0])
+    else:
+        v = xp.take(flat, index, axis=1)
     return _as_float(xp, v, name, (2,), "an (n, n) RDM or a stack (k, n, n)")
 
 
@@ -274,32 +297,47 @@ def _scatters(xp) -> bool:
     return getattr(xp, "__name__", "") in ("numpy", "cupy")
 
 
-def _average_ranks(xp, v):
-    """Average ranks (1-based, ties share their mean rank) of a vector v (N,).
+def _sorted_ranks(xp, v):
+    """Permutation that sorts a vector v (N,) and the average ranks in sorted order.
 
-    numpy sorts once (``_sort_keys``) and scatters the ranks into place; CuPy argsorts once and
-    scatters; other namespaces, without integer-array assignment, argsort a second time to invert
-    the permutation.
+    numpy sorts once (``_sort_keys``); other namespaces argsort. Ties share the mean of the
+    1-based sorted positions they span.
+
+    Returns
+    -------
+    order : array (N,) of int
+        v[order[p]] is the p-th smallest entry.
+    ranks : array (N,) of v's dtype
+        Average rank of v[order[p]].
     """
     N = v.shape[0]
     if xp is np:
         order, ties = _sort_keys(v)
-        starts_mask = np.ones(N, dtype=bool)
-        starts_mask[ties + 1] = False
+        tied = ties.size > 0
+        if tied:
+            starts_mask = np.ones(N, dtype=bool)
+            starts_mask[ties + 1] = False
     else:
         order = xp.argsort(v)
         s = xp.take(v, order)
         starts_mask = xp.concat([xp.ones((1,), dtype=xp.bool), s[1:] != s[:-1]])
-    ranks = xp.arange(1, N + 1, dtype=v.dtype)
-    if not bool(xp.all(starts_mask)):  # ties share the mean of the sorted positions they span
-        starts = xp.nonzero(starts_mask)[0]
-        ends = xp.concat([starts[1:], xp.asarray([N], dtype=starts.dtype)])
-        group = xp.cumulative_sum(xp.astype(starts_mask, xp.int64)) - 1
-        ranks = xp.take(xp.astype(starts + ends + 1, v.dtype) / 2.0, group)
+        tied = not bool(xp.all(starts_mask))
+    if not tied:
+        return order, xp.arange(1, N + 1, dtype=v.dtype)
+    starts = xp.nonzero(starts_mask)[0]
+    ends = xp.concat([starts[1:], xp.asarray([N], dtype=starts.dtype)])
+    group = xp.cumulative_sum(xp.astype(starts_mask, xp.int64)) - 1
+    return order, xp.take(xp.astype(starts + ends + 1, v.dtype) / 2.0, group)
+
+
+def _unsort(xp, order, values, out=None):
+    """The vector w (N,) with w[order[p]] = values[p]: a scatter where the namespace assigns
+    through integer arrays (numpy, CuPy), into ``out`` (N,) when given, else a second argsort that
+    inverts the permutation."""
     if not _scatters(xp):
-        return xp.take(ranks, xp.argsort(order))
-    out = xp.empty_like(ranks)
-    out[order] = ranks
+        return xp.take(values, xp.argsort(order))
+    out = xp.empty_like(values) if out is None else out
+    out[order] = values
     return out
 
 
@@ -310,7 +348,7 @@ def _sort_keys(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     index, so sorting the keys sorts the values and carries the permutation along (several times
     faster than ``argsort``). Only neighbours in the same bucket (equal kept bits) can be tied or
     out of order (distinct values less than about N 2^-52 apart relative to their size): those few
-    buckets are re-sorted by value.
+    buckets are re-sorted by value. Few temporaries: each fresh multi-MB array costs page faults.
 
     Returns
     -------
@@ -318,49 +356,77 @@ def _sort_keys(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ties : array of int
         Positions p in sorted order with v[order[p]] == v[order[p + 1]].
     """
-    v = v.astype(np.float64) + 0.0  # + 0.0 turns -0.0 into 0.0, which it equals
     N = v.shape[0]
     shift = np.uint64(max(int(N - 1).bit_length(), 1))
-    bits = v.view(np.uint64)
-    sign = np.uint64(1 << 63)
-    key = np.where(bits >= sign, ~bits, bits | sign)
-    key >>= shift
-    key <<= shift
+    low = (np.uint64(1) << shift) - np.uint64(1)
+    key = np.empty(N, dtype=np.uint64)
+    np.add(v, 0.0, out=key.view(np.float64))  # float64 bits; + 0.0 turns -0.0 into 0.0, which it equals
+    flip = (key.view(np.int64) >> 63).view(np.uint64)  # all ones for negative values, else 0
+    flip >>= np.uint64(1)
+    flip |= np.uint64(1 << 63)
+    key ^= flip  # negative values: every bit flipped; others: the sign bit set
+    key &= ~low
     key |= np.arange(N, dtype=np.uint64)
     key.sort()
-    order = (key & ((np.uint64(1) << shift) - np.uint64(1))).astype(np.intp)
-    bucket = key >> shift
-    same = np.flatnonzero(bucket[1:] == bucket[:-1])
-    wrong = np.unique(bucket[same[v[order[same + 1]] < v[order[same]]]])
+    order = np.bitwise_and(key, low, out=flip).view(np.int64)
+    key >>= shift  # now each entry's bucket
+    same = np.flatnonzero(key[1:] == key[:-1])
+    values = v[order[same]], v[order[same + 1]]
+    wrong = np.unique(key[same[values[1] < values[0]]])
     if wrong.size:
-        lo, hi = np.searchsorted(bucket, wrong, "left"), np.searchsorted(bucket, wrong, "right")
+        lo, hi = np.searchsorted(key, wrong, "left"), np.searchsorted(key, wrong, "right")
         size = hi - lo  # the positions lo..hi-1 of every such bucket, concatenated:
         redo = np.arange(int(np.sum(size))) + np.repeat(lo - np.cumsum(size) + size, size)
-        order[redo] = order[redo][np.lexsort((v[order[redo]], bucket[redo]))]
-    return order, same[v[order[same + 1]] == v[order[same]]]
+        order[redo] = order[redo][np.lexsort((v[order[redo]], key[redo]))]
+        values = v[order[same]], v[order[same + 1]]
+    return order, same[values[1] == values[0]]
 
 
-def _unit_vector(xp, v, method: str, name: str):
-    """Transform one RDM vector (N,) so that the similarity of two RDMs is a dot product."""
+def _unit_vector(xp, v, method: str, name: str, out=None):
+    """Transform one RDM vector v (N,) so that the similarity of two RDMs is a dot product.
+
+    ``out`` (numpy only, (N,), may be v itself) receives the result without an intermediate copy.
+    """
     N = v.shape[0]
     if method in ("spearman", "rho_a"):
-        v = _average_ranks(xp, v)
+        order, ranks = _sorted_ranks(xp, v)
+        ranks -= (N + 1) / 2.0  # average ranks always sum to N (N + 1) / 2
+        if method == "rho_a":
+            ranks *= math.sqrt(12.0 / (float(N) ** 3 - N))
+        else:
+            ranks /= _norm(xp, ranks, method, name)
+        return _unsort(xp, order, ranks, out)
     if method != "cosine":
         v = v - xp.mean(v)
-    if method == "rho_a":
-        return v * math.sqrt(12.0 / (float(N) ** 3 - N))
+    norm = _norm(xp, v, method, name)
+    return v / norm if out is None else np.divide(v, norm, out=out)
+
+
+def _norm(xp, v, method: str, name: str) -> float:
+    """Euclidean norm of a transformed RDM vector; zero means every entry was equal."""
     norm = float(xp.linalg.vector_norm(v))
     if norm == 0.0:
         raise ValueError(f"{name} holds an RDM whose entries are all equal; {method} similarity is undefined for it")
-    return v / norm
+    return norm
 
 
 def _unit_vectors(xp, v, method: str, name: str):
-    """``_unit_vector`` of each row of v (k, N), one row at a time to stay in cache."""
-    out = xp.empty_like(v)
-    for i in range(v.shape[0]):
-        out[i, :] = _unit_vector(xp, v[i, :], method, name)
-    return out
+    """``_unit_vector`` of each row of v (k, N), written over v (callers pass vectors they own)
+    and returned. numpy rows run on one thread per available core (its sort and element-wise loops
+    release the GIL, ``each_on_cores``); each row stays in cache."""
+
+    def one(i: int) -> None:
+        if xp is np:
+            _unit_vector(xp, v[i, :], method, name, out=v[i, :])
+        else:
+            v[i, :] = _unit_vector(xp, v[i, :], method, name)
+
+    if xp is np:
+        each_on_cores(one, v.shape[0])
+    else:
+        for i in range(v.shape[0]):
+            one(i)
+    return v
 
 
 def _kendall_tau_a(a: np.ndarray, b: np.ndarray) -> float:
@@ -602,9 +668,10 @@ def cka_matrix(reps, kernel: str = "linear", debiased: bool = False, sigma: floa
     n = reps[0].shape[0]
     dims = [R.shape[1] for R in reps]
     r, total_d = len(reps), sum(dims)
-    gram_cost = n * n * total_d + r * r * n * n
-    if kernel == "linear" and n * total_d * total_d < gram_cost:
+    if kernel == "linear" and n * total_d * total_d < (n * n * total_d + r * r * n * n) / 2:
         H = _linear_hsic_matrix_feature_space(xp, reps, debiased)
+    elif kernel == "linear":
+        H = _linear_hsic_matrix_gram_space(xp, reps, debiased)
     else:
         F = xp.empty((r, n * n), dtype=xp.result_type(*reps))  # filled row by row: one Gram alive at a time
         for i, R in enumerate(reps):
@@ -634,6 +701,42 @@ def _linear_hsic_matrix_feature_space(xp, reps, debiased: bool):
     kk = xp.matmul(k, _mT(xp, k))
     s = xp.sum(k, axis=-1)
     return (tr - kk + s[:, None] * s[None, :] / ((n - 1) * (n - 2)) - 2.0 * kk / (n - 2)) / (n * (n - 3))
+
+
+# entries of the (representations x block) buffer of Gram rows that the blocked all-pairs HSIC
+# fills at a time (16 Mi entries: 128 MB in float64)
+_GRAM_BLOCK_ENTRIES = 1 << 24
+
+
+def _linear_hsic_matrix_gram_space(xp, reps, debiased: bool):
+    """All-pairs linear HSIC (r, r) from blocks of rows of the centred Grams, never a whole Gram.
+
+    Row block [a, b) of each Gram is kept from column a on (the Grams are symmetric): its leading
+    (b - a) square holds every pair inside the block once, the columns right of it the pairs with
+    later stimuli, which count twice and so are scaled by sqrt(2) before the block's product.
+    For debiased HSIC each block is the centred Gram with zero diagonal of ``_center_gram``, from
+    the per-stimulus terms: the rows of a column-centred Gram sum to zero, so the rows of the
+    diagonal-free Gram sum to minus its diagonal.
+    """
+    n, r = reps[0].shape[0], len(reps)
+    centred = [R - xp.mean(R, axis=0, keepdims=True) for R in reps]
+    if debiased:
+        row = [-xp.sum(Xc * Xc, axis=-1) / (n - 2) for Xc in centred]
+        total = [float(xp.sum(v)) / (n - 1) for v in row]
+    rows = max(1, _GRAM_BLOCK_ENTRIES // (r * n))
+    H = xp.zeros((r, r), dtype=xp.result_type(*centred))
+    for a in range(0, n, rows):
+        b = min(n, a + rows)
+        F = xp.empty((r, (b - a) * (n - a)), dtype=H.dtype)
+        for i, Xc in enumerate(centred):
+            K = xp.matmul(Xc[a:b, ...], _mT(xp, Xc[a:, ...]))  # (b - a, n - a)
+            if debiased:
+                K -= row[i][a:b, None] + row[i][None, a:] - total[i]
+                K[:, : b - a] *= 1.0 - xp.eye(b - a, dtype=K.dtype)
+            K[:, b - a :] *= math.sqrt(2.0)
+            F[i, :] = xp.reshape(K, (-1,))
+        H += xp.matmul(F, _mT(xp, F))
+    return H / _hsic_normaliser(n, debiased)
 
 
 class MinibatchCKA:
