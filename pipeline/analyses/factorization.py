@@ -133,8 +133,7 @@ def _khatri_rao(mats, xp):
 
 def _gram(U, xp):
     """(I, B, R) -> (B, R, R) Gram matrices U_b^T U_b."""
-    Ub = xp.moveaxis(U, 1, 0)
-    return xp.matmul(xp.moveaxis(Ub, -1, -2), Ub)
+    return xp.matmul(xp.permute_dims(U, (1, 2, 0)), xp.permute_dims(U, (1, 0, 2)))
 
 
 def _column_norms(U, xp):
@@ -146,20 +145,21 @@ def _column_norms(U, xp):
 def _contract_partial(Y, factors, keep, xp, leading=False):
     """Contract a partial tensor Y with ``factors[j]`` (d_j, B, R) over every mode j != keep
     (column-wise, shared B and R). Y is (d_0, ..., d_{k-1}, B, R), or (B, R, d_0, ..., d_{k-1})
-    when ``leading``; returns (d_keep, B, R)."""
-    first = 2 if leading else 0
+    when ``leading``; returns (d_keep, B, R).
+
+    Each contraction moves its mode last and is one batched matrix-vector product per column.
+    """
+    if not leading:
+        Y = xp.moveaxis(Y, (-2, -1), (0, 1))
+    B, R = Y.shape[0], Y.shape[1]
     for j in reversed(range(len(factors))):
         if j == keep:
             continue
-        f = xp.moveaxis(factors[j], 0, -1) if leading else factors[j]
-        shape = [1] * Y.ndim
-        shape[first + j] = factors[j].shape[0]
-        if leading:
-            shape[:2] = f.shape[:2]
-        else:
-            shape[-2:] = f.shape[1:]
-        Y = xp.sum(Y * xp.reshape(f, tuple(shape)), axis=first + j)
-    return xp.moveaxis(Y, -1, 0) if leading else Y
+        Yj = xp.moveaxis(Y, 2 + j, -1)  # modes after j are contracted already, except keep
+        rest = tuple(Yj.shape[2:-1])
+        Yj = xp.reshape(Yj, (B, R, -1, factors[j].shape[0]))
+        Y = xp.reshape(xp.matmul(Yj, xp.permute_dims(factors[j], (1, 2, 0))[..., None]), (B, R) + rest)
+    return xp.permute_dims(Y, (2, 0, 1))
 
 
 def _unfold(X, mode, xp):
@@ -304,8 +304,8 @@ def _ridge(G, xp):
 
 def _update_als(M, V, xp):
     """Least-squares factor: solve A V = M per replicate. M (I, B, R), V (B, R, R) -> (I, B, R)."""
-    sol = xp.linalg.solve(_ridge(V, xp), xp.moveaxis(M, 0, -1))
-    return xp.moveaxis(sol, -1, 0)
+    sol = xp.linalg.solve(_ridge(V, xp), xp.permute_dims(M, (1, 2, 0)))
+    return xp.permute_dims(sol, (2, 0, 1))
 
 
 def _update_als_rows(M, G, xp):
@@ -369,7 +369,8 @@ def _sweep_dense(data, U, grams, nonneg):
         if n == N - 1:
             inner = xp.sum(M * U[n], axis=(0, 2))
             model2 = xp.sum(V * grams[n], axis=(1, 2))
-        _move_scale(U, grams, n, xp)
+        if nonneg:
+            _move_scale(U, grams, n, xp)
     return inner, model2
 
 
@@ -389,12 +390,17 @@ def _sweep_masked(data, U, grams, nonneg):
         if n == N - 1:
             inner = xp.sum(M * U[n], axis=(0, 2))
             model2 = xp.sum(xp.sum(G * U[n][:, :, None, :], axis=3) * U[n], axis=(0, 2))
-        _move_scale(U, grams, n, xp)
+        if nonneg:
+            _move_scale(U, grams, n, xp)
     return inner, model2
 
 
 def _move_scale(U, grams, n, xp):
-    """Normalize the columns of U[n] and push their norms into the next mode (model unchanged)."""
+    """Normalize the columns of U[n] and push their norms into the next mode (model unchanged).
+
+    HALS updates a factor from its current value, so it runs on balanced scales; an ALS update
+    does not depend on the factor it replaces, and the scales stay put without this step.
+    """
     nxt = (n + 1) % len(U)
     norms = _column_norms(U[n], xp)
     U[n] = U[n] / norms[None, :, :]
