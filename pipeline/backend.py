@@ -38,7 +38,8 @@ def gpu_available() -> bool:
 
 
 def get_namespace(device: str = "auto") -> ModuleType:
-    """Return the array module for ``device``: numpy for cpu, cupy for gpu, best for auto."""
+    """Return the array module for ``device``: numpy for cpu, CuPy (``cupy_namespace``) for gpu,
+    best for auto."""
     if device not in DEVICES:
         raise BackendError(f"device {device!r} is not one of {', '.join(DEVICES)}; fix 'device' in the config")
     if device == "cpu" or (device == "auto" and not gpu_available()):
@@ -48,13 +49,19 @@ def get_namespace(device: str = "auto") -> ModuleType:
             "device 'gpu' was requested but CuPy or a CUDA device is not available; "
             "install the 'gpu' extra (pip install -e '.[gpu]') or set device: auto"
         )
-    import cupy
+    return cupy_namespace()
 
-    return cupy
+
+def cupy_namespace() -> ModuleType:
+    """CuPy under the array-API standard's names (``array_api_compat.cupy``: ``cumulative_sum``,
+    ``linalg.vector_norm``, ... which CuPy itself lacks); its arrays are plain ``cupy.ndarray``."""
+    import array_api_compat.cupy
+
+    return array_api_compat.cupy
 
 
 def array_namespace(*arrays: Any) -> ModuleType:
-    """Namespace shared by ``arrays`` (numpy, cupy or any array-API namespace)."""
+    """Namespace shared by ``arrays`` (numpy, CuPy's ``cupy_namespace`` or any array-API namespace)."""
     namespaces = set()
     for a in arrays:
         if a is None or isinstance(a, (int, float)):
@@ -62,9 +69,7 @@ def array_namespace(*arrays: Any) -> ModuleType:
         if hasattr(a, "__array_namespace__") and type(a).__module__.split(".")[0] not in ("numpy", "cupy"):
             namespaces.add(a.__array_namespace__())
         elif type(a).__module__.split(".")[0] == "cupy":
-            import cupy
-
-            namespaces.add(cupy)
+            namespaces.add(cupy_namespace())
         else:
             namespaces.add(np)
     if len(namespaces) > 1:

@@ -294,7 +294,7 @@ def _rdm_vectors(xp, D, name: str):
 
 def _scatters(xp) -> bool:
     """True for namespaces that assign through integer-array indices (numpy, CuPy)."""
-    return getattr(xp, "__name__", "") in ("numpy", "cupy")
+    return getattr(xp, "__name__", "") in ("numpy", "array_api_compat.cupy")
 
 
 def _sorted_ranks(xp, v):
