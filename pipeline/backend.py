@@ -104,10 +104,11 @@ def to_numpy(x: Any) -> np.ndarray:
 
 
 def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the platform has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """CPU cores this process may use: those of its affinity mask (where the platform has one),
+    at most ``OMP_NUM_THREADS`` when that is set (the workflow sets it to each job's threads)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(cores, int(limit))) if limit.isdigit() else cores
 
 
 def each_on_cores(work: Callable[[int], None], count: int) -> None:

@@ -108,3 +108,12 @@ def test_each_on_cores_calls_every_index_once_and_raises():
     with pytest.raises(ValueError, match="item 3 is bad"):
         each_on_cores(fail, 5)
     assert available_cores() >= 1
+
+
+def test_available_cores_honours_the_job_thread_limit(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = available_cores()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert available_cores() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "4096")
+    assert available_cores() == cores
