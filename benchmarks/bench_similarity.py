@@ -63,14 +63,14 @@ def bench_rsa(n, d, k, methods):
         report(f"one pair, n={n} d={d}, correlation RDM + {method}", t_ours, t_theirs, 5)
     stack = g.standard_normal((k, n, d))
     compare_rdms(*(2 * [rdm(stack)]), "pearson")  # untimed: the process's first touch of GB-sized buffers
-    for method in methods:  # best of 2 on each side: single GB-sized calls vary with page-fault cost
-        t_ours, ours = timed(lambda m=method: compare_rdms(*(2 * [rdm(stack)]), m), repeats=2)
+    for method in methods:  # best of 3 on each side, as for one pair: GB-sized calls vary with page-fault cost
+        t_ours, ours = timed(lambda m=method: compare_rdms(*(2 * [rdm(stack)]), m), repeats=3)
 
         def theirs(method=method):
             rdms = rt.rdm.calc_rdm([rt.data.Dataset(s) for s in stack], method="correlation")
             return rt.rdm.compare(rdms, rdms, method=names[method])
 
-        t_theirs, ref = timed(theirs, repeats=2)
+        t_theirs, ref = timed(theirs, repeats=3)
         assert np.max(np.abs(ours - ref)) < 1e-8
         report(f"all pairs of {k} RDMs, n={n} d={d}, {method}", t_ours, t_theirs, 20)
 

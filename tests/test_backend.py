@@ -97,16 +97,17 @@ def test_to_device_casts():
 
 
 def test_each_on_cores_calls_every_index_once_and_raises():
-    seen = []
-    each_on_cores(seen.append, 7)
-    assert sorted(seen) == list(range(7))
+    for entries in (1, 1 << 20):  # serial, then on threads
+        seen = []
+        each_on_cores(seen.append, 7, entries)
+        assert sorted(seen) == list(range(7))
 
     def fail(i):
         if i == 3:
             raise ValueError("item 3 is bad")
 
     with pytest.raises(ValueError, match="item 3 is bad"):
-        each_on_cores(fail, 5)
+        each_on_cores(fail, 5, 1 << 20)
     assert available_cores() >= 1
 
 

@@ -111,7 +111,7 @@ def rdm(X, metric: str = "correlation", noise=None):
     # computes one RDM per core
     D = xp.empty((X.shape[0], X.shape[1], X.shape[1]), dtype=X.dtype)
     if xp is np:
-        each_on_cores(lambda i: _rdm_one(xp, X[i, ...], metric, out=D[i, ...]), X.shape[0])
+        each_on_cores(lambda i: _rdm_one(xp, X[i, ...], metric, out=D[i, ...]), X.shape[0], X.shape[1] ** 2)
     else:
         for i in range(X.shape[0]):
             D[i, ...] = _rdm_one(xp, X[i, ...], metric)
@@ -284,9 +284,9 @@ def _rdm_vectors(xp, D, name: str):
         raise ValueError(f"{name} must compare at least 3 stimuli; got {n}")
     flat = xp.reshape(stack, (stack.shape[0], n * n))
     index = _upper_index(xp, n)
-    if xp is np:  # one RDM per core
+    if xp is np:  # one RDM per core; the indices are in range, and mode="clip" skips numpy's buffered check
         v = np.empty((flat.shape[0], index.size), dtype=flat.dtype)
-        each_on_cores(lambda i: np.take(flat[i, :], index, out=v[i, :]), flat.shape[0])
+        each_on_cores(lambda i: np.take(flat[i, :], index, out=v[i, :], mode="clip"), flat.shape[0], index.size)
     else:
         v = xp.take(flat, index, axis=1)
     return _as_float(xp, v, name, (2,), "an (n, n) RDM or a stack (k, n, n)")
@@ -410,23 +410,26 @@ def _norm(xp, v, method: str, name: str) -> float:
     return norm
 
 
-def _unit_vectors(xp, v, method: str, name: str):
-    """``_unit_vector`` of each row of v (k, N), written over v (callers pass vectors they own)
-    and returned. numpy rows run on one thread per available core (its sort and element-wise loops
-    release the GIL, ``each_on_cores``); each row stays in cache."""
+def _unit_vectors(xp, sides, method: str) -> list:
+    """``_unit_vector`` of every row of each RDM-vector array v (k, N) in ``sides``, a list of
+    (v, name) pairs, written over v (callers pass vectors they own); returns the arrays. numpy
+    rows, of all sides together, run on one thread per available core (its sort and element-wise
+    loops release the GIL, ``each_on_cores``); each row stays in cache."""
+    rows = [(v, i, name) for v, name in sides for i in range(v.shape[0])]
 
-    def one(i: int) -> None:
+    def one(j: int) -> None:
+        v, i, name = rows[j]
         if xp is np:
             _unit_vector(xp, v[i, :], method, name, out=v[i, :])
         else:
             v[i, :] = _unit_vector(xp, v[i, :], method, name)
 
     if xp is np:
-        each_on_cores(one, v.shape[0])
+        each_on_cores(one, len(rows), rows[0][0].shape[1] if rows else 0)
     else:
-        for i in range(v.shape[0]):
-            one(i)
-    return v
+        for j in range(len(rows)):
+            one(j)
+    return [v for v, _ in sides]
 
 
 def _kendall_tau_a(a: np.ndarray, b: np.ndarray) -> float:
@@ -454,8 +457,10 @@ def _similarities(xp, a, b, method: str, names=("A", "B"), paired: bool = False)
         else:
             out = np.array([[_kendall_tau_a(x, y) for y in bn] for x in an])
         return xp.asarray(out)
-    ta = _unit_vectors(xp, a, method, names[0])
-    tb = ta if b is a else _unit_vectors(xp, b, method, names[1])
+    if b is a:
+        ta = tb = _unit_vectors(xp, [(a, names[0])], method)[0]
+    else:
+        ta, tb = _unit_vectors(xp, [(a, names[0]), (b, names[1])], method)
     if paired:
         return xp.sum(ta * tb, axis=-1)
     return xp.matmul(ta, _mT(xp, tb))
@@ -1063,7 +1068,7 @@ def permutation_test(
     else:
         # Relabelling stimuli only reorders the entries of A's vector, and ranks, centring and scaling
         # commute with reordering: transform once, then permute the transformed entries.
-        ta, tb = _unit_vectors(xp, a, method, "A"), _unit_vectors(xp, b, method, "B")
+        ta, tb = _unit_vectors(xp, [(a, "A"), (b, "B")], method)
         observed = float(xp.matmul(ta, _mT(xp, tb))[0, 0])
         position = np.zeros((n, n), dtype=np.int64)
         position[np.triu_indices(n, 1)] = np.arange(n * (n - 1) // 2)
