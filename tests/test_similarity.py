@@ -643,3 +643,16 @@ def test_blocked_gram_space_cka_matrix(monkeypatch, debiased):
     for entries in (1, 50, 99):  # 1, 1 and 3 rows per block of 3 representations x 11 stimuli
         monkeypatch.setattr(S, "_GRAM_BLOCK_ENTRIES", entries)
         np.testing.assert_allclose(S.cka_matrix(reps, debiased=debiased), loop, atol=TOL, rtol=0)
+
+
+def test_large_stacks_on_threads_match_the_definitions():
+    """RDMs and comparisons big enough for ``each_on_cores`` to use threads."""
+    X = rng(56).standard_normal((3, 400, 20))  # 400^2 entries per RDM, above PARALLEL_MIN_ENTRIES
+    D = S.rdm(X)
+    for i in range(3):
+        np.testing.assert_allclose(D[i], S.rdm(X[i]), atol=1e-12, rtol=0)
+        np.testing.assert_allclose(D[i], 1.0 - np.corrcoef(X[i]), atol=1e-12, rtol=0)
+    for method in ("spearman", "rho_a", "pearson"):
+        M = S.compare_rdms(D, D[::-1].copy(), method)
+        expected = [[ref_compare(D[i], D[2 - j], method) for j in range(3)] for i in range(3)]
+        np.testing.assert_allclose(M, expected, atol=TOL, rtol=0)
