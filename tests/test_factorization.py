@@ -120,15 +120,17 @@ def test_tucker_matches_tensorly():
         np.testing.assert_allclose(f.T @ f, np.eye(f.shape[1]), atol=1e-10)
 
 
-def test_nonneg_tucker_fits_planted_tensor():
-    rng = np.random.default_rng(6)
+@pytest.mark.parametrize("seed", [6, 7, 8, 9])
+def test_nonneg_tucker_fits_planted_tensor(seed):
+    rng = np.random.default_rng(seed)
     core = rng.random((2, 3, 2))
     factors = [rng.random((d, r)) for d, r in zip(SHAPE, core.shape, strict=True)]
     X = tl.tucker_to_tensor((core, factors))
     fit = tucker(X, core.shape, nonneg=True, n_iter_max=400, tol=0, random_state=0)
     assert fit.core.min() >= 0 and min(f.min() for f in fit.factors) >= 0
     assert np.all(np.diff(fit.loss_history) <= 1e-9)
-    assert fit.rel_error < 0.05
+    # exact non-negative Tucker data: TensorLy's non_negative_tucker_hals reaches 5e-4 to 3e-3 on these
+    assert fit.rel_error < 0.01
     full = tl.tucker_to_tensor((fit.core, fit.factors))
     assert np.linalg.norm(X - full) / np.linalg.norm(X) == pytest.approx(fit.rel_error, rel=1e-6)
 
@@ -151,10 +153,12 @@ def test_strict_namespace_matches_numpy(nonneg, masked):
         np.testing.assert_allclose(np.asarray(fb), fa, atol=1e-8)
 
 
-def test_strict_namespace_tucker_and_float32():
-    X, _ = planted(2, noise=0.1)
-    a = tucker(X, 2, n_iter_max=10)
-    b = tucker(xps.asarray(X), 2, n_iter_max=10)
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_strict_namespace_tucker_and_float32(nonneg):
+    X, _ = planted(2, nonneg=nonneg, noise=0.1)
+    X = np.abs(X) if nonneg else X
+    a = tucker(X, 2, nonneg=nonneg, n_iter_max=10)
+    b = tucker(xps.asarray(X), 2, nonneg=nonneg, n_iter_max=10)
     assert b.rel_error == pytest.approx(a.rel_error, rel=1e-10)
     c = cp(xps.asarray(X.astype(np.float32)), 2, n_iter_max=10, tol=0)
     assert c.weights.dtype == xps.float32 and c.factors[0].dtype == xps.float32

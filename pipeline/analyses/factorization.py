@@ -672,6 +672,32 @@ def suggest_rank(ensemble=None, cv=None, error_tol=0.05, similarity_threshold=0.
 # ----------------------------------------------------------------------------- Tucker
 
 
+# HALS sweeps per factor and non-negative Tucker iteration: one sweep leaves the factors far from
+# their optimum for the current core, and the core steps then chase a poor fit.
+_TUCKER_FACTOR_SWEEPS = 5
+
+
+def _nndsvd_factor(M, k, rng, xp):
+    """NNDSVD start (Boutsidis and Gallopoulos 2008) for the left factor of M (I, P), k <= I: (I, k).
+
+    Each leading singular pair (u, v) is replaced by the non-negative part, (u+, v+) or (u-, v-),
+    with the larger product of norms; the factor keeps that part of u with unit norm. Columns that
+    come out zero are drawn at random.
+    """
+    U = _leading_vectors(M, k, xp)
+    W = xp.matmul(M.T, U)  # (P, k): singular value times right vector
+    norm = xp.linalg.vector_norm
+    up, un = xp.maximum(U, 0.0), xp.maximum(-U, 0.0)
+    wp, wn = xp.maximum(W, 0.0), xp.maximum(-W, 0.0)
+    positive = norm(up, axis=0) * norm(wp, axis=0) >= norm(un, axis=0) * norm(wn, axis=0)
+    C = xp.where(positive[None, :], up, un)
+    norms = norm(C, axis=0)
+    if bool(xp.any(norms == 0)):
+        C = xp.where((norms == 0)[None, :], xp.asarray(rng.random(tuple(C.shape)), dtype=C.dtype), C)
+        norms = norm(C, axis=0)
+    return C / norms[None, :]
+
+
 def _mode_dot(X, M, mode, xp):
     """Mode-n product X x_n M with M (J, I_n): replaces axis ``mode`` of length I_n by J."""
     return xp.moveaxis(xp.tensordot(X, M, axes=([mode], [1])), -1, mode)
@@ -692,11 +718,13 @@ def tucker(X, ranks, nonneg=False, n_iter_max=100, tol=1e-8, random_state=None) 
     X : array, shape (I_0, ..., I_{N-1})
     ranks : sequence of int, length N, with 1 <= ranks[n] <= I_n
     nonneg : bool
-        Non-negative core and factors: a HALS sweep for each factor, then projected-gradient
-        steps (step 1 / Lipschitz constant) for the core.
+        Non-negative core and factors, started from NNDSVD factors (Boutsidis and Gallopoulos
+        2008): per iteration, a few HALS sweeps for each factor (unit-norm columns, their scale
+        moved into the core), then projected-gradient steps (step 1 / Lipschitz constant) for
+        the core. The loss never increases.
     n_iter_max, tol : as in ``cp``
     random_state : int or numpy Generator, optional
-        Seed for the non-negative start.
+        Seed for filling NNDSVD columns that come out all zero (rare).
 
     Returns
     -------
@@ -714,12 +742,12 @@ def tucker(X, ranks, nonneg=False, n_iter_max=100, tol=1e-8, random_state=None) 
     _check_iter(n_iter_max, tol)
     if nonneg and bool(xp.any(X < 0)):
         raise ValueError("X has negative entries; nonneg=True needs a non-negative tensor")
-    U = [_leading_vectors(_unfold(X, n, xp), r, xp) for n, r in enumerate(ranks)]
     if nonneg:
         rng = np.random.default_rng(random_state)
-        U = [xp.abs(u) + xp.asarray(0.01 * rng.random(tuple(u.shape)), dtype=data.dtype) for u in U]
+        U = [_nndsvd_factor(_unfold(X, n, xp), r, rng, xp) for n, r in enumerate(ranks)]
         core = _multi_dot(X, [u.T for u in U], xp)
-        core = xp.maximum(core, 0.0) + xp.asarray(1e-3 * math.sqrt(data.norm2), dtype=data.dtype)
+    else:
+        U = [_leading_vectors(_unfold(X, n, xp), r, xp) for n, r in enumerate(ranks)]
     history = []
     for _ in range(n_iter_max):
         if nonneg:
@@ -728,7 +756,12 @@ def tucker(X, ranks, nonneg=False, n_iter_max=100, tol=1e-8, random_state=None) 
                 GG = _multi_dot(core, grams, xp, skip=n)
                 num = _unfold(_multi_dot(X, [u.T for u in U], xp, skip=n), n, xp) @ _unfold(core, n, xp).T
                 V = _unfold(GG, n, xp) @ _unfold(core, n, xp).T
-                U[n] = _update_hals(U[n][:, None, :], num[:, None, :], V[None, :, :], xp)[:, 0, :]
+                A = U[n][:, None, :]
+                for _ in range(_TUCKER_FACTOR_SWEEPS):
+                    A = _update_hals(A, num[:, None, :], V[None, :, :], xp)
+                norms = _column_norms(A, xp)[0, :]
+                U[n] = A[:, 0, :] / norms[None, :]
+                core = core * xp.reshape(norms, tuple(-1 if k == n else 1 for k in range(len(shape))))
             proj = _multi_dot(X, [u.T for u in U], xp)
             grams = [u.T @ u for u in U]
             lipschitz = math.prod(float(xp.max(xp.linalg.eigh(g)[0])) for g in grams)
