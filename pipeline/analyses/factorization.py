@@ -124,10 +124,17 @@ def _astype(x, dtype, xp):
 
 
 def _khatri_rao(mats, xp):
-    """Row-wise Kronecker product of (I_k, B, R) arrays -> (prod I_k, B, R), last index fastest."""
+    """Row-wise Kronecker product of (I_k, B, R) arrays -> (prod I_k, B, R), last index fastest.
+
+    Each step tiles the rows so far along the new mode and multiplies by that factor flattened:
+    contiguous passes of length I_k B R instead of a broadcast whose inner loop is only B R long.
+    """
     out = mats[0]
     for m in mats[1:]:
-        out = xp.reshape(out[:, None, :, :] * m[None, :, :, :], (-1, m.shape[1], m.shape[2]))
+        rows, B, R = m.shape
+        tiled = xp.tile(xp.reshape(out, (-1, B * R)), (1, rows))  # (P, rows B R)
+        tiled *= xp.reshape(m, (1, rows * B * R))
+        out = xp.reshape(tiled, (-1, B, R))
     return out
 
 
@@ -150,12 +157,14 @@ def _contract_partial(Y, factors, keep, xp, leading=False):
     Each contraction moves its mode last and is one batched matrix-vector product per column.
     """
     if not leading:
-        Y = xp.moveaxis(Y, (-2, -1), (0, 1))
+        Y = xp.permute_dims(Y, (Y.ndim - 2, Y.ndim - 1) + tuple(range(Y.ndim - 2)))
     B, R = Y.shape[0], Y.shape[1]
     for j in reversed(range(len(factors))):
         if j == keep:
             continue
-        Yj = xp.moveaxis(Y, 2 + j, -1)  # modes after j are contracted already, except keep
+        # mode j last; modes after j are contracted already, except keep
+        order = tuple(k for k in range(Y.ndim) if k != 2 + j) + (2 + j,)
+        Yj = xp.permute_dims(Y, order)
         rest = tuple(Yj.shape[2:-1])
         Yj = xp.reshape(Yj, (B, R, -1, factors[j].shape[0]))
         Y = xp.reshape(xp.matmul(Yj, xp.permute_dims(factors[j], (1, 2, 0))[..., None]), (B, R) + rest)
@@ -187,9 +196,7 @@ class _Data:
         X = _as_float(X, xp)
         self.xp, self.dtype, self.shape = xp, X.dtype, tuple(int(d) for d in X.shape)
         if mask is None:
-            if bool(xp.any(xp.isnan(X))):
-                raise ValueError("X contains NaN; pass mask=~isnan(X) (1 = observed) to treat them as missing")
-            self.W = None
+            self.W = None  # NaN shows in the norm below
         else:
             if tuple(mask.shape) != self.shape:
                 raise ValueError(f"mask has shape {tuple(mask.shape)} but X has shape {self.shape}; pass a mask like X")
@@ -200,14 +207,21 @@ class _Data:
                 raise ValueError("X has NaN at entries the mask marks observed; set mask to 0 there")
             X = xp.where(observed, X, xp.zeros_like(X))
             self.W = _astype(observed, self.dtype, xp)
-        # squared norms of the slices along the last mode and of the rest, summed in float64
-        squares = X * X
-        last = _astype(xp.sum(squares, axis=tuple(range(X.ndim - 1))), xp.float64, xp)
-        lines = _astype(xp.sum(squares, axis=-1), xp.float64, xp)
+        # squared norms of the lines along the last mode and of the slices along it, as two
+        # matrix-vector products of the squared entries (far faster than numpy's axis sums);
+        # the total is summed in float64
+        squares = xp.reshape(X * X, (-1, self.shape[-1]))
+        lines = xp.matmul(squares, xp.ones(self.shape[-1], dtype=X.dtype))
+        last = xp.matmul(xp.ones(squares.shape[0], dtype=X.dtype), squares)
         del squares
+        lines = xp.reshape(_astype(lines, xp.float64, xp), self.shape[:-1])
         self.norm2 = float(xp.sum(lines))
         if not math.isfinite(self.norm2):
-            raise ValueError("X contains inf; remove or mask the non-finite entries")
+            if bool(xp.any(xp.isnan(X))):
+                raise ValueError("X contains NaN; pass mask=~isnan(X) (1 = observed) to treat them as missing")
+            if bool(xp.any(xp.isinf(X))):
+                raise ValueError("X contains inf; remove or mask the non-finite entries")
+            raise ValueError(f"the squared entries of X overflow {X.dtype}; rescale X or pass it as float64")
         if self.norm2 == 0:
             raise ValueError("X is zero on every observed entry; nothing to factorize")
         for n in range(X.ndim):
@@ -303,9 +317,13 @@ def _ridge(G, xp):
 
 
 def _update_als(M, V, xp):
-    """Least-squares factor: solve A V = M per replicate. M (I, B, R), V (B, R, R) -> (I, B, R)."""
-    sol = xp.linalg.solve(_ridge(V, xp), xp.permute_dims(M, (1, 2, 0)))
-    return xp.permute_dims(sol, (2, 0, 1))
+    """Least-squares factor: A = M V^-1 per replicate. M (I, B, R), V (B, R, R) -> (I, B, R).
+
+    V is a small symmetric positive (semi)definite Gram product; inverting it once and
+    multiplying costs a fraction of a solve with I right-hand sides.
+    """
+    inverse = xp.linalg.inv(_ridge(V, xp))
+    return xp.permute_dims(xp.matmul(xp.permute_dims(M, (1, 0, 2)), inverse), (1, 0, 2))
 
 
 def _update_als_rows(M, G, xp):
