@@ -285,6 +285,7 @@ def test_rank_above_smallest_dimension_warns():
 def test_all_zero_slice(kwargs):
     X, _ = planted(2, nonneg=True)
     X[3] = 0.0
+    X[:, 4, :] = 0.0
     X[:, :, 5] = 0.0
     mask = np.random.default_rng(12).random(X.shape) > 0.2 if kwargs.get("masked") else None
     with pytest.warns(UserWarning, match="all-zero"):
@@ -292,7 +293,30 @@ def test_all_zero_slice(kwargs):
     assert np.isfinite(fit.rel_error) and np.all(np.isfinite(fit.weights))
     assert all(np.all(np.isfinite(f)) for f in fit.factors)
     np.testing.assert_allclose(fit.factors[0][3], 0.0, atol=1e-12)
+    np.testing.assert_allclose(fit.factors[1][4], 0.0, atol=1e-12)
     np.testing.assert_allclose(fit.factors[2][5], 0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_all_zero_slice_names_its_mode(mode):
+    X, _ = planted(2)
+    np.moveaxis(X, mode, 0)[2] = 0.0
+    with pytest.warns(UserWarning, match=f"along mode {mode}") as record:
+        cp(X, 2, n_iter_max=5)
+    assert sum("all-zero" in str(w.message) for w in record) == 1
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_inf_and_float32_overflow():
+    X, _ = planted(2)
+    X[1, 1, 1] = -np.inf
+    with pytest.raises(ValueError, match="inf"):
+        cp(X, 2)
+    X32 = planted(2)[0].astype(np.float32)
+    X32[0, 0, 0] = 1e30  # finite in float32, its square is not
+    with pytest.raises(ValueError, match="float64"):
+        cp(X32, 2)
+    assert np.isfinite(cp(X32.astype(np.float64), 2, n_iter_max=5).rel_error)
 
 
 def test_all_zero_tensor():
