@@ -8,7 +8,10 @@ Run:  python benchmarks/bench_factorization.py [--iters 50] [--repeats 7] [--ens
 2. A rank-selection ensemble (ranks 1-10 x 5 replicates, fixed sweeps per fit) against
    tensortools' ``Ensemble``.
 3. The memory-bandwidth floor: bytes of the tensor streamed per sweep (this package streams it
-   twice) divided by the bandwidth of a large numpy copy, as a fraction of the measured sweep time.
+   twice) divided by the bandwidth of a large array copy, as a fraction of the measured sweep time.
+
+With ``--device gpu`` the tensor and the starts live on the GPU (CuPy) and TensorLy runs on its CuPy
+backend; tensortools, which is numpy-only, is left out, and the ensemble runs for this package alone.
 """
 
 import argparse
@@ -22,8 +25,16 @@ import tensorly as tl
 from tensorly.decomposition import parafac
 
 from pipeline.analyses.factorization import cp, rank_ensemble, reconstruct
+from pipeline.backend import to_numpy
 
 SHAPE, RANK = (200, 150, 100), 8
+xp = np  # the namespace the fits run in: numpy, or CuPy with --device gpu
+
+
+def synchronize():
+    """Wait for queued GPU work, so that a clock read after it counts it (no-op on the CPU)."""
+    if xp is not np:
+        xp.cuda.Device().synchronize()
 
 
 def planted(dtype, seed=0):
@@ -37,22 +48,28 @@ def planted(dtype, seed=0):
 def best_time(fn, repeats):
     times, out = [], None
     for _ in range(repeats):
+        synchronize()
         t0 = time.perf_counter()
         out = fn()
+        synchronize()
         times.append(time.perf_counter() - t0)
     return min(times), out
 
 
 def rel_error(X, full):
-    X64 = X.astype(np.float64)
+    X64, full = to_numpy(X).astype(np.float64), to_numpy(full)
     return float(np.linalg.norm(X64 - full) / np.linalg.norm(X64))
 
 
 def copy_bandwidth(nbytes=400 * 2**20, repeats=5):
-    """Bytes per second of np.copyto on a large array (read + write counted)."""
-    src = np.ones(nbytes // 8)
-    dst = np.empty_like(src)
-    t, _ = best_time(lambda: np.copyto(dst, src), repeats)
+    """Bytes per second of a copy between two large arrays (read + write counted)."""
+    src = xp.ones(nbytes // 8)
+    dst = xp.empty_like(src)
+
+    def copy():
+        dst[...] = src
+
+    t, _ = best_time(copy, repeats)
     return 2 * nbytes / t
 
 
@@ -62,14 +79,14 @@ def import_tensortools():
 
         return tensortools, None
     except Exception as err:  # report, never patch
-        return None, f"{type(err).__name__}: {err}"
+        return None, f"failed to import ({type(err).__name__}: {err})"
 
 
 def bench_single(dtype, iters, repeats, tt, bandwidth):
-    X = planted(dtype)
+    X = xp.asarray(planted(dtype))
     rng = np.random.default_rng(1)
-    init = [rng.standard_normal((d, RANK)).astype(dtype) for d in SHAPE]
-    start = tl.cp_tensor.CPTensor((np.ones(RANK, dtype=dtype), init))
+    init = [xp.asarray(rng.standard_normal((d, RANK)).astype(dtype)) for d in SHAPE]
+    start = tl.cp_tensor.CPTensor((xp.ones(RANK, dtype=dtype), init))
     times_ours, times_tl = [], []
     for _ in range(repeats):  # interleaved, so that both sides see the same machine load
         t, ours = best_time(lambda: cp(X, RANK, init=init, n_iter_max=iters, tol=0), 1)
@@ -101,12 +118,11 @@ def bench_single(dtype, iters, repeats, tt, bandwidth):
 
 
 def bench_ensemble(iters, tt):
-    X = planted(np.float64)
+    X = xp.asarray(planted(np.float64))
     ranks, replicates = list(range(1, 11)), 5
     print(f"\n[float64] ensemble ranks 1-10 x {replicates} replicates, {iters} ALS sweeps per fit, tensor {SHAPE}")
-    t0 = time.perf_counter()
-    ens = rank_ensemble(X, ranks, replicates=replicates, n_iter_max=iters, tol=0, random_state=0)
-    t_ours = time.perf_counter() - t0
+    t_ours, ens = best_time(lambda: rank_ensemble(X, ranks, replicates=replicates, n_iter_max=iters, tol=0,
+                                                  random_state=0), 1)
     print(f"  ours        {t_ours:8.2f} s   best error at rank 8 {ens.objectives[8][0]:.6f}")
     if tt is None:
         return
@@ -124,14 +140,24 @@ def main():
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--ensemble-iters", type=int, default=10)
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     args = parser.parse_args()
     tt, tt_error = import_tensortools()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}")
+    if args.device == "gpu":
+        global xp
+        import cupy
+
+        xp = cupy
+        tl.set_backend("cupy")
+        tt, tt_error = None, "numpy only; left out on the GPU"
+        name = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+        print(f"GPU: {name}, CuPy {cupy.__version__}, TensorLy backend {tl.get_backend()}")
     print(f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, tensorly {tl.__version__}")
     tt_version = version("tensortools") if tt is not None else None
-    print("tensortools: " + (tt_version if tt is not None else f"failed to import ({tt_error})"))
+    print("tensortools: " + (tt_version if tt is not None else tt_error))
     bandwidth = copy_bandwidth()
-    print(f"copy bandwidth (np.copyto, 400 MiB, read+write): {bandwidth / 1e9:.2f} GB/s")
+    print(f"copy bandwidth ({args.device}, 400 MiB, read+write): {bandwidth / 1e9:.2f} GB/s")
     for dtype in (np.float64, np.float32):
         bench_single(dtype, args.iters, args.repeats, tt, bandwidth)
     bench_ensemble(args.ensemble_iters, tt)
