@@ -221,7 +221,8 @@ class _Data:
                 raise ValueError("X contains NaN; pass mask=~isnan(X) (1 = observed) to treat them as missing")
             if bool(xp.any(xp.isinf(X))):
                 raise ValueError("X contains inf; remove or mask the non-finite entries")
-            raise ValueError(f"the squared entries of X overflow {X.dtype}; rescale X or pass it as float64")
+            hint = " or pass it as float64" if X.dtype == xp.float32 else ""
+            raise ValueError(f"the squared entries of X overflow {X.dtype}; rescale X{hint}")
         if self.norm2 == 0:
             raise ValueError("X is zero on every observed entry; nothing to factorize")
         for n in range(X.ndim):
