@@ -99,6 +99,11 @@ def test_workflow_writes_stores_results_and_reports(workflow):
     index = (root / "reports" / "index.html").read_text()
     assert all(f'href="{m}/index.html"' in index for m in ("minilm", "mlp", "rnn", "watched"))
     assert (root / "results/analyses/stats/mlp/base-seed0/digits.across.json").is_file()
+    # site-by-site similarity heatmaps only where there is more than one site
+    minilm_page = next((root / "reports" / "minilm").glob("*/sentences/*.html")).read_text()
+    assert 'alt="site by site CKA' in minilm_page
+    rnn_page = next((root / "reports" / "rnn").glob("*/trials/*.html")).read_text()
+    assert 'alt="site by site CKA' not in rnn_page and "One site recorded" in rnn_page
 
 
 def test_rerun_with_nothing_new_does_nothing(workflow):

@@ -155,7 +155,7 @@ def _similarity(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
     result = ResultGroup(page.result_stores["similarity"])
     sites = result["site"].tolist()
     figure = None
-    if sites:
+    if len(sites) > 1:  # one site compared with itself says nothing
         fig, axes = figures.heatmap_grid(3, 3, max(2.2, 0.13 * len(sites)), sites)
         for k, (ax, (name, title, cmap, vmin, vmax)) in enumerate(zip(axes, SIMILARITY_MATRICES)):
             figures.heatmap(ax, result[name], sites, title, cmap=cmap, vmin=vmin, vmax=vmax, row_labels=k == 0)
@@ -166,7 +166,8 @@ def _similarity(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
             rows.append({"site": site, "reference": ref, "error": t.get("error"), "statistic": t.get("statistic"),
                          "pvalue": t.get("pvalue"), "ci_low": t.get("ci_low"), "ci_high": t.get("ci_high"),
                          "stars": stars(t.get("pvalue"))})
-    return {"figure": figure, "rows": rows, "chart": _reference_chart(summary), "params": summary["params"],
+    return {"figure": figure, "n_sites": len(sites), "rows": rows, "chart": _reference_chart(summary),
+            "params": summary["params"],
             "references": summary["references"], "n_stimuli": summary["n_stimuli"],
             "n_stimuli_total": summary["n_stimuli_total"], "runtime": summary.get("runtime_seconds"),
             "skipped": {s: v.get("error") or v.get("rdm_error") for s, v in summary["sites"].items()
