@@ -239,6 +239,49 @@ def test_rank_ensemble_and_cross_validation_find_planted_rank():
     assert suggest_rank(ensemble=ens) >= 3
 
 
+def test_unobserved_slice_gets_zero_rows_in_masked_hals():
+    X, _ = planted(2, nonneg=True, noise=0.0, shape=(10, 9, 8))
+    mask = np.ones(X.shape, dtype=bool)
+    mask[3] = False
+    with pytest.warns(UserWarning, match="observed entries only"):
+        fit = cp(X, 2, mask=mask, nonneg=True, init="random", random_state=0, tol=1e-12, n_iter_max=2000)
+        als = cp(X, 2, mask=mask, tol=1e-12, n_iter_max=2000)
+    np.testing.assert_allclose(fit.factors[0][3], 0.0, atol=1e-12)
+    np.testing.assert_allclose(als.factors[0][3], 0.0, atol=1e-12)
+    # rows that no entry informs would otherwise keep their random start and inflate the weights
+    assert factor_similarity(fit, als)[0] >= 0.999
+    with pytest.warns(UserWarning, match="observed entries only"):
+        ens = rank_ensemble(X, [2], replicates=4, nonneg=True, mask=mask, random_state=0, tol=1e-12,
+                            n_iter_max=2000)
+    assert np.all(ens.similarities[2] >= 0.99)
+
+
+def test_float32_error_is_computed_from_the_residual():
+    X, _ = planted(3, noise=1e-4, shape=(40, 30, 20))
+    fit = cp(X.astype(np.float32), 3)
+    exact = direct_error(X, fit)  # float64 residual against the float64 data
+    assert 5e-5 < exact < 2e-4
+    assert fit.rel_error == pytest.approx(exact, rel=0.05)
+    tk = tucker(X.astype(np.float32), 3)
+    full = tl.tucker_to_tensor((np.asarray(tk.core, np.float64), [np.asarray(f, np.float64) for f in tk.factors]))
+    assert tk.rel_error == pytest.approx(np.linalg.norm(X - full) / np.linalg.norm(X), rel=0.05)
+
+
+def test_factor_similarity_with_a_zero_component():
+    X, _ = planted(2)
+    fit = cp(X, 2, n_iter_max=20)
+    dead = CPResult(np.array([fit.weights[0], 0.0]), [np.stack([f[:, 0], np.zeros(f.shape[0])], axis=1)
+                                                      for f in fit.factors], 0.0, 0, [])
+    assert factor_similarity(dead, dead)[0] == pytest.approx(1.0)
+
+
+def test_suggest_rank_by_stability_ignores_the_best_replicate_itself():
+    X, _ = planted(2, noise=0.05)
+    single = rank_ensemble(X, [1, 2], replicates=1, random_state=0, n_iter_max=20)
+    with pytest.raises(ValueError, match="replicates >= 2"):
+        suggest_rank(ensemble=single)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -337,6 +380,32 @@ def test_bad_init_and_options():
         tucker(X, (2, 2))
     with pytest.raises(ValueError, match="holdout"):
         cross_validated_error(X, [1], holdout=1.0)
+    with pytest.raises(ValueError, match="n_iter_max"):
+        cross_validated_error(X, [1], n_iter_max=0)
+    with pytest.raises(ValueError, match="rank must be a positive integer"):
+        rank_ensemble(X, 3.0)
+
+
+def test_tucker_nan_message_does_not_offer_a_mask():
+    X, _ = planted(2)
+    X[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="impute") as err:
+        tucker(X, 2)
+    assert "mask" not in str(err.value)
+
+
+def test_cross_validation_with_only_zeros_held_out():
+    dense, _ = planted(1, shape=(6, 5, 4))
+    held = cross_validated_error(dense, [1], random_state=0, n_iter_max=2).holdout  # depends on shape and seed
+    X = np.where(held, 0.0, dense)  # non-zero only where nothing is held out
+    with pytest.raises(ValueError, match="held-out entry"):
+        cross_validated_error(X, [1], random_state=0)
+
+
+def test_float32_squares_that_underflow():
+    X, _ = planted(2)
+    with pytest.raises(ValueError, match="underflow"):
+        cp((X * 1e-24).astype(np.float32), 2)
 
 
 def test_no_warning_on_clean_input():

@@ -40,11 +40,13 @@ class CPResult:
     factors : list of arrays, shape (I_n, rank)
         One factor matrix per mode, columns of unit norm (zero columns stay zero).
     rel_error : float
-        ``||X - X_hat||_F / ||X||_F`` over the observed entries.
+        ``||X - X_hat||_F / ||X||_F`` over the observed entries, computed from the residual.
     n_iter : int
         Number of iterations run.
     loss_history : list of float
-        Relative error after each iteration.
+        Relative error after each iteration, from the normal-equation terms without forming the
+        residual (in float32 these resolve errors down to about 3e-4 only; ``rel_error`` does not
+        have that limit).
     """
 
     weights: Any
@@ -67,9 +69,10 @@ class TuckerResult:
     core : array, shape ranks
     factors : list of arrays, shape (I_n, ranks[n])
     rel_error : float
-        ``||X - X_hat||_F / ||X||_F``.
+        ``||X - X_hat||_F / ||X||_F``, computed from the residual.
     n_iter : int
     loss_history : list of float
+        As in ``CPResult``.
     """
 
     core: Any
@@ -189,7 +192,7 @@ def _host_float(a) -> np.ndarray:
 class _Data:
     """A validated tensor with the unfoldings the solvers reuse across fits."""
 
-    def __init__(self, X, mask=None):
+    def __init__(self, X, mask=None, takes_mask=True):
         xp = array_namespace(X, mask)
         if X.ndim < 2:
             raise ValueError(f"X must have at least 2 dimensions, got shape {tuple(X.shape)}")
@@ -218,18 +221,24 @@ class _Data:
         self.norm2 = float(xp.sum(lines))
         if not math.isfinite(self.norm2):
             if bool(xp.any(xp.isnan(X))):
-                raise ValueError("X contains NaN; pass mask=~isnan(X) (1 = observed) to treat them as missing")
+                fix = ("pass mask=~isnan(X) (1 = observed) to treat them as missing" if takes_mask
+                       else "remove or impute the missing entries")
+                raise ValueError(f"X contains NaN; {fix}")
             if bool(xp.any(xp.isinf(X))):
                 raise ValueError("X contains inf; remove or mask the non-finite entries")
             hint = " or pass it as float64" if X.dtype == xp.float32 else ""
             raise ValueError(f"the squared entries of X overflow {X.dtype}; rescale X{hint}")
         if self.norm2 == 0:
+            if bool(xp.any(X != 0)):
+                raise ValueError(f"the squared entries of X underflow {X.dtype}; rescale X or pass it as float64")
             raise ValueError("X is zero on every observed entry; nothing to factorize")
         for n in range(X.ndim):
             axes = tuple(k for k in range(X.ndim - 1) if k != n)
             slices = last if n == X.ndim - 1 else xp.sum(lines, axis=axes)
             if bool(xp.any(slices == 0)):
-                warnings.warn(f"X has all-zero slices along mode {n}; their factor rows will be zero", stacklevel=3)
+                where = "" if mask is None else " (counting observed entries only)"
+                warnings.warn(f"X has all-zero slices along mode {n}{where}; their factor rows will be zero",
+                              stacklevel=3)
         self.X = X
         if self.W is None:
             # split the modes where the two sides' sizes are most even: two tensor passes per sweep
@@ -343,12 +352,17 @@ def _update_hals(A, M, V, xp):
 
 
 def _update_hals_rows(A, M, G, xp):
-    """One masked HALS sweep: per-row Grams G (I, B, R, R)."""
+    """One masked HALS sweep: per-row Grams G (I, B, R, R).
+
+    A row entry whose Gram diagonal is zero (no observed entry informs it, e.g. an unobserved
+    slice) is set to zero, as the least-squares update does, rather than kept from the start.
+    """
     tiny = xp.finfo(A.dtype).smallest_normal
     for r in range(A.shape[2]):
         grad = M[:, :, r] - xp.sum(G[:, :, r, :] * A, axis=2)
         den = xp.maximum(G[:, :, r, r], tiny)
-        A[:, :, r] = xp.maximum(A[:, :, r] + grad / den, 0.0)
+        step = xp.maximum(A[:, :, r] + grad / den, 0.0)
+        A[:, :, r] = xp.where(G[:, :, r, r] > 0, step, xp.zeros_like(step))
     return A
 
 
@@ -428,15 +442,33 @@ def _move_scale(U, grams, n, xp):
     grams[nxt] = grams[nxt] * (norms[:, :, None] * norms[:, None, :])
 
 
-def _finish(U, b, errors, xp):
+def _finish(data, U, b, errors):
     """CPResult of replicate b: unit-norm factor columns, weights = product of column norms."""
+    xp = data.xp
     factors, weights = [], None
     for u in U:
         f = u[:, b, :]
         norms = xp.sqrt(xp.sum(f * f, axis=0))
         weights = norms if weights is None else weights * norms
         factors.append(f / xp.where(norms > 0, norms, xp.ones_like(norms))[None, :])
-    return CPResult(weights=weights, factors=factors, rel_error=errors[-1], n_iter=len(errors), loss_history=errors)
+    result = CPResult(weights=weights, factors=factors, rel_error=errors[-1], n_iter=len(errors), loss_history=errors)
+    result.rel_error = _residual_error(data, reconstruct(result))
+    return result
+
+
+def _residual_error(data, full) -> float:
+    """``||X - full||_F / ||X||_F`` over the observed entries, from the residual itself.
+
+    The error the sweeps track, ||X||^2 - 2 <X, X_hat> + ||X_hat||^2, cancels to noise for errors
+    below about sqrt(eps) (3e-4 in float32); the residual has no such floor.
+    """
+    xp = data.xp
+    residual = data.X - full
+    if data.W is not None:
+        residual = residual * data.W
+    residual = xp.reshape(residual, (-1, data.shape[-1]))
+    lines = xp.vecdot(residual, residual)  # squared norm of each line along the last mode
+    return math.sqrt(float(xp.sum(_astype(lines, xp.float64, xp))) / data.norm2)
 
 
 def _fit_batch(data, U, nonneg, n_iter_max, tol):
@@ -458,7 +490,7 @@ def _fit_batch(data, U, nonneg, n_iter_max, tol):
             h = history[b]
             converged = len(h) > 1 and abs(h[-2] - h[-1]) < tol * max(h[-2], np.finfo(np.float64).tiny)
             if converged or it == n_iter_max - 1:
-                done[b] = _finish(U, j, h, xp)
+                done[b] = _finish(data, U, j, h)
             else:
                 keep.append(j)
         if not keep:
@@ -546,7 +578,9 @@ def factor_similarity(a, b):
     for x, y in zip(fa, fb, strict=True):
         nx, ny = np.linalg.norm(x, axis=0), np.linalg.norm(y, axis=0)
         x, y = x / np.where(nx > 0, nx, 1.0), y / np.where(ny > 0, ny, 1.0)
-        score *= np.abs(x.T @ y)
+        cosine = np.abs(x.T @ y)
+        cosine[(nx == 0)[:, None] & (ny == 0)[None, :]] = 1.0  # two zero columns are the same column
+        score *= cosine
     top = np.maximum(wa[:, None], wb[None, :])
     score *= 1.0 - np.abs(wa[:, None] - wb[None, :]) / np.where(top > 0, top, 1.0)
     rows, cols = linear_sum_assignment(score, maximize=True)
@@ -559,7 +593,7 @@ def factor_similarity(a, b):
 
 
 def _check_ranks(ranks, shape):
-    ranks = [ranks] if isinstance(ranks, (int, np.integer)) else list(ranks)
+    ranks = [ranks] if np.ndim(ranks) == 0 else list(ranks)
     if not ranks:
         raise ValueError("ranks is empty; pass at least one rank")
     return [_check_rank(r, shape) for r in ranks]
@@ -636,6 +670,7 @@ def cross_validated_error(
     data = _Data(X, mask)
     ranks = _check_ranks(ranks, data.shape)
     replicates = _check_replicates(replicates)
+    _check_iter(n_iter_max, tol)
     rng = np.random.default_rng(random_state)
     observed = np.ones(data.shape, dtype=bool) if data.W is None else to_numpy(data.W) > 0
     held = observed & (rng.random(data.shape) < holdout)
@@ -644,6 +679,9 @@ def cross_validated_error(
     held_x = xp.asarray(held.astype(np.float64), dtype=data.dtype)
     train = _Data(data.X, xp.asarray(observed & ~held))
     test_norm = math.sqrt(float(xp.sum((data.X * held_x) ** 2)))
+    if test_norm == 0:
+        raise ValueError(f"every held-out entry of X is zero (holdout={holdout}); hold out a larger fraction "
+                         "or pass another random_state")
     train_err, test_err = {}, {}
     for rank in ranks:
         U = _init_factors(train, rank, replicates, "random", nonneg, rng)
@@ -662,8 +700,9 @@ def suggest_rank(ensemble=None, cv=None, error_tol=0.05, similarity_threshold=0.
     lowest training error (failed starts stuck in poor local optima do not count against a
     rank); the suggestion is the smallest rank whose score is within ``error_tol`` (relative) of
     the best score over all ranks -- further components only fit noise. Without ``cv``, the
-    suggestion is the largest rank of ``ensemble`` whose mean replicate similarity is at least
-    ``similarity_threshold``: beyond the true rank, fits stop being reproducible.
+    suggestion is the largest rank of ``ensemble`` whose replicates' mean similarity to its best
+    replicate is at least ``similarity_threshold``: beyond the true rank, fits stop being
+    reproducible.
 
     Parameters
     ----------
@@ -682,7 +721,10 @@ def suggest_rank(ensemble=None, cv=None, error_tol=0.05, similarity_threshold=0.
         return min(r for r in cv.ranks if score[r] <= best * (1 + error_tol))
     if ensemble is None:
         raise ValueError("pass ensemble (from rank_ensemble) or cv (from cross_validated_error)")
-    stable = [r for r in ensemble.ranks if np.mean(ensemble.similarities[r]) >= similarity_threshold]
+    if any(len(ensemble.similarities[r]) < 2 for r in ensemble.ranks):
+        raise ValueError("replicate stability needs at least 2 replicates per rank; refit with replicates >= 2")
+    # the first similarity is the best model's to itself (1): only the other replicates count
+    stable = [r for r in ensemble.ranks if np.mean(ensemble.similarities[r][1:]) >= similarity_threshold]
     if not stable:
         raise ValueError(f"no rank reaches mean similarity {similarity_threshold}; lower similarity_threshold")
     return max(stable)
@@ -750,7 +792,7 @@ def tucker(X, ranks, nonneg=False, n_iter_max=100, tol=1e-8, random_state=None) 
     TuckerResult
         core (ranks), factors [(I_n, ranks[n])], rel_error, n_iter, loss_history.
     """
-    data = _Data(X)
+    data = _Data(X, takes_mask=False)
     xp, shape, X = data.xp, data.shape, data.X
     ranks = [ranks] * len(shape) if isinstance(ranks, (int, np.integer)) else list(ranks)
     if len(ranks) != len(shape) or any(
@@ -797,4 +839,5 @@ def tucker(X, ranks, nonneg=False, n_iter_max=100, tol=1e-8, random_state=None) 
         history.append(math.sqrt(max(fit2, 0.0) / data.norm2))
         if len(history) > 1 and abs(history[-2] - history[-1]) < tol * max(history[-2], np.finfo(np.float64).tiny):
             break
-    return TuckerResult(core=core, factors=U, rel_error=history[-1], n_iter=len(history), loss_history=history)
+    error = _residual_error(data, _multi_dot(core, U, xp))
+    return TuckerResult(core=core, factors=U, rel_error=error, n_iter=len(history), loss_history=history)

@@ -180,6 +180,8 @@ def fit_tca(T, max_rank: int, replicates: int = 3, nonneg="auto", mask=None, n_i
         raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
     if not 0 <= holdout < 1:
         raise ValueError(f"holdout must be in [0, 1), got {holdout!r}")
+    if holdout == 0 and replicates < 2:
+        raise ValueError("choosing the rank by replicate stability (holdout 0) needs replicates >= 2")
     xp = array_namespace(T, mask)
     negative = T < 0 if mask is None else (T < 0) & mask
     has_negative = bool(xp.any(negative))
@@ -198,6 +200,8 @@ def fit_tca(T, max_rank: int, replicates: int = 3, nonneg="auto", mask=None, n_i
                                    n_iter_max=n_iter_max, tol=tol, random_state=rng)
         rank = suggest_rank(cv=cv)
     else:
-        stable = [r for r in ranks if np.mean(ensemble.similarities[r]) >= 0.9]
-        rank = max(stable) if stable else 1
+        try:
+            rank = suggest_rank(ensemble=ensemble)
+        except ValueError:  # no rank is reproducible: keep the simplest model
+            rank = 1
     return TCAFit(ensemble=ensemble, cv=cv, rank=rank, model=canonical(ensemble.results[rank][0]), nonneg=nonneg)

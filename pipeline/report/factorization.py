@@ -91,7 +91,10 @@ def diagnostics_figure(group: ResultGroup):
     for ax, (name, title) in zip(axes, panels):
         values = group[name]
         ax.scatter(np.repeat(ranks, values.shape[1]), values.ravel(), s=10, color="#4c72b0", alpha=0.7)
-        ax.plot(ranks, values.min(axis=1) if name != "similarity" else values.mean(axis=1), color="#4c72b0")
+        if name != "similarity":
+            ax.plot(ranks, values.min(axis=1), color="#4c72b0")
+        elif values.shape[1] > 1:  # mean over the replicates other than the best (its own similarity is 1)
+            ax.plot(ranks, values[:, 1:].mean(axis=1), color="#4c72b0")
         if name == "cv_test_error":
             ax.plot(ranks, group["cv_train_error"].min(axis=1), color="#999", ls="--", label="train")
             ax.legend(fontsize=6, frameon=False)
