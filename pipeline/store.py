@@ -141,8 +141,10 @@ class StoreWriter:
             if values.dtype.kind in "UOT":
                 values = values.astype(str)
             coord_values[name] = (list(dims), values)
+        # the fingerprint, which makes a partial store resumable, is written only once every array
+        # exists and every coordinate is filled: a store killed while being created is rewritten
         group_attrs = {
-            **attrs,
+            **{k: v for k, v in attrs.items() if k != "fingerprint"},
             "coordinates": " ".join(name for name in coords if name != "stimulus"),
             "sites": list(self.sites),
             "format_version": FORMAT_VERSION,
@@ -150,7 +152,9 @@ class StoreWriter:
             "n_written": 0,
         }
         group, arrays = sync(_create_group(self.work, group_attrs, site_arrays, coord_values))
-        return zarr.Group(group), arrays
+        group = zarr.Group(group)
+        group.attrs["fingerprint"] = attrs["fingerprint"]
+        return group, arrays
 
     def write(self, batch: dict[str, np.ndarray]) -> None:
         """Append the next batch: site -> array (batch, n_positions, n_units)."""
@@ -173,9 +177,16 @@ class StoreWriter:
             "complete": True,
             "completed_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         })
+        # an older store at the final path moves aside first and is deleted last, so that no moment
+        # shows a half-deleted store marked complete
+        old = self.path.with_name(self.path.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
         if self.path.exists():
-            shutil.rmtree(self.path)
+            self.path.rename(old)
         self.work.rename(self.path)
+        if old.exists():
+            shutil.rmtree(old)
         return self.path
 
 

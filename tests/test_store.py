@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import zarr
 
+from pipeline import store as store_module
 from pipeline.errors import StoreError
 from pipeline.store import StoreWriter, open_store, partial_path, site_array, stimulus_chunk
 
@@ -130,6 +131,39 @@ def test_writer_resumes_only_a_partial_store_from_the_same_inputs(tmp_path):
     assert fresh.n_written == 0
     assert np.isnan(zarr.open_group(partial_path(path))["layer.0"][:]).all()
 
+
+
+def test_store_killed_while_being_created_is_rewritten(tmp_path, monkeypatch):
+    values = planted_values()
+    path = tmp_path / "s.zarr"
+    shapes = {site: v.shape[1:] for site, v in values.items()}
+    real = store_module._create_group
+
+    async def killed(work, attrs, site_arrays, coord_values):
+        # every array and coordinate but the mask exists when the job dies
+        await real(work, attrs, site_arrays, {k: v for k, v in coord_values.items() if k != "mask"})
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(store_module, "_create_group", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        StoreWriter(path, shapes, coords(), PROVENANCE)
+    monkeypatch.setattr(store_module, "_create_group", real)
+    assert partial_path(path).exists()
+    rerun = StoreWriter(path, shapes, coords(), PROVENANCE)
+    assert rerun.n_written == 0
+    rerun.write(values)
+    ds = open_store(rerun.finish())
+    np.testing.assert_array_equal(ds["mask"].values, coords()["mask"][1])
+    assert list(ds["stimulus"].values) == list(coords()["stimulus"][1])
+
+
+def test_finishing_again_replaces_the_old_store_whole(tmp_path):
+    values = planted_values()
+    path = write_in_batches(tmp_path / "s.zarr", values)
+    doubled = {site: 2 * v for site, v in values.items()}
+    write_in_batches(path, doubled)
+    np.testing.assert_array_equal(open_store(path)["layer.0"].values, doubled["layer.0"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
 
 
 def test_nan_batches_survive_partial_chunk_writes_and_resume(tmp_path):
