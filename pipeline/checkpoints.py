@@ -109,8 +109,11 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         return state_dict, {}
     try:
         metadata = json.loads(header[METADATA_KEY])
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"checkpoint {path} has unreadable {METADATA_KEY!r} metadata; re-save it") from err
+    except json.JSONDecodeError:
+        metadata = None
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"checkpoint {path} has unreadable {METADATA_KEY!r} metadata (not a JSON object); "
+                              "re-save it")
     return state_dict, metadata
 
 
@@ -120,7 +123,8 @@ def _load_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only" not in str(err).lower():
+        # the weights-only unpickler words every failure alike; only an unsupported global is code
+        if "unsupported global" not in str(err).lower():
             raise _corrupt(path) from err
         raise CheckpointError(
             f"checkpoint {path} contains non-tensor objects that would need code execution to load; "
@@ -168,8 +172,8 @@ def sha256_file(path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _last_integer(path) -> int | None:
-    numbers = re.findall(r"\d+", Path(path).stem)
+def _last_integer(text: str) -> int | None:
+    numbers = re.findall(r"\d+", text)
     return int(numbers[-1]) if numbers else None
 
 
@@ -184,7 +188,7 @@ def checkpoint_order_key(path, metadata: dict) -> tuple[float, str]:
         value = metadata.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return value, path.name
-    number = _last_integer(path)
+    number = _last_integer(path.stem)
     return (math.inf if number is None else number), path.name
 
 
@@ -192,8 +196,8 @@ def discover_checkpoints(folder, pattern: str) -> list[Path]:
     """Checkpoint files in ``folder`` matching the glob ``pattern``, in training order.
 
     The search does not descend into subfolders unless ``pattern`` contains ``'/'`` (e.g.
-    ``"*/model.pt"`` or ``"**/*.pt"``). Files sort by the last integer in their name (files without
-    one come last), then by name.
+    ``"*/model.pt"`` or ``"**/*.pt"``). Files sort by the last integer in their path below
+    ``folder`` (``epoch-3/model.pt`` by 3; files without one come last), then by that path.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -201,18 +205,35 @@ def discover_checkpoints(folder, pattern: str) -> list[Path]:
     files = [path for path in folder.glob(pattern) if path.is_file()]
 
     def key(path: Path):
-        number = _last_integer(path)
-        return (number is None, number or 0, path.name)
+        relative = path.relative_to(folder)
+        number = _last_integer(str(relative.with_suffix("")))
+        return (number is None, number or 0, str(relative))
 
     return sorted(files, key=key)
 
 
-def checkpoint_name(path) -> str:
-    """File stem of a checkpoint with every character outside letters, digits, '-', '_', '.' replaced by '_'."""
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).stem)
+def checkpoint_name(path, folder=None) -> str:
+    """A checkpoint's name: its path below ``folder`` (or its file name) without the suffix, every
+    character outside letters, digits, '-', '_', '.' replaced by '_' (``epoch-3/model.pt`` ->
+    ``epoch-3_model``)."""
+    path = Path(path)
+    relative = path.relative_to(folder) if folder is not None else Path(path.name)
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(relative.with_suffix("")))
     if not name.strip("."):
         raise CheckpointError(f"checkpoint {path} has no usable file name; rename it (e.g. step-000100.safetensors)")
     return name
+
+
+def name_checkpoints(folder, files) -> dict[str, Path]:
+    """Name -> path for checkpoint ``files`` found in ``folder``, refusing two files with one name."""
+    names: dict[str, Path] = {}
+    for path in files:
+        name = checkpoint_name(path, folder)
+        if name in names:
+            raise CheckpointError(f"checkpoints {names[name]} and {path} would both be named {name!r}; "
+                                  "rename one of them")
+        names[name] = Path(path)
+    return names
 
 
 def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source) -> None:

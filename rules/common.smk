@@ -8,8 +8,9 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 from pipeline import jobs, layout
-from pipeline.checkpoints import checkpoint_name, discover_checkpoints
+from pipeline.checkpoints import discover_checkpoints, name_checkpoints
 from pipeline.config import SCHEMA_PATH, ConfigError, model_runs, validate_config
+from pipeline.errors import CheckpointError
 
 min_version("8.20")
 
@@ -41,13 +42,17 @@ def model_checkpoints(model, run):
         folder = checkpoints.train.get(model=model, run=run).output[0]
         files = discover_checkpoints(folder, "*.safetensors")
     else:
-        files = discover_checkpoints(entry["folder"], entry["glob"])
+        folder = entry["folder"]
+        files = discover_checkpoints(folder, entry["glob"])
         if not files:
             raise WorkflowError(
                 f"model {model!r}: no file in {entry['folder']} matches {entry['glob']!r}; "
                 "fix 'glob' or add checkpoints to the folder"
             )
-    return {checkpoint_name(f): str(f) for f in files}
+    try:
+        return {name: str(path) for name, path in name_checkpoints(folder, files).items()}
+    except CheckpointError as err:
+        raise WorkflowError(f"model {model!r}: {err}") from None
 
 
 def analysis_results(analysis, model, run, stimuli):

@@ -11,12 +11,14 @@ from safetensors.torch import save_file
 
 from pipeline.architectures import MLP
 from pipeline.checkpoints import (
+    METADATA_KEY,
     CheckpointError,
     checkpoint_name,
     checkpoint_order_key,
     discover_checkpoints,
     load_checkpoint,
     load_weights,
+    name_checkpoints,
     save_checkpoint,
     sha256_file,
 )
@@ -166,6 +168,39 @@ def test_checkpoint_name_is_a_safe_path_component():
     assert checkpoint_name("runs/step-000100.safetensors") == "step-000100"
     assert checkpoint_name("out/epoch=3 (best).ckpt") == "epoch_3__best_"
     assert checkpoint_name("model.v1.2.pt") == "model.v1.2"
+    assert checkpoint_name("runs/epoch-3/model.pt", "runs") == "epoch-3_model"
+    assert checkpoint_name("$(touch x).pt") == "__touch_x_"
+
+
+def test_checkpoints_in_subfolders_keep_their_folder_in_name_and_order(tmp_path):
+    for epoch in (10, 2, 1):
+        (tmp_path / f"epoch-{epoch}").mkdir()
+        (tmp_path / f"epoch-{epoch}" / "model.pt").write_bytes(b"")
+    found = discover_checkpoints(tmp_path, "*/model.pt")
+    names = name_checkpoints(tmp_path, found)
+    assert list(names) == ["epoch-1_model", "epoch-2_model", "epoch-10_model"]
+    assert names["epoch-10_model"] == tmp_path / "epoch-10" / "model.pt"
+
+
+def test_two_files_with_one_name_are_refused(tmp_path):
+    for name in ("a b.pt", "a_b.pt"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(CheckpointError, match="would both be named 'a_b'; rename one"):
+        name_checkpoints(tmp_path, discover_checkpoints(tmp_path, "*.pt"))
+
+
+def test_random_bytes_are_corrupt_not_pickled_code(tmp_path):
+    path = tmp_path / "noise.pt"
+    path.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(path)
+
+
+def test_metadata_header_that_is_not_an_object(tmp_path):
+    path = tmp_path / "step-1.safetensors"
+    save_file({"w": torch.ones(2)}, str(path), metadata={METADATA_KEY: "[1, 2]"})
+    with pytest.raises(CheckpointError, match="not a JSON object"):
+        load_checkpoint(path)
 
 
 def test_load_weights_loads_matching_weights():
