@@ -13,7 +13,7 @@ rule extract:
         directory(layout.activation_store(OUT, "{model}", "{run}", "{checkpoint}", "{stimuli}")),
     params:
         spec=lambda wc: spec_arg(jobs.extract_spec(config, wc.model, wc.run, wc.stimuli)),
-        checkpoint=lambda wc, input: f"--checkpoint {input[0]}" if len(input) else "",
+        checkpoint=lambda wc, input: f"--checkpoint {shlex.quote(input[0])}" if len(input) else "",
     log:
         layout.log_file(OUT, "extract", "{model}", "{run}", "{checkpoint}", "{stimuli}"),
     benchmark:
@@ -24,4 +24,4 @@ rule extract:
         gpu=GPU,
     threads: 1
     shell:
-        "{PIPELINE} --log {log} --threads {threads} extract --spec {params.spec:q} --out {output} {params.checkpoint}"
+        "{PIPELINE} --log {log:q} --threads {threads} extract --spec {params.spec:q} --out {output:q} {params.checkpoint}"

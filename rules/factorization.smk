@@ -20,7 +20,7 @@ rule tca:
         gpu=GPU,
     threads: 1
     shell:
-        "{PIPELINE} --log {log} --threads {threads} tca --spec {params.spec:q} --store {input} --out {output.result}"
+        "{PIPELINE} --log {log:q} --threads {threads} tca --spec {params.spec:q} --store {input:q} --out {output.result:q}"
 
 
 rule tca_across:
@@ -41,7 +41,7 @@ rule tca_across:
         gpu=GPU,
     threads: 1
     shell:
-        "{PIPELINE} --log {log} --threads {threads} tca-across --spec {params.spec:q} --out {output.result} {input}"
+        "{PIPELINE} --log {log:q} --threads {threads} tca-across --spec {params.spec:q} --out {output.result:q} {input:q}"
 
 
 rule connectome:
@@ -62,4 +62,4 @@ rule connectome:
         gpu=GPU,
     threads: 1
     shell:
-        "{PIPELINE} --log {log} --threads {threads} connectome --spec {params.spec:q} --out {output.result} {input}"
+        "{PIPELINE} --log {log:q} --threads {threads} connectome --spec {params.spec:q} --out {output.result:q} {input:q}"

@@ -22,8 +22,8 @@ rule similarity:
         gpu=GPU,
     threads: 1
     shell:
-        "{PIPELINE} --log {log} --threads {threads} similarity --spec {params.spec:q} --store {input} "
-        "--out {output.result}"
+        "{PIPELINE} --log {log:q} --threads {threads} similarity --spec {params.spec:q} --store {input:q} "
+        "--out {output.result:q}"
 
 
 rule similarity_across:
@@ -43,7 +43,7 @@ rule similarity_across:
         gpu=GPU,
     threads: 1
     shell:
-        "{PIPELINE} --log {log} --threads {threads} similarity-across --spec {params.spec:q} --out {output} {input}"
+        "{PIPELINE} --log {log:q} --threads {threads} similarity-across --spec {params.spec:q} --out {output:q} {input:q}"
 
 
 rule similarity_models:
@@ -64,5 +64,5 @@ rule similarity_models:
         gpu=GPU,
     threads: 1
     shell:
-        "{PIPELINE} --log {log} --threads {threads} similarity-models --spec {params.spec:q} "
-        "--out {output.result} {input}"
+        "{PIPELINE} --log {log:q} --threads {threads} similarity-models --spec {params.spec:q} "
+        "--out {output.result:q} {input:q}"

@@ -18,7 +18,7 @@ rule stats:
         runtime=30,
     threads: 1
     shell:
-        "{PIPELINE} --log {log} --threads {threads} stats --spec {params.spec:q} --store {input} --out {output.result}"
+        "{PIPELINE} --log {log:q} --threads {threads} stats --spec {params.spec:q} --store {input:q} --out {output.result:q}"
 
 
 rule stats_across:
@@ -35,4 +35,4 @@ rule stats_across:
         runtime=10,
     threads: 1
     shell:
-        "{PIPELINE} --log {log} --threads {threads} stats-across --out {output} {input}"
+        "{PIPELINE} --log {log:q} --threads {threads} stats-across --out {output:q} {input:q}"
