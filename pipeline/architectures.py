@@ -8,8 +8,11 @@ the first hidden layer of an :class:`MLP`, ``rnn`` the hidden state over time of
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from torch import nn
+
+from pipeline.errors import InputError, ModelError, first_line
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 CELLS = ("rnn", "gru")
@@ -45,7 +48,7 @@ class MLP(nn.Module):
     def __init__(self, n_in: int = 64, hidden=(32, 24, 16, 12), n_out: int = 10, activation: str = "tanh"):
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise ValueError(f"activation={activation!r} is not supported; use one of {sorted(ACTIVATIONS)}")
+            raise ModelError(f"activation={activation!r} is not supported; use one of {', '.join(sorted(ACTIVATIONS))}")
         widths = [int(n_in), *(int(width) for width in hidden)]
         self.hidden = nn.ModuleList(Block(a, b, activation) for a, b in zip(widths[:-1], widths[1:], strict=True))
         self.readout = nn.Linear(widths[-1], int(n_out))
@@ -79,11 +82,13 @@ class RecurrentNet(nn.Module):
         elif cell == "gru":
             self.rnn = nn.GRU(int(n_in), int(n_hidden), batch_first=True)
         else:
-            raise ValueError(f"cell={cell!r} is not supported; use one of {list(CELLS)}")
+            raise ModelError(f"cell={cell!r} is not supported; use one of {', '.join(CELLS)}")
         self.readout = nn.Linear(int(n_hidden), int(n_out))
 
     def forward(self, x):
         """Map inputs of shape (batch, time, n_in) to outputs of shape (batch, time, n_out)."""
+        if x.ndim != 3:  # nn.RNN would read a 2-D batch as one unbatched sequence
+            raise ModelError(f"RecurrentNet takes input of shape (batch, time, features), got {tuple(x.shape)}")
         states, _ = self.rnn(x)
         return self.readout(states)
 
@@ -110,24 +115,45 @@ def build_model(architecture: str, params: dict) -> nn.Module:
         factory = BUILTIN[architecture]
     else:
         factory = _import(architecture)
+    params = params or {}
+    _check_params(architecture, factory, params)
     try:
-        return factory(**(params or {}))
+        return factory(**params)
+    except InputError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ModelError(
+            f"architecture {architecture!r} cannot be built from params {params!r} ({first_line(err)})"
+        ) from err
+
+
+def _check_params(architecture: str, factory, params: dict) -> None:
+    """Raise ModelError naming the params the factory's signature rejects and those it accepts."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # some callables (C extensions) have no signature to check against
+        return
+    try:
+        signature.bind(**params)
     except TypeError as err:
-        raise ValueError(f"architecture {architecture!r} does not accept params {params!r} ({err})") from err
+        accepted = [name for name, p in signature.parameters.items()
+                    if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        raise ModelError(f"architecture {architecture!r} does not accept params {params!r} ({err}); "
+                         f"its params: {', '.join(accepted) or 'none'}") from None
 
 
 def _import(architecture: str):
     hint = f"use a built-in name ({', '.join(BUILTIN)}) or 'package.module:ClassName'"
     module_name, sep, attribute = architecture.partition(":")
     if not sep or not module_name or not attribute:
-        raise ValueError(f"architecture {architecture!r} is unknown; {hint}")
+        raise ModelError(f"architecture {architecture!r} is unknown; {hint}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ValueError(
+        raise ModelError(
             f"architecture {architecture!r}: cannot import module {module_name!r} ({err}); {hint}"
         ) from err
     factory = getattr(module, attribute, None)
     if not callable(factory):
-        raise ValueError(f"architecture {architecture!r}: module {module_name!r} has no class {attribute!r}; {hint}")
+        raise ModelError(f"architecture {architecture!r}: module {module_name!r} has no class {attribute!r}; {hint}")
     return factory

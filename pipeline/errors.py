@@ -35,3 +35,9 @@ class StoreError(InputError):
 
 class BackendError(InputError):
     """The requested device or dtype cannot be served here."""
+
+
+def first_line(err: BaseException) -> str:
+    """An error's message cut to its first line (its type name when empty), for one-line errors."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from pipeline import __version__
 from pipeline.config import config_hash, run_settings
+from pipeline.errors import SiteError, first_line
 from pipeline.hooks import record, resolve_sites
 from pipeline.models import LoadedModel, ModelError, load_from_checkpoint, load_huggingface, torch_device
 from pipeline.stimuli import StimulusSet, load_stimuli
@@ -95,6 +96,26 @@ def as_site_array(site: str, tensor: torch.Tensor, dtype: str) -> np.ndarray:
     return tensor.to(getattr(torch, dtype)).cpu().numpy()
 
 
+def check_site_names(sites: list[str], coords: dict, stimuli_name: str) -> None:
+    """Raise SiteError for sites named like a coordinate or dimension of the store (the arrays would clash)."""
+    taken = sorted(set(sites) & ({"position", *coords}))
+    if taken:
+        raise SiteError(f"site {', '.join(map(repr, taken))} has the name of a coordinate of the store for stimulus "
+                        f"set {stimuli_name!r} ({', '.join(sorted(coords))}, position); rename the module in the "
+                        "architecture or record another one")
+
+
+def check_positions(model_name: str, stimuli_name: str, shapes: dict, coords: dict) -> None:
+    """Raise ModelError for a site whose position count differs from the stimulus mask's."""
+    n_positions = coords["mask"][1].shape[1]
+    other = {site: shape[0] for site, shape in shapes.items() if shape[0] != n_positions}
+    if other:
+        found = ", ".join(f"{site!r} has {k}" for site, k in other.items())
+        raise ModelError(f"model {model_name!r}: every site needs the {n_positions} positions (tokens or time steps) "
+                         f"of stimulus set {stimuli_name!r}, but site {found}; pooled outputs cannot be recorded, "
+                         "so record a site with one output per position instead")
+
+
 def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: bool | None = None) -> Path:
     """Record one (model, checkpoint, stimulus set) into the store ``out``.
 
@@ -104,17 +125,31 @@ def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: boo
     """
     out = Path(out)
     started = time.perf_counter()
+    name, task, kind = spec["model_name"], spec["model"].get("task"), spec["stimuli"]["kind"]
+    if task is not None and task != kind:
+        raise ModelError(f"model {name!r} is trained on the {task} task but stimulus set {spec['stimuli_name']!r} "
+                         f"holds {kind} stimuli; pair it with a {task} stimulus set")
     stim = load_stimuli(spec["stimuli_name"], spec["stimuli"])
     device = torch_device(spec["device"])
     loaded = load_for_spec(spec, checkpoint, device)
-    sites = resolve_sites(loaded.module, spec["model"]["sites"], repr(spec["model_name"]))
+    sites = resolve_sites(loaded.module, spec["model"]["sites"], repr(name))
     inputs = Inputs(loaded, stim, spec["stimuli"].get("max_length"))
+    check_site_names(sites, inputs.coords, stim.name)
     batch_size, dtype, n = spec["batch_size"], spec["dtype"], len(stim)
 
-    def run_batch(start: int) -> dict[str, np.ndarray]:
+    def run_batch(start: int, first_pass: bool = False) -> dict[str, np.ndarray]:
+        """Record one batch; a failure of the first forward pass names the model and its input."""
         args, kwargs = inputs.batch(start, min(n, start + batch_size), device)
-        with torch.inference_mode(), record(loaded.module, sites) as captured:
-            loaded.module(*args, **kwargs)
+        with torch.inference_mode(), record(loaded.module, sites, repr(name)) as captured:
+            try:
+                loaded.module(*args, **kwargs)
+            except Exception as err:
+                if not first_pass or isinstance(err, SiteError):
+                    raise
+                shape = tuple(next(iter(inputs.tensors.values())).shape)
+                raise ModelError(f"model {name!r} cannot run on stimulus set {stim.name!r} ({stim.kind}, input "
+                                 f"shape {shape}): {first_line(err)}; record it on stimuli like those it was "
+                                 "built for") from err
         return {site: as_site_array(site, captured[site], dtype) for site in sites}
 
     prov = loaded.provenance
@@ -137,13 +172,9 @@ def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: boo
     first = None
     shapes = resumable_shapes(out, attrs["fingerprint"], sites)
     if shapes is None:
-        first = run_batch(0)
+        first = run_batch(0, first_pass=True)
         shapes = {site: a.shape[1:] for site, a in first.items()}
-        positions = {s[0] for s in shapes.values()}
-        if len(positions) > 1:
-            raise ModelError(f"model {spec['model_name']!r}: sites differ in positions "
-                             f"({', '.join(f'{k}: {v[0]}' for k, v in shapes.items())}); "
-                             "record sites with different position counts as separate model entries")
+    check_positions(name, stim.name, shapes, inputs.coords)
     writer = StoreWriter(out, shapes, inputs.coords, attrs, dtype, batch_size)
     if writer.n_written:
         log.info("resuming %s at stimulus %d of %d", out, writer.n_written, n)

@@ -44,18 +44,25 @@ def _first_tensor(output):
 
 
 @contextlib.contextmanager
-def record(model: torch.nn.Module, sites: list[str]):
-    """Context manager yielding a dict site -> last output tensor (detached), filled on forward.
+def record(model: torch.nn.Module, sites: list[str], model_name: str = "model"):
+    """Context manager yielding a dict site -> output tensor (detached), filled on forward.
 
-    Tuple outputs (recurrent layers, transformer blocks) record their first element.
+    Tuple outputs (recurrent layers, transformer blocks) record their first element. Leaving the
+    block after a forward pass raises SiteError for a site that did not run exactly once.
     """
     modules = dict(model.named_modules())
     captured: dict[str, torch.Tensor] = {}
+    calls = dict.fromkeys(sites, 0)
     handles = []
 
     def hook_for(site):
         def hook(_module, _inputs, output):
-            captured[site] = _first_tensor(output).detach()
+            calls[site] += 1
+            try:
+                captured[site] = _first_tensor(output).detach()
+            except TypeError as err:
+                raise SiteError(f"site {site!r} of {model_name}: {err}; "
+                                "record a submodule that outputs a tensor") from None
 
         return hook
 
@@ -66,3 +73,20 @@ def record(model: torch.nn.Module, sites: list[str]):
     finally:
         for handle in handles:
             handle.remove()
+    _check_calls(modules, calls, model_name)
+
+
+def _check_calls(modules: dict[str, torch.nn.Module], calls: dict[str, int], model_name: str) -> None:
+    """Raise SiteError for sites that did not run, or ran more than once, in one forward pass."""
+    repeated = {site: n for site, n in calls.items() if n > 1}
+    if repeated:
+        runs = ", ".join(f"{site!r} runs {n} times" for site, n in repeated.items())
+        raise SiteError(f"site {runs} per forward pass of {model_name} (shared weights); "
+                        "record a module that runs once")
+    idle = [site for site, n in calls.items() if n == 0]
+    if idle:
+        fixes = ", ".join(f"{site!r} (record its children instead, e.g. '{site}.*')"
+                          if next(modules[site].children(), None) is not None else f"{site!r} (drop it)"
+                          for site in idle)
+        raise SiteError(f"sites of {model_name} that never run in a forward pass cannot be recorded (a container such "
+                        f"as a ModuleList is not called itself): {fixes}")

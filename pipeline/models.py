@@ -12,7 +12,7 @@ import torch
 
 from pipeline.architectures import build_model
 from pipeline.checkpoints import load_checkpoint, load_weights, sha256_file
-from pipeline.errors import ModelError
+from pipeline.errors import ModelError, first_line
 
 
 @dataclass
@@ -61,9 +61,14 @@ def load_huggingface(name: str, path: str, device: torch.device) -> LoadedModel:
     try:
         module = AutoModel.from_pretrained(folder, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"model {name!r}: cannot load {folder}: {first_line}") from None
+    except Exception as err:  # missing files, damaged weights (SafetensorError), unknown classes, ...
+        raise ModelError(f"model {name!r}: cannot load {folder}: {first_line(err)}; "
+                         "check or re-download the model folder") from None
+    if tokenizer.pad_token is None:  # GPT-2 style tokenizers; the attention mask still marks the padding
+        if tokenizer.eos_token is None:
+            raise ModelError(f"model {name!r}: the tokenizer in {folder} has neither a pad nor an end-of-text token; "
+                             "add a pad_token to its tokenizer_config.json")
+        tokenizer.pad_token = tokenizer.eos_token
     weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
     provenance = {
         "model_id": name,
@@ -74,6 +79,14 @@ def load_huggingface(name: str, path: str, device: torch.device) -> LoadedModel:
         "step": -1,
     }
     return LoadedModel(name, module.to(device).eval(), True, tokenizer, provenance)
+
+
+def checkpoint_step(metadata: dict) -> int:
+    """The training step (else epoch) a checkpoint's metadata records; -1 when it is not a whole number."""
+    step = metadata.get("step", metadata.get("epoch"))
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not float(step).is_integer():
+        return -1
+    return int(step)
 
 
 def load_from_checkpoint(name: str, architecture: str, params: dict, checkpoint: Path,
@@ -89,7 +102,7 @@ def load_from_checkpoint(name: str, architecture: str, params: dict, checkpoint:
         "architecture_params": params,
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": sha256_file(checkpoint),
-        "step": int(metadata.get("step", metadata.get("epoch", -1))),
+        "step": checkpoint_step(metadata),
         "checkpoint_metadata": metadata,
     }
     return LoadedModel(name, module.to(device).eval(), False, None, provenance)

