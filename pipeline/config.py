@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import jsonschema
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
-RESERVED_MODEL_NAMES = ("comparisons",)  # report folders that are not models
+RESERVED_MODEL_NAMES = ("comparisons", "index")  # report pages and folders that are not models
 
 
 def load_schema() -> dict:
@@ -75,7 +75,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
 def _check_references(config: dict) -> None:
     for name, model in config["models"].items():
         if name in RESERVED_MODEL_NAMES:
-            raise ConfigError(f"config error: model name {name!r} is reserved for the cross-model report; rename it")
+            raise ConfigError(f"config error: model name {name!r} is reserved for a report page; rename it")
         for stim in model["stimuli"]:
             if stim not in config["stimuli"]:
                 raise ConfigError(

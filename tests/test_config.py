@@ -111,6 +111,13 @@ def test_unknown_stimulus_reference():
     assert "defined sets: sents" in message
 
 
+@pytest.mark.parametrize("name", ["comparisons", "index"])
+def test_model_names_of_report_pages_are_reserved(name):
+    config = minimal_config()
+    config["models"][name] = config["models"].pop("lm")
+    assert f"model name {name!r} is reserved" in config_error(config)
+
+
 @pytest.mark.parametrize("where", ["model", "top"])
 def test_missing_required_key(where):
     config = minimal_config()

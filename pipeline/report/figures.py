@@ -12,11 +12,16 @@ from __future__ import annotations
 import base64
 import io
 
+import matplotlib
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
+
+# Labels come from users (stimulus categories, model and run names): show them as written, never
+# as TeX ('$x$' stays '$x$', and an unbalanced '$\frac$' cannot break a figure).
+matplotlib.rcParams["text.parse_math"] = False
 
 DPI = 90
 PNG_OPTIONS = {"compress_level": 1}  # zlib level 1: several times faster to write than the default 6
