@@ -16,4 +16,5 @@ include: "rules/report.smk"
 rule all:
     input:
         layout.report_index(REPORT_DIR),
+        trained_run_folders(),
     default_target: True

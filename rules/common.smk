@@ -120,6 +120,17 @@ def trained_folders(wildcards):
     return [str(layout.checkpoint_folder(OUT, wildcards.model, run)) for run in model_runs(entry)]
 
 
+def trained_run_folders():
+    """Checkpoint folders of every trained run; ``all`` names them so that a run added to the config
+    (a new seed or variant) is trained even though nothing downstream exists yet to ask for it."""
+    return [
+        str(layout.checkpoint_folder(OUT, model, run))
+        for model, entry in config["models"].items()
+        if entry["source"] == "train"
+        for run in model_runs(entry)
+    ]
+
+
 def model_results(wildcards):
     """Everything one model's page reads: per-checkpoint results and each run's report (its across-checkpoint view)."""
     model = wildcards.model

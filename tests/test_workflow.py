@@ -130,6 +130,18 @@ def test_new_checkpoint_runs_only_its_jobs_and_the_aggregates(workflow):
     assert page.is_file()
 
 
+def test_new_seed_is_trained_and_analysed(workflow, tmp_path):
+    root, _ = workflow
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    config["models"]["mlp"]["seeds"] = [0, 1]
+    seeds = tmp_path / "seeds.yaml"
+    seeds.write_text(yaml.safe_dump(config))
+    result = snakemake(root, "-n", config=seeds)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout + result.stderr)
+    assert counts.get("train") == 1  # only the new seed; its extraction follows once it has checkpoints
+
+
 def test_mistyped_config_key_fails_with_one_clear_line(workflow, tmp_path):
     root, _ = workflow
     config = small_config(root)
