@@ -1,19 +1,30 @@
 # Record activations of one (model, run, checkpoint, stimulus set) into a Zarr store.
 
 
-def checkpoint_file(wildcards):
+def extract_inputs(wildcards):
+    """The files a store is made from, so that a change to any of them re-records it: the checkpoint,
+    a user's sentence file, and the files of a local Hugging Face model folder."""
+    files = {}
     path = model_checkpoints(wildcards.model, wildcards.run)[wildcards.checkpoint]
-    return [] if path is None else [path]
+    if path is not None:
+        files["checkpoint"] = path
+    stimuli = config["stimuli"][wildcards.stimuli]
+    if stimuli.get("path", "builtin") != "builtin":
+        files["stimuli"] = stimuli["path"]
+    entry = config["models"][wildcards.model]
+    if entry["source"] == "huggingface" and Path(entry["path"]).expanduser().is_dir():
+        files["model"] = sorted(str(f) for f in Path(entry["path"]).expanduser().iterdir() if f.is_file())
+    return files
 
 
 rule extract:
     input:
-        checkpoint_file,
+        unpack(extract_inputs),
     output:
         directory(layout.activation_store(OUT, "{model}", "{run}", "{checkpoint}", "{stimuli}")),
     params:
         spec=lambda wc: spec_arg(jobs.extract_spec(config, wc.model, wc.run, wc.stimuli)),
-        checkpoint=lambda wc, input: f"--checkpoint {shlex.quote(input[0])}" if len(input) else "",
+        checkpoint=lambda wc, input: f"--checkpoint {shlex.quote(input.checkpoint)}" if "checkpoint" in input.keys() else "",
     log:
         layout.log_file(OUT, "extract", "{model}", "{run}", "{checkpoint}", "{stimuli}"),
     benchmark:

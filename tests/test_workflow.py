@@ -202,3 +202,17 @@ def test_report_in_headless_chromium(workflow):
                 page.close()
         finally:
             browser.close()
+
+
+def test_edited_sentence_file_re_records_its_stores(workflow):
+    root, _ = workflow
+    sentences = DATA / "sentences_small.tsv"
+    original, stat = sentences.read_bytes(), sentences.stat()
+    try:
+        sentences.write_bytes(original.rstrip(b"\n") + b"\nnew-1\tfood\tA new sentence arrives late.\n")
+        result = snakemake(root, "-n")
+    finally:
+        sentences.write_bytes(original)
+        os.utime(sentences, (stat.st_atime, stat.st_mtime))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert job_counts(result.stdout + result.stderr).get("extract") == 1  # the minilm store of that file
