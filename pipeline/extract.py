@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline import __version__
-from pipeline.config import config_hash, run_settings
+from pipeline.config import config_hash
 from pipeline.errors import SiteError, first_line
 from pipeline.hooks import record, resolve_sites
 from pipeline.models import LoadedModel, ModelError, load_from_checkpoint, load_huggingface, torch_device
@@ -43,10 +43,7 @@ def load_for_spec(spec: dict, checkpoint: Path | None, device: torch.device) -> 
         return load_huggingface(spec["model_name"], model["path"], device)
     if checkpoint is None:
         raise ModelError(f"model {spec['model_name']!r} records from checkpoints; pass --checkpoint")
-    if model["source"] == "train":
-        params, _seed = run_settings(model, spec["run"])
-    else:
-        params = model.get("params", {})
+    params = model.get("params", {})
     return load_from_checkpoint(spec["model_name"], model["architecture"], params, Path(checkpoint), device)
 
 
@@ -119,7 +116,8 @@ def check_positions(model_name: str, stimuli_name: str, shapes: dict, coords: di
 def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: bool | None = None) -> Path:
     """Record one (model, checkpoint, stimulus set) into the store ``out``.
 
-    ``spec`` holds ``model_name``, ``model`` (its config entry), ``run``, ``stimuli_name``,
+    ``spec`` holds ``model_name``, ``model`` (what extraction reads of its config entry:
+    ``source``, ``path`` or ``architecture`` and ``params``, ``task``, ``sites``), ``run``, ``stimuli_name``,
     ``stimuli`` (its config entry), ``device``, ``dtype`` and ``batch_size``. A partial store
     from an interrupted run with the same inputs is resumed; anything else is rewritten.
     """

@@ -140,6 +140,7 @@ def test_new_seed_is_trained_and_analysed(workflow, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     counts = job_counts(result.stdout + result.stderr)
     assert counts.get("train") == 1  # only the new seed; its extraction follows once it has checkpoints
+    assert "extract" not in counts  # the existing seed's stores do not depend on the list of seeds
 
 
 def test_mistyped_config_key_fails_with_one_clear_line(workflow, tmp_path):

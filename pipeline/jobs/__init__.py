@@ -37,8 +37,17 @@ def train_spec(config: dict, model: str, run: str) -> dict:
             "training": entry["training"]}
 
 
+# what extraction reads of a model's entry; the rest (other seeds, training settings, the folder
+# and glob) stays out of the spec, so that editing it re-records nothing
+EXTRACT_MODEL_KEYS = ("source", "path", "architecture", "task", "sites")
+
+
 def extract_spec(config: dict, model: str, run: str, stimuli: str) -> dict:
-    return {"model_name": model, "model": config["models"][model], "run": run, "stimuli_name": stimuli,
+    entry = config["models"][model]
+    recorded = {key: entry[key] for key in EXTRACT_MODEL_KEYS if key in entry}
+    if entry["source"] != "huggingface":  # the architecture's params for this run
+        recorded["params"] = run_settings(entry, run)[0] if entry["source"] == "train" else entry.get("params", {})
+    return {"model_name": model, "model": recorded, "run": run, "stimuli_name": stimuli,
             "stimuli": config["stimuli"][stimuli], "device": config["device"], "dtype": config["dtype"],
             "batch_size": config["batch_size"]}
 
