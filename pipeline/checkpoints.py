@@ -172,7 +172,8 @@ def sha256_file(path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _last_integer(text: str) -> int | None:
+def last_integer(text: str) -> int | None:
+    """The last run of digits in ``text`` as an integer (``'epoch-3_model'`` -> 3), else None."""
     numbers = re.findall(r"\d+", text)
     return int(numbers[-1]) if numbers else None
 
@@ -188,7 +189,7 @@ def checkpoint_order_key(path, metadata: dict) -> tuple[float, str]:
         value = metadata.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return value, path.name
-    number = _last_integer(path.stem)
+    number = last_integer(path.stem)
     return (math.inf if number is None else number), path.name
 
 
@@ -206,7 +207,7 @@ def discover_checkpoints(folder, pattern: str) -> list[Path]:
 
     def key(path: Path):
         relative = path.relative_to(folder)
-        number = _last_integer(str(relative.with_suffix("")))
+        number = last_integer(str(relative.with_suffix("")))
         return (number is None, number or 0, str(relative))
 
     return sorted(files, key=key)

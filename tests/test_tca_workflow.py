@@ -160,6 +160,20 @@ def test_connectome_finds_planted_communities_and_when_they_are_active(tmp_path)
         assert course[active[g]].min() > 3 * course[~active[g]].max()
 
 
+def test_connectome_fails_a_site_with_nan_activations(tmp_path):
+    rng = np.random.default_rng(5)
+    stores = []
+    for k in range(3):
+        X = rng.standard_normal((40, 2, 6))
+        if k == 1:
+            X[:] = np.nan  # a diverged checkpoint
+        stores.append(write_store(tmp_path / f"c{k}.zarr", {"hidden.1": X}, {}, step=k, kind="digits"))
+    out = tmp_path / "connectome.zarr"
+    factorization_jobs.run_connectome(CONNECTOME_SPEC, stores, out)
+    site = json.loads(layout.summary_path(out).read_text())["sites"]["hidden.1"]
+    assert site["status"] == "failed" and "step-0001 has NaN or inf" in site["error"]
+
+
 def test_affinity_is_absolute_pearson_correlation():
     rng = np.random.default_rng(5)
     X = rng.standard_normal((50, 6)) @ rng.standard_normal((6, 6))

@@ -209,6 +209,9 @@ def run_connectome(spec: dict, stores: list[Path], out: Path) -> None:
             for d in series:
                 X = read(d, site, index)
                 samples.append(X.reshape(-1, X.shape[-1])[rows])  # (observed samples, unit)
+                if not np.isfinite(samples[-1]).all():
+                    raise ValueError(f"checkpoint {d.attrs.get('checkpoint_name')} has NaN or inf activations "
+                                     "at this site (see its activation statistics)")
             units = top_units(sum(s.var(axis=0) for s in samples), spec["max_units"])
             A = xp.stack([affinity(to_device(s[:, units], xp, spec["dtype"]), spec["affinity"]) for s in samples],
                          axis=-1)  # (unit, unit, checkpoint)
