@@ -21,6 +21,13 @@ if TYPE_CHECKING:
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
 RESERVED_MODEL_NAMES = ("comparisons", "index")  # report pages and folders that are not models
+# Built-in training tasks: the architecture each trains, and the keyword arguments of its training
+# function in pipeline.train (required, optional); a test keeps these in step with the functions.
+TASK_ARCHITECTURE = {"digits": "mlp", "flipflop": "recurrent"}
+TRAINING_KEYS = {
+    "digits": ({"epochs", "checkpoint_epochs"}, {"lr", "batch_size", "test_fraction", "split_seed"}),
+    "flipflop": ({"steps", "checkpoint_steps"}, {"lr", "batch_size", "n_steps", "n_bits"}),
+}
 
 
 def load_schema() -> dict:
@@ -82,11 +89,30 @@ def _check_references(config: dict) -> None:
                     f"config error: models.{name}.stimuli names {stim!r}, which is not a stimulus set; "
                     f"defined sets: {', '.join(sorted(config['stimuli']))}"
                 )
+        if model["source"] == "train":
+            _check_training(name, model)
         if model["source"] == "checkpoints" and not Path(model["folder"]).is_dir():
             raise ConfigError(
                 f"config error: models.{name}.folder {model['folder']!r} is not a folder; "
                 "point it at the folder your training run writes checkpoints into"
             )
+
+
+def _check_training(name: str, model: dict) -> None:
+    """A trained model's architecture matches its task, and its training keys are the task's."""
+    task = model["task"]
+    if model["architecture"] != TASK_ARCHITECTURE[task]:
+        raise ConfigError(f"config error: models.{name} trains the {task} task, which trains a "
+                          f"{TASK_ARCHITECTURE[task]!r} network; set architecture: {TASK_ARCHITECTURE[task]}")
+    required, optional = TRAINING_KEYS[task]
+    given = set(model["training"])
+    unknown, missing = sorted(given - required - optional), sorted(required - given)
+    if unknown:
+        raise ConfigError(f"config error: models.{name}.training has unknown key(s) {', '.join(map(repr, unknown))} "
+                          f"for the {task} task; allowed keys: {', '.join(sorted(required | optional))}")
+    if missing:
+        raise ConfigError(f"config error: models.{name}.training lacks {', '.join(missing)}, which the {task} task "
+                          "needs")
 
 
 def model_runs(model: dict) -> list[str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import config_hash, model_runs, run_settings, validate_config
+from pipeline.config import TRAINING_KEYS, config_hash, model_runs, run_settings, validate_config
 from pipeline.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,8 @@ def test_shipped_config_validates_with_defaults_filled():
 def test_defaults_are_filled_and_input_is_not_modified(tmp_path):
     raw = minimal_config()
     raw["stimuli"]["digits"] = {"kind": "digits"}
-    raw["models"]["net"] = {"source": "train", "architecture": "mlp", "task": "digits", "training": {"epochs": 1},
+    raw["models"]["net"] = {"source": "train", "architecture": "mlp", "task": "digits",
+                            "training": {"epochs": 1, "checkpoint_epochs": [1]},
                             "stimuli": ["digits"], "sites": ["hidden.*.act"]}
     raw["models"]["series"] = {"source": "checkpoints", "architecture": "mlp", "folder": str(tmp_path),
                                "stimuli": ["digits"], "sites": ["readout"]}
@@ -109,6 +110,37 @@ def test_unknown_stimulus_reference():
     assert "models.lm.stimuli" in message
     assert "'sentences'" in message
     assert "defined sets: sents" in message
+
+
+def trained_config(**model) -> dict:
+    config = minimal_config()
+    config["stimuli"]["digits"] = {"kind": "digits"}
+    config["models"]["mlp"] = {"source": "train", "architecture": "mlp", "task": "digits", "stimuli": ["digits"],
+                               "sites": ["hidden.*.act"], "training": {"epochs": 1, "checkpoint_epochs": [1]},
+                               **model}
+    return config
+
+
+def test_training_keys_are_checked_against_the_task():
+    assert validate_config(trained_config())["models"]["mlp"]["training"]["epochs"] == 1
+    message = config_error(trained_config(training={"epoch": 1, "checkpoint_epochs": [1]}))
+    assert "models.mlp.training has unknown key(s) 'epoch'" in message and "allowed keys: batch_size" in message
+    assert "lacks checkpoint_epochs" in config_error(trained_config(training={"epochs": 1}))
+    assert "set architecture: mlp" in config_error(trained_config(architecture="recurrent"))
+
+
+@pytest.mark.parametrize("task", sorted(TRAINING_KEYS))
+def test_training_keys_match_the_training_functions(task):
+    import inspect
+
+    from pipeline import train
+
+    function = {"digits": train.train_digits_mlp, "flipflop": train.train_flipflop}[task]
+    parameters = inspect.signature(function).parameters
+    keywords = {k: p for k, p in parameters.items() if k not in ("out_dir", "params", "seed", "threads")}
+    required, optional = TRAINING_KEYS[task]
+    assert {k for k, p in keywords.items() if p.default is inspect.Parameter.empty} == required
+    assert {k for k, p in keywords.items() if p.default is not inspect.Parameter.empty} == optional
 
 
 @pytest.mark.parametrize("name", ["comparisons", "index"])

@@ -388,7 +388,8 @@ def test_numeric_stimuli_of_another_kind(tmp_path, architecture, stimuli, expect
 def test_trained_model_with_stimuli_of_another_task(tmp_path):
     config = validate_config({
         "device": "cpu", "stimuli": {"trials": FLIPFLOP},
-        "models": {"net": {"source": "train", "architecture": "mlp", "task": "digits", "training": {"epochs": 1},
+        "models": {"net": {"source": "train", "architecture": "mlp", "task": "digits",
+                           "training": {"epochs": 1, "checkpoint_epochs": [1]},
                            "stimuli": ["trials"], "sites": ["readout"]}},
     })
     with pytest.raises(ModelError) as info:
