@@ -21,7 +21,7 @@ def _spec(text: str) -> dict:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise ConfigError(f"--spec is not valid JSON ({err})") from None
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err})") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -166,8 +166,15 @@ def _dispatch(args) -> int:
 
         from pipeline.config import validate_config
 
-        with open(args.config) as f:
-            config = validate_config(yaml.safe_load(f) or {})
+        try:
+            with open(args.config) as f:
+                raw = yaml.safe_load(f) or {}
+        except OSError as err:
+            raise ConfigError(f"config file {args.config} cannot be read ({err.strerror}); check the path") from None
+        except yaml.YAMLError as err:
+            problem = str(err).splitlines()[0]
+            raise ConfigError(f"config file {args.config} is not valid YAML ({problem}); fix its syntax") from None
+        config = validate_config(raw)
         print(yaml.safe_dump(config, sort_keys=False))
     elif args.command == "show":
         from pipeline.store import open_store

@@ -61,6 +61,22 @@ def test_missing_required_key_in_process(tmp_path, capsys, restore_logging):
     assert len(lines) == 1 and "missing a required key: 'models'" in lines[0]
 
 
+@pytest.mark.parametrize(("content", "expected"), [(None, "cannot be read"), ("models: [unclosed", "not valid YAML")])
+def test_validate_missing_or_unparsable_file(tmp_path, capsys, restore_logging, content, expected):
+    path = tmp_path / "config.yaml"
+    if content is not None:
+        path.write_text(content)
+    assert main(["validate", str(path)]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and str(path) in lines[0]
+
+
+def test_spec_that_is_not_json_names_the_option():
+    done = pipeline_cli("stats", "--spec", "{not json", "--store", "s.zarr", "--out", "o.zarr")
+    assert done.returncode == 2
+    assert "argument --spec: not valid JSON" in done.stderr.strip().splitlines()[-1]
+
+
 def test_show_missing_store_fails_with_one_line(tmp_path, capsys, restore_logging):
     assert main(["show", str(tmp_path / "absent.zarr")]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
