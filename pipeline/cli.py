@@ -1,7 +1,8 @@
 """Command line: ``pipeline <command>``; the workflow's rules call these, people can too.
 
 Every command takes its settings as a JSON *spec* (built by ``pipeline.jobs``); errors in the
-input (config, checkpoint, store, stimuli, sites) end the command with one line on stderr.
+input (config, checkpoint, store, stimuli, sites) end the command with one line on stderr. An
+argument ``@file`` stands for the arguments in that file, one per line.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def _spec(text: str) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0])
+    # '@file' stands for the arguments in file, one per line (the workflow passes long lists so)
+    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0], fromfile_prefix_chars="@")
     parser.add_argument("--log", type=Path, help="also write the log to this file")
     parser.add_argument("--threads", type=int, help="CPU threads for PyTorch and BLAS (default: their own choice)")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -1,6 +1,8 @@
 # Config validation, checkpoint discovery and target lists shared by every rule.
 
+import hashlib
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -177,6 +179,27 @@ def report_spec(model, results):
     }
 
 
+# Longest argument text kept on a command line; longer argument lists (a run with hundreds of
+# checkpoints) go through a file, since Linux refuses a command of more than 128 KiB.
+ARGUMENTS_LIMIT = 64 * 1024
+
+
+def shell_args(words):
+    """Shell words for ``words``: quoted in place when short, else '@file' naming a file that holds
+    them one per line (the command line tool reads such files); the file is named by its content."""
+    quoted = " ".join(shlex.quote(w) for w in words)
+    if len(quoted) < ARGUMENTS_LIMIT:
+        return quoted
+    text = "".join(w + "\n" for w in words)
+    path = Path(OUT) / ".arguments" / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.txt"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        work = path.with_name(path.name + f".{os.getpid()}")
+        work.write_text(text)
+        work.replace(path)
+    return shlex.quote(f"@{path}")
+
+
 def spec_arg(spec):
-    """A spec as one shell-quoted JSON argument."""
-    return json.dumps(spec, sort_keys=True)
+    """A spec as one shell word: its JSON, or '@file' holding it (see shell_args)."""
+    return shell_args([json.dumps(spec, sort_keys=True)])

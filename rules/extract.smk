@@ -35,4 +35,4 @@ rule extract:
         gpu=GPU,
     threads: 1
     shell:
-        "{PIPELINE} --log {log:q} --threads {threads} extract --spec {params.spec:q} --out {output:q} {params.checkpoint}"
+        "{PIPELINE} --log {log:q} --threads {threads} extract --spec {params.spec} --out {output:q} {params.checkpoint}"

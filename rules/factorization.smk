@@ -20,7 +20,7 @@ rule tca:
         gpu=GPU,
     threads: 1
     shell:
-        "{PIPELINE} --log {log:q} --threads {threads} tca --spec {params.spec:q} --store {input:q} --out {output.result:q}"
+        "{PIPELINE} --log {log:q} --threads {threads} tca --spec {params.spec} --store {input:q} --out {output.result:q}"
 
 
 rule tca_across:
@@ -31,6 +31,7 @@ rule tca_across:
         summary=layout.across_checkpoints(OUT, "tca-across", "{model}", "{run}", "{stimuli}"),
     params:
         spec=spec_arg(jobs.tca_spec(config)),
+        inputs=lambda wc, input: shell_args(list(input)),
     log:
         layout.log_file(OUT, "tca_across", "{model}", "{run}", "{stimuli}"),
     benchmark:
@@ -41,7 +42,7 @@ rule tca_across:
         gpu=GPU,
     threads: 1
     shell:
-        "{PIPELINE} --log {log:q} --threads {threads} tca-across --spec {params.spec:q} --out {output.result:q} {input:q}"
+        "{PIPELINE} --log {log:q} --threads {threads} tca-across --spec {params.spec} --out {output.result:q} {params.inputs}"
 
 
 rule connectome:
@@ -52,6 +53,7 @@ rule connectome:
         summary=layout.across_checkpoints(OUT, "connectome", "{model}", "{run}", "{stimuli}"),
     params:
         spec=spec_arg(jobs.connectome_spec(config)),
+        inputs=lambda wc, input: shell_args(list(input)),
     log:
         layout.log_file(OUT, "connectome", "{model}", "{run}", "{stimuli}"),
     benchmark:
@@ -62,4 +64,4 @@ rule connectome:
         gpu=GPU,
     threads: 1
     shell:
-        "{PIPELINE} --log {log:q} --threads {threads} connectome --spec {params.spec:q} --out {output.result:q} {input:q}"
+        "{PIPELINE} --log {log:q} --threads {threads} connectome --spec {params.spec} --out {output.result:q} {params.inputs}"

@@ -33,7 +33,7 @@ rule report_checkpoint:
         runtime=10,
     threads: 1
     shell:
-        "{PIPELINE} --log {log:q} --threads {threads} report-checkpoint --spec {params.spec:q} --out {output:q}"
+        "{PIPELINE} --log {log:q} --threads {threads} report-checkpoint --spec {params.spec} --out {output:q}"
 
 
 rule report_run:
@@ -52,7 +52,7 @@ rule report_run:
         runtime=10,
     threads: 1
     shell:
-        "{PIPELINE} --log {log:q} --threads {threads} report-run --spec {params.spec:q} --out {output:q}"
+        "{PIPELINE} --log {log:q} --threads {threads} report-run --spec {params.spec} --out {output:q}"
 
 
 rule report_model:
@@ -76,7 +76,7 @@ rule report_model:
         runtime=20,
     threads: 1
     shell:
-        "{PIPELINE} --log {log:q} --threads {threads} report-model --spec {params.spec:q} --out {output.page:q}"
+        "{PIPELINE} --log {log:q} --threads {threads} report-model --spec {params.spec} --out {output.page:q}"
 
 
 rule report_comparisons:
@@ -94,7 +94,7 @@ rule report_comparisons:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{PIPELINE} --log {log:q} --threads {threads} report-comparisons --spec {params.spec:q} --out {output:q}"
+        "{PIPELINE} --log {log:q} --threads {threads} report-comparisons --spec {params.spec} --out {output:q}"
 
 
 rule report_index:
@@ -119,4 +119,4 @@ rule report_index:
         mem_mb=1000,
         runtime=10,
     shell:
-        "{PIPELINE} --log {log:q} --threads {threads} report-index --spec {params.spec:q} --out {output:q}"
+        "{PIPELINE} --log {log:q} --threads {threads} report-index --spec {params.spec} --out {output:q}"

@@ -22,7 +22,7 @@ rule similarity:
         gpu=GPU,
     threads: 1
     shell:
-        "{PIPELINE} --log {log:q} --threads {threads} similarity --spec {params.spec:q} --store {input:q} "
+        "{PIPELINE} --log {log:q} --threads {threads} similarity --spec {params.spec} --store {input:q} "
         "--out {output.result:q}"
 
 
@@ -33,6 +33,7 @@ rule similarity_across:
         layout.across_checkpoints(OUT, "similarity", "{model}", "{run}", "{stimuli}"),
     params:
         spec=spec_arg(jobs.similarity_spec(config)),
+        inputs=lambda wc, input: shell_args(list(input)),
     log:
         layout.log_file(OUT, "similarity_across", "{model}", "{run}", "{stimuli}"),
     benchmark:
@@ -43,7 +44,7 @@ rule similarity_across:
         gpu=GPU,
     threads: 1
     shell:
-        "{PIPELINE} --log {log:q} --threads {threads} similarity-across --spec {params.spec:q} --out {output:q} {input:q}"
+        "{PIPELINE} --log {log:q} --threads {threads} similarity-across --spec {params.spec} --out {output:q} {params.inputs}"
 
 
 rule similarity_models:
@@ -54,6 +55,7 @@ rule similarity_models:
         summary=layout.summary_path(layout.comparison_result(OUT, "similarity", "{stimuli}")),
     params:
         spec=spec_arg(jobs.similarity_spec(config)),
+        inputs=lambda wc, input: shell_args(list(input)),
     log:
         layout.log_file(OUT, "similarity_models", "{stimuli}"),
     benchmark:
@@ -64,5 +66,5 @@ rule similarity_models:
         gpu=GPU,
     threads: 1
     shell:
-        "{PIPELINE} --log {log:q} --threads {threads} similarity-models --spec {params.spec:q} "
-        "--out {output.result:q} {input:q}"
+        "{PIPELINE} --log {log:q} --threads {threads} similarity-models --spec {params.spec} "
+        "--out {output.result:q} {params.inputs}"

@@ -18,7 +18,7 @@ rule stats:
         runtime=30,
     threads: 1
     shell:
-        "{PIPELINE} --log {log:q} --threads {threads} stats --spec {params.spec:q} --store {input:q} --out {output.result:q}"
+        "{PIPELINE} --log {log:q} --threads {threads} stats --spec {params.spec} --store {input:q} --out {output.result:q}"
 
 
 rule stats_across:
@@ -26,6 +26,8 @@ rule stats_across:
         lambda wc: analysis_results("stats", wc.model, wc.run, wc.stimuli),
     output:
         layout.across_checkpoints(OUT, "stats", "{model}", "{run}", "{stimuli}"),
+    params:
+        inputs=lambda wc, input: shell_args(list(input)),
     log:
         layout.log_file(OUT, "stats_across", "{model}", "{run}", "{stimuli}"),
     benchmark:
@@ -35,4 +37,4 @@ rule stats_across:
         runtime=10,
     threads: 1
     shell:
-        "{PIPELINE} --log {log:q} --threads {threads} stats-across --out {output:q} {input:q}"
+        "{PIPELINE} --log {log:q} --threads {threads} stats-across --out {output:q} {params.inputs}"

@@ -15,4 +15,4 @@ checkpoint train:
         runtime=30,
     threads: 1
     shell:
-        "{PIPELINE} --log {log:q} --threads {threads} train --spec {params.spec:q} --out {output:q}"
+        "{PIPELINE} --log {log:q} --threads {threads} train --spec {params.spec} --out {output:q}"

@@ -77,6 +77,14 @@ def test_spec_that_is_not_json_names_the_option():
     assert "argument --spec: not valid JSON" in done.stderr.strip().splitlines()[-1]
 
 
+def test_arguments_from_a_file(tmp_path, capsys, restore_logging):
+    arguments = tmp_path / "arguments.txt"
+    arguments.write_text(f"validate\n{ROOT / 'config.yaml'}\n")  # one argument per line, as the workflow writes
+    assert main([f"@{arguments}"]) == 0
+    with open(ROOT / "config.yaml") as f:
+        assert yaml.safe_load(capsys.readouterr().out) == validate_config(yaml.safe_load(f))
+
+
 def test_show_missing_store_fails_with_one_line(tmp_path, capsys, restore_logging):
     assert main(["show", str(tmp_path / "absent.zarr")]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
