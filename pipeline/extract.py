@@ -169,7 +169,9 @@ def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: boo
     if checkpoint is not None and attrs.get("step", -1) == -1:  # no step in the metadata: the file's number
         number = last_integer(out.parent.name)
         attrs["step"] = -1 if number is None else number
-    attrs["fingerprint"] = config_hash([attrs["config_hash"], prov.get("checkpoint_sha256"), stim.content_hash, sites])
+    # a partial store is resumed only by a run with the same inputs, device and package versions
+    attrs["fingerprint"] = config_hash([attrs["config_hash"], prov.get("checkpoint_sha256"), stim.content_hash, sites,
+                                        attrs["device"], attrs["packages"]])
     # site shapes come from a resumable partial store, else from the first batch (kept and written below)
     first = None
     shapes = resumable_shapes(out, attrs["fingerprint"], sites)

@@ -11,6 +11,7 @@ import torch
 import zarr
 
 from pipeline import architectures, tasks
+from pipeline import extract as extract_module
 from pipeline.architectures import MLP, RecurrentNet
 from pipeline.checkpoints import save_checkpoint
 from pipeline.config import validate_config
@@ -223,6 +224,18 @@ def test_partial_store_from_other_inputs_is_rewritten(tmp_path, monkeypatch):
     reference = tmp_path / "whole" / "step" / "digits.zarr"
     extract(spec, reference, second)
     assert_same_store(open_store(out), open_store(reference))
+
+
+def test_partial_store_from_other_package_versions_is_rewritten(tmp_path, monkeypatch):
+    checkpoint = make_checkpoint(tmp_path, "step.safetensors", seed=1)
+    spec = mlp_spec(tmp_path)
+    out = tmp_path / "run" / "step" / "digits.zarr"
+    with pytest.raises(RuntimeError):
+        counted_extract(monkeypatch, spec, out, checkpoint, fail_at=3)
+    versions = extract_module.package_versions()
+    monkeypatch.setattr(extract_module, "package_versions", lambda: {**versions, "torch": "0.0-other"})
+    assert counted_extract(monkeypatch, spec, out, checkpoint) == math.ceil(1797 / BATCH)  # not resumed
+    assert open_store(out).attrs["packages"]["torch"] == "0.0-other"
 
 
 # ---------------------------------------------------------------- bad input: one-line errors
