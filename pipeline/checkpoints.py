@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import pickle
 import re
@@ -178,19 +177,14 @@ def last_integer(text: str) -> int | None:
     return int(numbers[-1]) if numbers else None
 
 
-def checkpoint_order_key(path, metadata: dict) -> tuple[float, str]:
-    """Sort key placing a checkpoint within its training series.
-
-    Returns ``(position, name)``: ``position`` is ``metadata["step"]``, else ``metadata["epoch"]``,
-    else the last integer in the file name, else infinity (such files sort last); ``name`` breaks ties.
-    """
-    path = Path(path)
-    for key in ("step", "epoch"):
-        value = metadata.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return value, path.name
-    number = last_integer(path.stem)
-    return (math.inf if number is None else number), path.name
+def checkpoint_step(metadata: dict, name: str | None = None) -> int:
+    """A checkpoint's training step: ``metadata["step"]``, else ``metadata["epoch"]`` (when a whole
+    number), else the last integer in its ``name``, else -1."""
+    step = metadata.get("step", metadata.get("epoch"))
+    if not isinstance(step, bool) and isinstance(step, (int, float)) and float(step).is_integer():
+        return int(step)
+    number = None if name is None else last_integer(name)
+    return -1 if number is None else number
 
 
 def discover_checkpoints(folder, pattern: str) -> list[Path]:

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline import __version__
-from pipeline.checkpoints import last_integer
+from pipeline.checkpoints import checkpoint_step
 from pipeline.config import config_hash
 from pipeline.errors import SiteError, first_line
 from pipeline.hooks import record, resolve_sites
@@ -166,9 +166,8 @@ def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: boo
         "packages": package_versions(),
         "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    if checkpoint is not None and attrs.get("step", -1) == -1:  # no step in the metadata: the file's number
-        number = last_integer(out.parent.name)
-        attrs["step"] = -1 if number is None else number
+    if checkpoint is not None:  # without a step in its metadata, a checkpoint's name gives its number
+        attrs["step"] = checkpoint_step(prov["checkpoint_metadata"], out.parent.name)
     # a partial store is resumed only by a run with the same inputs, device and package versions
     attrs["fingerprint"] = config_hash([attrs["config_hash"], prov.get("checkpoint_sha256"), stim.content_hash, sites,
                                         attrs["device"], attrs["packages"]])

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from pipeline.architectures import build_model
-from pipeline.checkpoints import load_checkpoint, load_weights, sha256_file
+from pipeline.checkpoints import checkpoint_step, load_checkpoint, load_weights, sha256_file
 from pipeline.errors import ModelError, first_line
 
 
@@ -79,14 +79,6 @@ def load_huggingface(name: str, path: str, device: torch.device) -> LoadedModel:
         "step": -1,
     }
     return LoadedModel(name, module.to(device).eval(), True, tokenizer, provenance)
-
-
-def checkpoint_step(metadata: dict) -> int:
-    """The training step (else epoch) a checkpoint's metadata records; -1 when it is not a whole number."""
-    step = metadata.get("step", metadata.get("epoch"))
-    if isinstance(step, bool) or not isinstance(step, (int, float)) or not float(step).is_integer():
-        return -1
-    return int(step)
 
 
 def load_from_checkpoint(name: str, architecture: str, params: dict, checkpoint: Path,

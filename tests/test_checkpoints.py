@@ -14,7 +14,6 @@ from pipeline.checkpoints import (
     METADATA_KEY,
     CheckpointError,
     checkpoint_name,
-    checkpoint_order_key,
     discover_checkpoints,
     load_checkpoint,
     load_weights,
@@ -154,14 +153,6 @@ def test_discover_orders_by_last_integer_without_recursion(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in discover_checkpoints(tmp_path, "*/*.pt")] == ["sub/step-5.pt"]
     with pytest.raises(CheckpointError, match="does not exist"):
         discover_checkpoints(tmp_path / "missing", "*.pt")
-
-
-def test_order_key_prefers_metadata_step_then_epoch_then_file_name():
-    assert checkpoint_order_key("step-9.pt", {"step": 40, "epoch": 2})[0] == 40
-    assert checkpoint_order_key("step-9.pt", {"epoch": 2})[0] == 2
-    assert checkpoint_order_key("step-9.pt", {})[0] == 9
-    names = ["b.pt", "step-10.pt", "step-2.pt"]
-    assert sorted(names, key=lambda n: checkpoint_order_key(n, {})) == ["step-2.pt", "step-10.pt", "b.pt"]
 
 
 def test_checkpoint_name_is_a_safe_path_component():
