@@ -16,5 +16,6 @@ include: "rules/report.smk"
 rule all:
     input:
         layout.report_index(REPORT_DIR),
+        layout.report_bundle(OUT),
         trained_run_folders(),
     default_target: True

@@ -103,6 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", type=_spec, required=True)
     p.add_argument("--out", type=Path, required=True)
 
+    p = sub.add_parser("report-bundle", help="gather the report pages into one folder for `snakemake --report`")
+    p.add_argument("--report-dir", type=Path, required=True, help="the report folder the pages are in")
+    p.add_argument("--out", type=Path, required=True, help="the bundle folder")
+    p.add_argument("pages", type=Path, nargs="+", help="the pages, index included")
+
     p = sub.add_parser("show", help="print an activation store's sites, coordinates and provenance")
     p.add_argument("store", type=Path)
     return parser
@@ -159,6 +164,7 @@ JOBS = {
     "report-checkpoint": ("pipeline.report.build", "write_checkpoint_report", ("spec", "out")),
     "report-comparisons": ("pipeline.report.build", "write_comparisons_report", ("spec", "out")),
     "report-index": ("pipeline.report.build", "write_index", ("spec", "out")),
+    "report-bundle": ("pipeline.report.build", "write_bundle", ("report_dir", "pages", "out")),
 }
 
 

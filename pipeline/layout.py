@@ -91,3 +91,8 @@ def comparisons_report(report_dir: str) -> Path:
 
 def report_index(report_dir: str) -> Path:
     return Path(report_dir) / "index.html"
+
+
+def report_bundle(output_dir: str) -> Path:
+    """The report pages gathered into one folder (same paths below it), which ``snakemake --report`` packs."""
+    return Path(output_dir) / "report-bundle"

@@ -156,16 +156,25 @@ def checkpoint_results(wildcards):
     ]
 
 
-def checkpoint_pages(wildcards):
+def checkpoint_pages(model):
     """Every checkpoint page of one model."""
-    entry = config["models"][wildcards.model]
-    folder = layout.model_page(REPORT_DIR, wildcards.model).parent
+    entry = config["models"][model]
+    folder = layout.model_page(REPORT_DIR, model).parent
     return [
         str(layout.checkpoint_page(folder, run, checkpoint, stimuli))
         for run in model_runs(entry)
         for stimuli in entry["stimuli"]
-        for checkpoint in model_checkpoints(wildcards.model, run)
+        for checkpoint in model_checkpoints(model, run)
     ]
+
+
+def report_pages():
+    """Every page of the report except the index: checkpoint pages, model pages, the comparisons page."""
+    pages = [str(layout.comparisons_report(REPORT_DIR))]
+    for model in config["models"]:
+        pages.append(str(layout.model_page(REPORT_DIR, model)))
+        pages.extend(checkpoint_pages(model))
+    return pages
 
 
 def report_spec(model, results):

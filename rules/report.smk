@@ -11,17 +11,14 @@ localrules:
     report_model,
     report_comparisons,
     report_index,
+    report_bundle,
 
 
 rule report_checkpoint:
     input:
         checkpoint_results,
     output:
-        report(
-            layout.checkpoint_page(layout.model_page(REPORT_DIR, "{model}").parent, "{run}", "{checkpoint}", "{stimuli}"),
-            category="{model}",
-            labels={"run": "{run}", "checkpoint": "{checkpoint}", "stimuli": "{stimuli}"},
-        ),
+        layout.checkpoint_page(layout.model_page(REPORT_DIR, "{model}").parent, "{run}", "{checkpoint}", "{stimuli}"),
     params:
         spec=lambda wc, input: spec_arg(report_spec(wc.model, input)),
     log:
@@ -61,9 +58,9 @@ rule report_model:
     input:
         trained=trained_folders,
         results=model_results,
-        pages=checkpoint_pages,
+        pages=lambda wc: checkpoint_pages(wc.model),
     output:
-        page=report(layout.model_page(REPORT_DIR, "{model}"), category="{model}", labels={"page": "model"}),
+        page=layout.model_page(REPORT_DIR, "{model}"),
         summary=layout.model_summary(REPORT_DIR, "{model}"),
     params:
         spec=lambda wc, input: spec_arg(report_spec(wc.model, input.results)),
@@ -83,7 +80,7 @@ rule report_comparisons:
     input:
         comparison_results(),
     output:
-        report(layout.comparisons_report(REPORT_DIR), category="Comparisons"),
+        layout.comparisons_report(REPORT_DIR),
     params:
         spec=lambda wc, input: spec_arg({"analyses": config["analyses"], "inputs": list(input)}),
     log:
@@ -102,7 +99,7 @@ rule report_index:
         models=[layout.model_summary(REPORT_DIR, m) for m in config["models"]],
         comparisons=layout.comparisons_report(REPORT_DIR),
     output:
-        report(layout.report_index(REPORT_DIR), category="Index"),
+        layout.report_index(REPORT_DIR),
     params:
         spec=lambda wc, input: spec_arg(
             {
@@ -120,3 +117,25 @@ rule report_index:
         runtime=10,
     shell:
         "{PIPELINE} --log {log:q} --threads {threads} report-index --spec {params.spec} --out {output:q}"
+
+
+# `snakemake --report report.zip` packs this folder with the index as its entry page; the pages keep
+# their relative paths there, so the links between them work inside the unpacked zip.
+rule report_bundle:
+    input:
+        index=layout.report_index(REPORT_DIR),
+        pages=lambda wc: report_pages(),
+    output:
+        report(directory(layout.report_bundle(OUT)), htmlindex="index.html", category="Report"),
+    params:
+        pages=lambda wc, input: shell_args(input),
+        report_dir=REPORT_DIR,
+    log:
+        layout.log_file(OUT, "report", "bundle"),
+    benchmark:
+        layout.benchmark_file(OUT, "report", "bundle")
+    resources:
+        mem_mb=500,
+        runtime=10,
+    shell:
+        "{PIPELINE} --log {log:q} report-bundle --report-dir {params.report_dir:q} --out {output:q} {params.pages}"

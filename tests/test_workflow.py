@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -74,7 +76,7 @@ def workflow(tmp_path_factory):
 # Jobs that combine checkpoints, runs or models: they re-run when any of their inputs is new
 # (report_checkpoint is per checkpoint).
 AGGREGATE_RULES = {"all", "stats_across", "similarity_across", "similarity_models", "tca_across", "connectome",
-                   "report_run", "report_model", "report_comparisons", "report_index"}
+                   "report_run", "report_model", "report_comparisons", "report_index", "report_bundle"}
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:
@@ -111,6 +113,30 @@ def test_rerun_with_nothing_new_does_nothing(workflow):
     result = snakemake(root, "-n")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def _local_links(html: str) -> list[str]:
+    return [h for h in re.findall(r'href="([^"#]+)"', html) if "://" not in h and not h.startswith("data:")]
+
+
+def test_snakemake_report_zip_holds_the_pages_with_working_links(workflow, tmp_path):
+    root, _ = workflow
+    result = snakemake(root, "--report", str(tmp_path / "report.zip"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    with zipfile.ZipFile(tmp_path / "report.zip") as packed:
+        names = set(packed.namelist())
+        index = next(n for n in names if n.endswith("/index.html") and "/minilm/" not in n
+                     and posixpath.dirname(n) + "/minilm/index.html" in names)
+        folder = posixpath.dirname(index)
+        pages = [n for n in names if n.startswith(folder + "/") and n.endswith(".html")]
+        # index, comparisons, 4 model pages, 1 + 3 + 2 + 2 checkpoint pages
+        assert len(pages) == 1 + 1 + 4 + 8, sorted(pages)
+        for page in pages:
+            links = _local_links(packed.read(page).decode())
+            for link in links:
+                target = posixpath.normpath(posixpath.join(posixpath.dirname(page), link))
+                assert target in names, f"{page} links to {link}, which is not in the zip"
+        assert len(_local_links(packed.read(index).decode())) >= 1 + 4 + 8
 
 
 def test_new_checkpoint_runs_only_its_jobs_and_the_aggregates(workflow):

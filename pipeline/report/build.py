@@ -11,11 +11,13 @@ import datetime
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import jinja2
 
 from pipeline import __version__, layout
+from pipeline.errors import InputError
 from pipeline.report.context import (
     ExperimentContext,
     ModelContext,
@@ -182,3 +184,31 @@ def write_index(spec: dict, out: Path) -> None:
     page = {**_common("Activation analysis report", ""), "sections": [], "errors": [], "models": models,
             "comparisons": spec.get("comparisons")}
     _write_page(out, _environment().get_template("index.html").render(**page))
+
+
+def write_bundle(report_dir: Path, pages: list[Path], out: Path) -> None:
+    """Gather ``pages`` (files below ``report_dir``) into the folder ``out`` at the same relative paths,
+    so the links between them still hold there; hard links where the file system allows, else copies.
+
+    The folder is built beside ``out`` and renamed into place, replacing an older bundle.
+    """
+    report_dir = Path(report_dir).resolve()
+    relative = []
+    for page in pages:
+        page = Path(page).resolve()
+        if not page.is_relative_to(report_dir):
+            raise InputError(f"report page {page} is not inside the report folder {report_dir}")
+        if not page.is_file():
+            raise InputError(f"report page {page} is missing; run the workflow to write it")
+        relative.append(page.relative_to(report_dir))
+    work = out.with_name(out.name + ".tmp")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    for rel in relative:
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(report_dir / rel, work / rel)
+        except OSError:  # another file system, or one without hard links
+            shutil.copy2(report_dir / rel, work / rel)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(work, out)
