@@ -171,6 +171,16 @@ def sha256_file(path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def weights_sha256(files) -> str:
+    """SHA-256 naming a model's weights: the file's own digest when there is one file; for weights
+    sharded over several files, the digest of the lines ``'<file name> <sha256>\\n'`` in name order."""
+    files = sorted(Path(f) for f in files)
+    if len(files) == 1:
+        return sha256_file(files[0])
+    lines = "".join(f"{f.name} {sha256_file(f)}\n" for f in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
 def last_integer(text: str) -> int | None:
     """The last run of digits in ``text`` as an integer (``'epoch-3_model'`` -> 3), else None."""
     numbers = re.findall(r"\d+", text)

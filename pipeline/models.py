@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from pipeline.architectures import build_model
-from pipeline.checkpoints import checkpoint_step, load_checkpoint, load_weights, sha256_file
+from pipeline.checkpoints import checkpoint_step, load_checkpoint, load_weights, sha256_file, weights_sha256
 from pipeline.errors import ModelError, first_line
 
 
@@ -74,8 +74,8 @@ def load_huggingface(name: str, path: str, device: torch.device) -> LoadedModel:
         "model_id": name,
         "model_path": str(folder),
         "model_class": type(module).__name__,
-        "checkpoint": str(weights[0]) if weights else "",
-        "checkpoint_sha256": sha256_file(weights[0]) if weights else "",
+        "checkpoint": str(weights[0]) if len(weights) == 1 else str(folder),
+        "checkpoint_sha256": weights_sha256(weights) if weights else "",
         "step": -1,
     }
     return LoadedModel(name, module.to(device).eval(), True, tokenizer, provenance)

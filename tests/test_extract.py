@@ -466,6 +466,18 @@ def test_truncated_pretrained_weights(tmp_path):
     assert one_line(info).startswith(f"model 'minilm': cannot load {folder}: ")
 
 
+def test_sharded_pretrained_weights_are_all_in_the_provenance(tmp_path, minilm):
+    folder = tmp_path / "sharded"
+    minilm.module.save_pretrained(folder, max_shard_size="40MB")
+    minilm.tokenizer.save_pretrained(folder)
+    shards = sorted(folder.glob("*.safetensors"))
+    assert len(shards) >= 2
+    loaded = load_huggingface("lm", str(folder), torch.device("cpu"))
+    lines = "".join(f"{p.name} {hashlib.sha256(p.read_bytes()).hexdigest()}\n" for p in shards)
+    assert loaded.provenance["checkpoint_sha256"] == hashlib.sha256(lines.encode()).hexdigest()
+    assert loaded.provenance["checkpoint"] == str(folder)
+
+
 def test_tokenizer_without_a_pad_token_pads_with_end_of_text(tmp_path):
     loaded = load_huggingface("lm", str(minilm_copy(tmp_path / "hf", pad_token=None, eos_token="[SEP]")),
                               torch.device("cpu"))
