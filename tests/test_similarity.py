@@ -145,6 +145,21 @@ def test_rdm_matches_definition(metric):
     np.testing.assert_allclose(S.rdm(X, metric), ref_rdm(X, metric), atol=TOL, rtol=0)
 
 
+def test_float32_euclidean_distances_keep_small_distances():
+    # two tight clusters far apart: within-cluster distances (~0.03) are tiny next to the norms (~140)
+    g = rng(3)
+    centres = 5.0 * g.standard_normal((2, 768))
+    X = (np.repeat(centres, 10, axis=0) + 1e-3 * g.standard_normal((20, 768))).astype(np.float32)
+    reference = scipy.spatial.distance.squareform(scipy.spatial.distance.pdist(X.astype(np.float64)))
+    within = np.kron(np.eye(2), np.ones((10, 10))).astype(bool) & ~np.eye(20, dtype=bool)
+    for metric, power in [("euclidean", 1), ("sqeuclidean", 2)]:
+        D = S.rdm(X, metric)
+        assert D.dtype == np.float32
+        np.testing.assert_allclose(D[within], reference[within] ** power, rtol=1e-4)
+    K = S._gram(np, X, "rbf", 0.05, "X")  # bandwidth of the within-cluster distances
+    np.testing.assert_allclose(K[within], np.exp(-reference[within] ** 2 / (2 * 0.05**2)), rtol=1e-4)
+
+
 def test_rdm_stack_equals_each_item():
     X = rng(2).standard_normal((4, 10, 6))
     for metric in ["correlation", "euclidean"]:

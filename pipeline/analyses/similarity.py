@@ -124,11 +124,8 @@ def _rdm_one(xp, X, metric: str, out=None):
     ``out`` (numpy only, (n, n)) receives the RDM without an intermediate copy.
     """
     if metric in ("euclidean", "sqeuclidean"):
-        Xc = X - xp.mean(X, axis=0, keepdims=True)
-        sq = xp.sum(Xc * Xc, axis=-1)
-        D = sq[:, None] + sq[None, :] - 2.0 * xp.matmul(Xc, Xc.T)
-        D = _zero_diagonal(xp, xp.clip(D, 0.0, None))
-        D = xp.sqrt(D) if metric == "euclidean" else D
+        D = _squared_distances(xp, X)
+        D = xp.astype(xp.sqrt(D) if metric == "euclidean" else D, X.dtype)
         if out is not None:
             out[...] = D
         return D
@@ -154,6 +151,19 @@ def _rdm_one(xp, X, metric: str, out=None):
     else:
         D = np.subtract(1.0, np.matmul(Z, Z.T, out=out), out=out)
     return _zero_diagonal(xp, D)
+
+
+def _squared_distances(xp, X):
+    """Squared Euclidean distances (n, n), float64, between the rows of X (n, d), zero diagonal.
+
+    Computed as |a|^2 + |b|^2 - 2 a.b of the column-centred rows in float64: in float32 the expansion
+    loses every digit of a small distance between two patterns far from the mean.
+    """
+    Xc = xp.astype(X, xp.float64)
+    Xc = Xc - xp.mean(Xc, axis=0, keepdims=True)
+    sq = xp.sum(Xc * Xc, axis=-1)
+    D = sq[:, None] + sq[None, :] - 2.0 * xp.matmul(Xc, _mT(xp, Xc))
+    return _zero_diagonal(xp, xp.clip(D, 0.0, None))
 
 
 def _zero_diagonal(xp, D):
@@ -530,16 +540,14 @@ def _median_distance(xp, sq):
 
 def _gram(xp, X, kernel: str, sigma, name: str):
     """Kernel matrix (n, n) of column-centred X for ``kernel``."""
-    Xc = X - xp.mean(X, axis=0, keepdims=True)
-    G = xp.matmul(Xc, _mT(xp, Xc))
     if kernel == "linear":
-        return G
-    sq = xp.sum(Xc * Xc, axis=-1)
-    D2 = xp.clip(sq[:, None] + sq[None, :] - 2.0 * G, 0.0, None) * (1.0 - xp.eye(X.shape[0], dtype=X.dtype))
+        Xc = X - xp.mean(X, axis=0, keepdims=True)
+        return xp.matmul(Xc, _mT(xp, Xc))
+    D2 = _squared_distances(xp, X)
     s = _median_distance(xp, D2) if sigma is None else float(sigma)
     if s <= 0.0:
         raise ValueError(f"{name}: the RBF bandwidth is zero (all stimuli identical); pass a positive sigma")
-    return xp.exp(-D2 / (2.0 * s * s))
+    return xp.astype(xp.exp(-D2 / (2.0 * s * s)), X.dtype)
 
 
 def _centred_kernel(xp, X, kernel: str, debiased: bool, sigma, name: str):
