@@ -234,6 +234,18 @@ def test_compare_matches_definition(method):
     assert S.compare_rdms(labels, S.rdm(X), method) == pytest.approx(ref_compare(labels, S.rdm(X), method), abs=TOL)
 
 
+def test_kendall_tau_a_against_a_category_rdm_matches_definition():
+    g = rng(8)
+    A = np.round(S.rdm(g.standard_normal((14, 3))), 1)  # rounded: ties within A too
+    L = S.label_rdm(g.integers(0, 3, 14))
+    assert S.compare_rdms(A, L, "kendall_tau_a") == pytest.approx(ref_tau_a(upper(A), upper(L)), abs=1e-12)
+    assert S.compare_rdms(L, A, "kendall_tau_a") == pytest.approx(ref_tau_a(upper(L), upper(A)), abs=1e-12)
+    result = S.permutation_test(A, L, "kendall_tau_a", n_permutations=20, seed=0)
+    perms = np.random.default_rng(0).permuted(np.tile(np.arange(14), (20, 1)), axis=1)
+    null = [ref_tau_a(upper(A[np.ix_(p, p)]), upper(L)) for p in perms]
+    np.testing.assert_allclose(result.null, null, atol=1e-12)
+
+
 @pytest.mark.parametrize("method", S.COMPARE_METHODS)
 def test_compare_all_pairs_equals_loop(method):
     g = rng(9)

@@ -443,10 +443,22 @@ def _unit_vectors(xp, sides, method: str) -> list:
 
 
 def _kendall_tau_a(a: np.ndarray, b: np.ndarray) -> float:
-    """Kendall tau-a of two 1-D numpy vectors (tau-b of scipy rescaled to the full pair count)."""
-    from scipy.stats import kendalltau
+    """Kendall tau-a of two 1-D numpy vectors (tau-b of scipy rescaled to the full pair count).
+
+    Against a two-valued vector (a category RDM) it is the Mann-Whitney count: with R1 the sum of
+    the other vector's average ranks over the n1 entries of the higher value (n0 of the lower),
+    concordant - discordant = 2 R1 - n1 (n1 + 1) - n1 n0.
+    """
+    from scipy.stats import kendalltau, rankdata
 
     total = a.size * (a.size - 1) / 2.0
+    for x, y in ((a, b), (b, a)):
+        levels = np.unique(y)
+        if levels.size == 2:
+            high = y == levels[1]
+            n1 = float(np.count_nonzero(high))
+            r1 = float(np.sum(rankdata(x)[high]))
+            return (2.0 * r1 - n1 * (n1 + 1.0) - n1 * (y.size - n1)) / total
 
     def tied_pairs(x):
         counts = np.unique(x, return_counts=True)[1].astype(np.float64)
@@ -565,10 +577,22 @@ def _check_representation(xp, X, name: str, min_n: int = 2):
     if X.shape[0] < min_n:
         why = " (the debiased HSIC estimator needs n >= 4)" if min_n == 4 else ""
         raise ValueError(f"{name} needs at least {min_n} stimuli (rows){why}; got {X.shape[0]}")
-    Xc = X - xp.mean(X, axis=0, keepdims=True)
-    if float(xp.sum(Xc * Xc)) <= (_tiny(xp, X) ** 2) * float(xp.sum(X * X)):
+    if not _varies(xp, X):
         raise ValueError(f"{name} is constant across stimuli (every feature has zero variance); CKA is undefined")
     return X
+
+
+def _varies(xp, X) -> bool:
+    """Whether X (n, d) varies across its rows by more than rounding error of its dtype."""
+    Xc = X - xp.mean(X, axis=0, keepdims=True)
+    return float(xp.sum(Xc * Xc)) > (_tiny(xp, X) ** 2) * float(xp.sum(X * X))
+
+
+def varies_across_stimuli(X) -> bool:
+    """Whether a representation X (n stimuli, d features) is more than constant up to rounding error:
+    what CKA and the shape metrics require of each representation."""
+    xp = array_namespace(X)
+    return _varies(xp, _as_float(xp, X, "X", (2,), "a (stimuli, features) matrix"))
 
 
 

@@ -49,7 +49,7 @@ def run_similarity(spec: dict, store: Path, out: Path) -> None:
         if not np.all(np.isfinite(rep)):
             sites[site] = {"status": "failed", "error": "the pooled activations hold NaN or infinite values"}
             continue
-        if not np.any(np.ptp(rep, axis=0) > 0):
+        if not sim.varies_across_stimuli(rep):
             sites[site] = {"status": "failed", "error": "the pooled activations are the same for every stimulus"}
             continue
         reps[site] = rep
@@ -61,7 +61,8 @@ def run_similarity(spec: dict, store: Path, out: Path) -> None:
     names = list(reps)
     matrices = _layer_matrices(spec, xp, [reps[s] for s in names], [rdms.get(s) for s in names])
     refs, ref_status = _reference_rdms(spec, xp, group, keep)
-    tests = {site: {ref: _reference_test(spec, xp, rdms[site], R) for ref, R in refs.items()} for site in rdms}
+    tests = {site: {ref: _reference_test(spec, xp, rdms[site], R, REFERENCE_METHOD.get(ref, spec["compare_method"]))
+                    for ref, R in refs.items()} for site in rdms}
 
     n = len(keep)
     kept_ids = ids[keep]
@@ -152,16 +153,21 @@ def _reference_rdms(spec: dict, xp, group: zarr.Group, keep: np.ndarray) -> tupl
     return refs, status
 
 
-def _reference_test(spec: dict, xp, D: np.ndarray, R: np.ndarray) -> dict:
-    """Similarity of a site's RDM to a reference RDM, its permutation p-value and bootstrap interval."""
-    method, seed = spec["compare_method"], spec["seed"]
+# The label RDM is all ties (0 or 1); Kendall tau-a is the rank correlation that does not favour
+# RDMs with tied entries (Nili et al. 2014). Other references use the configured compare_method.
+REFERENCE_METHOD = {"label": "kendall_tau_a"}
+
+
+def _reference_test(spec: dict, xp, D: np.ndarray, R: np.ndarray, method: str) -> dict:
+    """Similarity (by ``method``) of a site's RDM to a reference RDM, its permutation p-value and bootstrap interval."""
+    seed = spec["seed"]
     A, B = to_device(D, xp), to_device(R, xp)
     try:
         test = sim.permutation_test(A, B, method, n_permutations=spec["n_permutations"], seed=seed)
         low, high = sim.bootstrap_ci(A, B, method, n_bootstrap=spec["n_bootstrap"], seed=seed)
     except ValueError as err:
-        return {"error": str(err)}
-    return {"statistic": test.statistic, "pvalue": test.pvalue, "ci_low": low, "ci_high": high}
+        return {"method": method, "error": str(err)}
+    return {"method": method, "statistic": test.statistic, "pvalue": test.pvalue, "ci_low": low, "ci_high": high}
 
 
 def _similarity_inputs(results: list[Path]) -> list[tuple[dict, ResultGroup]]:
