@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -427,6 +428,19 @@ def test_procrustes_matches_definition(alpha):
     value = S.procrustes_distance(X, Y, alpha=alpha)
     assert isinstance(value, float)
     assert value == pytest.approx(ref_shape(X, Y, alpha), abs=TOL)
+
+
+def test_full_whitening_of_wide_representations_warns():
+    g = rng(9)
+    X, Y = g.standard_normal((10, 50)), g.standard_normal((10, 50))  # unrelated, rank n - 1 each
+    with pytest.warns(UserWarning, match="alpha=0"):
+        assert S.procrustes_distance(X, Y, alpha=0.0) == pytest.approx(0.0, abs=1e-6)
+    with pytest.warns(UserWarning, match="alpha=0"):
+        S.shape_distance_matrix([X, Y, X[:, :3]], alpha=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        S.procrustes_distance(X[:, :3], Y, alpha=0.0)  # one of them narrower: a real distance
+        S.procrustes_distance(X, Y, alpha=0.5)
 
 
 def test_procrustes_invariances_and_metric():

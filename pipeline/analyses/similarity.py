@@ -857,7 +857,10 @@ def procrustes_distance(X, Y, alpha: float = 1.0) -> float:
     partial whitening Xc -> Xc (alpha I + (1 - alpha) (Xc^T Xc)^(-1/2)). alpha=1 is plain centring
     (invariant to rotations and isotropic scaling); alpha=0 whitens fully (a CCA-like metric,
     invariant to any invertible linear map). Unequal widths are zero-padded; zero columns change
-    neither norm, so the padding is implicit.
+    neither norm, so the padding is implicit. Between 0 and 1 the distance depends on the overall
+    scale of X and Y (the two terms scale differently): scale them alike before comparing. With
+    alpha=0, two representations of rank n - 1 (as many features as stimuli, or more) are at
+    distance 0 whatever they hold; a warning says so.
 
     Parameters
     ----------
@@ -875,7 +878,24 @@ def procrustes_distance(X, Y, alpha: float = 1.0) -> float:
     X = _check_representation(xp, X, "X")
     Y = _check_representation(xp, Y, "Y")
     _check_same_stimuli(X.shape[0], Y.shape[0], "X and Y")
-    return _shape_angle(xp, _whitened_factors(xp, X, alpha), _whitened_factors(xp, Y, alpha))
+    factors = [_whitened_factors(xp, X, alpha), _whitened_factors(xp, Y, alpha)]
+    _warn_if_fully_whitened_alike(xp, factors, alpha, X.shape[0])
+    return _shape_angle(xp, *factors)
+
+
+def _warn_if_fully_whitened_alike(xp, factors, alpha: float, n: int) -> None:
+    """Warn where full whitening (alpha=0) makes representations indistinguishable: every
+    representation of centred rank n - 1 whitens to the same subspace, so their distance is 0."""
+    if alpha != 0.0:
+        return
+    full = sum(int(xp.sum(xp.astype(w > 0.0, xp.int64))) == n - 1 for _, w in factors)
+    if full >= 2:
+        warnings.warn(
+            f"shape distance with alpha=0: {full} representations have rank n - 1 = {n - 1} (at least as many "
+            "features as stimuli), so their distances are 0 whatever they hold; use more stimuli than "
+            "features or alpha > 0",
+            stacklevel=3,
+        )
 
 
 def _shape_angle(xp, fx, fy) -> float:
@@ -911,6 +931,7 @@ def shape_distance_matrix(reps, alpha: float = 1.0):
     xp = array_namespace(*reps)
     reps = _check_reps(xp, reps)
     factors = [_whitened_factors(xp, R, alpha) for R in reps]
+    _warn_if_fully_whitened_alike(xp, factors, alpha, reps[0].shape[0])
     D = np.zeros((len(reps), len(reps)))
     for i, j in zip(*np.triu_indices(len(reps), 1)):
         D[i, j] = D[j, i] = _shape_angle(xp, factors[i], factors[j])
