@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -99,20 +100,30 @@ def connectome_enabled(config: dict, model: str) -> bool:
 # ---------------------------------------------------------------- jobs
 
 
+def json_safe(value):
+    """``value`` as strict JSON data: numpy scalars and arrays as Python values, NaN and +-Inf as None (null)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (np.ndarray, np.generic)):
+        return json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def json_dumps(data, **options) -> str:
+    """Strict JSON text of ``data`` (through ``json_safe``): readable by jq, JavaScript and other strict parsers."""
+    return json.dumps(json_safe(data), allow_nan=False, **options)
+
+
 def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
+    """Write strict JSON atomically (temporary file, then rename); non-finite numbers become null."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=_json_default))
+    tmp.write_text(json_dumps(data, indent=1, sort_keys=True))
     os.replace(tmp, path)
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
 def run_train(spec: dict, out: Path) -> None:

@@ -18,6 +18,7 @@ import jinja2
 
 from pipeline import __version__, layout
 from pipeline.errors import InputError
+from pipeline.jobs import json_dumps
 from pipeline.report.context import (
     ExperimentContext,
     ModelContext,
@@ -103,7 +104,7 @@ def write_run_report(spec: dict, out: Path) -> None:
         if key not in spec:
             raise ValueError(f"a run report spec needs {key!r}; add the run and its stimulus set to the spec")
     ctx = load_model_context(spec)
-    _write_page(out, json.dumps(_run_report(ctx, spec["run"], spec["stimuli"])))
+    _write_page(out, json_dumps(_run_report(ctx, spec["run"], spec["stimuli"])))
 
 
 def write_model_report(spec: dict, out: Path) -> None:
@@ -143,7 +144,7 @@ def write_model_report(spec: dict, out: Path) -> None:
         "n_checkpoints": n_checkpoints, "n_errors": len(errors),
         "checkpoints": checkpoints, "href": f"{ctx.model_name}/index.html",
     }
-    _write_page(layout.model_summary(out.parent.parent, ctx.model_name), json.dumps(summary, indent=1))
+    _write_page(layout.model_summary(out.parent.parent, ctx.model_name), json_dumps(summary, indent=1))
 
 
 def write_checkpoint_report(spec: dict, out: Path) -> None:

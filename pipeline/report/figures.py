@@ -85,11 +85,12 @@ def small_multiples(n_panels: int, ncols: int = 4, panel_size=(2.6, 1.7), left: 
     return fig, flat[:n_panels]
 
 
-def bar_chart(labels: list[str], values: list[float], title: str, ylabel: str) -> Figure:
+def bar_chart(labels: list[str], values: list[float | None], title: str, ylabel: str) -> Figure:
+    """Bars of ``values`` (None or NaN leaves a gap) over rotated ``labels``."""
     fig = figure(max(4.0, 0.35 * len(labels) + 1.5), 2.2 + SIN60 * text_inches(labels, 7))
     place(fig, left=max(0.7, text_inches(labels[:1], 7) / 2 + 0.1), bottom=SIN60 * text_inches(labels, 7) + 0.2)
     ax = fig.add_subplot()
-    ax.bar(range(len(values)), values, color="#4c72b0")
+    ax.bar(range(len(values)), np.asarray(values, dtype=float), color="#4c72b0")
     ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)

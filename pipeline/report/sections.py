@@ -100,7 +100,7 @@ def _checkpoint_list(ctx: ModelContext, _page=None) -> dict | None:
         rows.append({"run": c.run, "checkpoint": c.checkpoint, "stimuli": c.stimuli, "step": c.step,
                      "href": href, "n_flags": len(flags),
                      "metadata": {k: v for k, v in c.provenance.get("checkpoint_metadata", {}).items()
-                                  if isinstance(v, (int, float, str)) and k not in ("params",)}})
+                                  if (v is None or isinstance(v, (int, float, str))) and k != "params"}})
     return {"rows": rows} if rows else None
 
 
@@ -131,7 +131,7 @@ def _stimuli(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
 def _provenance(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
     prov = dict(page.provenance)
     packages = prov.pop("packages", {})
-    metadata = prov.pop("checkpoint_metadata", {})
+    metadata = {k: "-" if v is None else v for k, v in prov.pop("checkpoint_metadata", {}).items()}  # null: NaN metric
     return {"items": prov, "packages": packages, "metadata": metadata}
 
 
