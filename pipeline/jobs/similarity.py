@@ -200,11 +200,7 @@ def _compare_representations(spec: dict, xp, entries: list[tuple[dict, ResultGro
         D = np.asarray(group["rdm"][list(group["site"]).index(site)], dtype=np.float64)
         rdms.append(D if np.all(np.isfinite(D)) else None)
     matrices = _layer_matrices(spec, xp, reps, rdms)
-    return {"members": have, **{name: _json_matrix(M) for name, M in matrices.items()}}
-
-
-def _json_matrix(M: np.ndarray) -> list[list[float | None]]:
-    return [[None if not np.isfinite(v) else float(v) for v in row] for row in np.asarray(M, dtype=float)]
+    return {"members": have, **matrices}  # written by write_json: NaN entries become null
 
 
 def run_similarity_across(spec: dict, results: list[Path], out: Path) -> None:
