@@ -1,6 +1,7 @@
 """Activation statistics against numpy on planted data: dead units, NaN/Inf, massive activations, padding."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -48,7 +49,7 @@ def expected(values, mask, zero_threshold=1e-6):
         "n_rows": rows.shape[0],
         "mean": np.nanmean(finite, axis=0),
         "variance": np.nanvar(finite, axis=0),
-        "zero_fraction": (np.abs(finite) <= zero_threshold).sum(0) / rows.shape[0],
+        "zero_fraction": (np.abs(finite) <= zero_threshold).sum(0) / np.isfinite(rows).sum(0),
         "nan_count": np.isnan(rows).sum(0),
         "inf_count": np.isinf(rows).sum(0),
         "median_abs": np.nanmedian(np.abs(finite)[np.abs(finite) > 0]),  # nonzero magnitudes
@@ -96,9 +97,19 @@ def test_a_unit_without_finite_values_reports_nan_moments():
     values, mask = planted()
     values[:, :, 7] = np.nan
     stats = site_stats(lambda: blocks_of(values, mask, 3))
-    assert np.isnan(stats.mean[7]) and np.isnan(stats.variance[7])
-    assert stats.nan_count[7] == mask.sum()
+    assert np.isnan(stats.mean[7]) and np.isnan(stats.variance[7]) and np.isnan(stats.zero_fraction[7])
+    assert stats.nan_count[7] == mask.sum() and 7 not in stats.dead_units
     np.testing.assert_allclose(stats.mean[:7], expected(values[:, :, :7], mask)["mean"], rtol=1e-12)
+
+
+def test_a_site_without_finite_values_reports_no_scale():
+    values, mask = planted()
+    values[:] = np.nan
+    stats = site_stats(lambda: blocks_of(values, mask, 3))
+    assert np.isnan(stats.median_abs) and np.isnan(stats.max_abs) and stats.massive_count.sum() == 0
+    summary = stats.summary()
+    assert all(math.isnan(summary[k]) for k in ("zero_fraction", "mean_of_means", "mean_variance"))
+    assert summary["n_dead"] == 0 and summary["flags"] == [f"{mask.sum() * U} NaN values"]
 
 
 def test_thresholds_follow_the_parameters():

@@ -3,11 +3,12 @@
 Works on a stream of blocks so that sites larger than memory are summarised in bounded memory.
 Each block is ``(values, mask)`` with values (stimuli, positions, units) and mask (stimuli,
 positions), True where the position is real (not padding). NaN and Inf are counted, never
-dropped silently: moments use the finite values only and the counts are reported.
+dropped silently: moments and zero fractions use the finite values only and the counts are reported.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -24,19 +25,19 @@ class SiteStats:
     n_rows: int  # recorded (stimulus, position) pairs, padding excluded
     mean: np.ndarray
     variance: np.ndarray
-    zero_fraction: np.ndarray  # per unit: fraction of rows with |a| <= zero_threshold
+    zero_fraction: np.ndarray  # per unit: fraction of its finite values with |a| <= zero_threshold (NaN: none)
     nan_count: np.ndarray
     inf_count: np.ndarray
     massive_count: np.ndarray
-    median_abs: float  # median of the nonzero |a|
-    max_abs: float
+    median_abs: float  # median of the nonzero finite |a| (0 when all are zero, NaN when none is finite)
+    max_abs: float  # largest finite |a| (NaN when none is finite)
     massive_threshold: float
     top_massive: list[dict]  # largest massive activations: value, stimulus (index), position, unit
     zero_threshold: float
 
     @property
     def dead_units(self) -> np.ndarray:
-        """Indices of units that are zero on every recorded row."""
+        """Indices of units whose every finite recorded value is zero (NaN rows aside)."""
         return np.flatnonzero(self.zero_fraction >= 1.0)
 
     @property
@@ -46,7 +47,6 @@ class SiteStats:
 
     def summary(self) -> dict:
         """Scalars and short lists for reports (JSON-serialisable)."""
-        n_values = self.n_rows * len(self.mean)
         flags = []
         if self.nan_count.sum():
             flags.append(f"{int(self.nan_count.sum())} NaN values")
@@ -59,7 +59,7 @@ class SiteStats:
         return {
             "n_rows": self.n_rows,
             "n_units": len(self.mean),
-            "zero_fraction": float(self.zero_fraction.mean()) if n_values else 0.0,
+            "zero_fraction": _mean_of_finite(self.zero_fraction),
             "zero_threshold": self.zero_threshold,
             "n_dead": len(self.dead_units),
             "dead_units": self.dead_units[:50].tolist(),
@@ -68,14 +68,20 @@ class SiteStats:
             "inf_count": int(self.inf_count.sum()),
             "median_abs": self.median_abs,
             "max_abs": self.max_abs,
-            "mean_of_means": float(np.nanmean(self.mean)) if len(self.mean) else 0.0,
-            "mean_variance": float(np.nanmean(self.variance)) if len(self.variance) else 0.0,
+            "mean_of_means": _mean_of_finite(self.mean),
+            "mean_variance": _mean_of_finite(self.variance),
             "massive_threshold": self.massive_threshold,
             "massive_count": int(self.massive_count.sum()),
             "massive_units": np.flatnonzero(self.massive_count)[:50].tolist(),
             "top_massive": self.top_massive,
             "flags": flags,
         }
+
+
+def _mean_of_finite(per_unit: np.ndarray) -> float:
+    """Mean over the units with a finite value; NaN when there are none (written as null)."""
+    finite = per_unit[np.isfinite(per_unit)]
+    return float(finite.mean()) if finite.size else math.nan
 
 
 def _valid_rows(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -129,8 +135,9 @@ def site_stats(blocks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], *,
         hist[0] += int((finite & (absval == 0)).sum())
     if count is None:
         raise ValueError("site has no recorded values; the store holds no stimuli")
-    median_abs = _histogram_median(hist)
-    threshold = max(massive_ratio * median_abs, massive_min)
+    any_finite = bool(count.sum())
+    median_abs = _histogram_median(hist) if any_finite else math.nan
+    threshold = max(massive_ratio * median_abs, massive_min) if any_finite else massive_min
     massive = np.zeros_like(zeros)
     top: list[tuple[float, int, int, int]] = []
     offset = 0
@@ -148,8 +155,9 @@ def site_stats(blocks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], *,
     variance = np.divide(m2, count, out=np.full_like(m2, np.nan), where=count > 0)
     return SiteStats(
         n_rows=n_rows, mean=np.where(count > 0, mean, np.nan), variance=variance,
-        zero_fraction=zeros / max(n_rows, 1), nan_count=nans, inf_count=infs, massive_count=massive,
-        median_abs=median_abs, max_abs=max_abs, massive_threshold=threshold,
+        zero_fraction=np.divide(zeros, count, out=np.full(count.shape, np.nan), where=count > 0),
+        nan_count=nans, inf_count=infs, massive_count=massive,
+        median_abs=median_abs, max_abs=max_abs if any_finite else math.nan, massive_threshold=threshold,
         top_massive=[{"value": v, "stimulus": s, "position": p, "unit": u} for v, s, p, u in top],
         zero_threshold=zero_threshold,
     )
