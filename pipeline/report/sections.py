@@ -163,7 +163,8 @@ def _similarity(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
     rows = []
     for site, tests in summary["tests"].items():
         for ref, t in tests.items():
-            rows.append({"site": site, "reference": ref, "error": t.get("error"), "statistic": t.get("statistic"),
+            rows.append({"site": site, "reference": ref, "method": _test_method(summary, t), "error": t.get("error"),
+                         "statistic": t.get("statistic"),
                          "pvalue": t.get("pvalue"), "ci_low": t.get("ci_low"), "ci_high": t.get("ci_high"),
                          "stars": stars(t.get("pvalue"))})
     return {"figure": figure, "n_sites": len(sites), "rows": rows, "chart": _reference_chart(summary),
@@ -172,6 +173,11 @@ def _similarity(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
             "n_stimuli_total": summary["n_stimuli_total"], "runtime": summary.get("runtime_seconds"),
             "skipped": {s: v.get("error") or v.get("rdm_error") for s, v in summary["sites"].items()
                         if v.get("status") != "ok" or v.get("rdm_error")}}
+
+
+def _test_method(summary: dict, test: dict) -> str:
+    """How a site's RDM was compared with a reference (results written before tests named it: compare_method)."""
+    return test.get("method", summary["params"]["compare_method"])
 
 
 def _reference_chart(summary: dict) -> str | None:
@@ -191,13 +197,15 @@ def _reference_chart(summary: dict) -> str | None:
         value = np.array(finite(t.get("statistic") for t in tests))
         low = np.array(finite(t.get("ci_low") for t in tests))
         high = np.array(finite(t.get("ci_high") for t in tests))
-        ax.bar(x, value, width, label=f"{ref} RDM", yerr=np.vstack([value - low, high - value]), capsize=2)
+        method = next((_test_method(summary, t) for t in tests if t), summary["params"]["compare_method"])
+        ax.bar(x, value, width, label=f"{ref} RDM ({method})", yerr=np.vstack([value - low, high - value]),
+               capsize=2)
         for xi, hi, t in zip(x, high, tests):
             if np.isfinite(hi):
                 ax.text(xi, hi, stars(t.get("pvalue")), ha="center", va="bottom", fontsize=8)
     ax.axhline(0.0, color="black", lw=0.5)
     ax.set_xticks(range(len(sites)), sites, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel(summary["params"]["compare_method"])
+    ax.set_ylabel("RDM similarity")
     ax.set_title("similarity of each site's RDM to the reference RDMs", fontsize=10)
     ax.legend(fontsize=7)
     return figures.to_data_uri(fig)
