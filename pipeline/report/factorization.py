@@ -41,8 +41,10 @@ def factor_figure(group: ResultGroup, modes: list[str], mode_labels: list[str]):
         colours, legend = figures.label_colours(labels[by_label])
     show_legend = labels is not None and "stimulus" in modes and len(legend) <= MAX_LEGEND
     top = 0.55 if show_legend else 0.3  # inches above the panels: titles and the legend
-    fig = figures.figure(3.3 * len(modes), 0.75 * rank + 0.5 + top)
-    figures.place(fig, left=0.85, bottom=0.45, right=0.1, top=top, ncols=len(modes), wgap=0.2)
+    steps, names = (group["step"].tolist(), group["checkpoint"].tolist()) if "checkpoint" in modes else ([], [])
+    bottom = 0.45 + figures.name_room(steps, names)
+    fig = figures.figure(3.3 * len(modes), 0.75 * rank + 0.05 + bottom + top)
+    figures.place(fig, left=0.85, bottom=bottom, right=0.1, top=top, ncols=len(modes), wgap=0.2)
     axes = fig.subplots(1, len(modes), squeeze=False)[0]
     rows = -np.arange(rank)  # component 1 on top
     for col, (ax, mode, title) in enumerate(zip(axes, modes, mode_labels)):
@@ -60,7 +62,8 @@ def factor_figure(group: ResultGroup, modes: list[str], mode_labels: list[str]):
             ax.scatter(np.tile(np.arange(n), rank), scaled[by_label].T.ravel(), c=colours * rank, s=7)
         else:
             if mode == "checkpoint":
-                x, style = group["step"], {"marker": "o", "ms": 3, "color": "#c44e52"}
+                x = figures.training_axis(ax, steps, names, fontsize=7)
+                style = {"marker": "o", "ms": 3, "color": "#c44e52"}
             else:
                 x, style = group[mode], {"color": "#55a868"}
                 x = x if x.dtype.kind in "iuf" else np.arange(x.size)
@@ -69,11 +72,12 @@ def factor_figure(group: ResultGroup, modes: list[str], mode_labels: list[str]):
         ax.set_ylim(rows[-1] - 0.5, 0.5)
         ax.set_yticks(rows, [f"#{r + 1} (w={w:.3g})" for r, w in enumerate(weights)] if col == 0 else [],
                       fontsize=7)
-        ax.tick_params(axis="x", labelsize=6)
-        ax.locator_params(axis="x", nbins=5)
         ax.set_title(title, fontsize=9)
-        sorted_note = " (sorted by label)" if mode == "stimulus" and labels is not None else " index"
-        ax.set_xlabel("training step" if mode == "checkpoint" else title + sorted_note, fontsize=7)
+        if mode != "checkpoint":  # training_axis labelled it
+            ax.tick_params(axis="x", labelsize=6)
+            ax.locator_params(axis="x", nbins=5)
+            sorted_note = " (sorted by label)" if mode == "stimulus" and labels is not None else " index"
+            ax.set_xlabel(title + sorted_note, fontsize=7)
     if show_legend:
         handles = [Line2D([], [], ls="", marker="o", ms=4, color=c) for _, c in legend]
         fig.legend(handles, [str(label) for label, _ in legend], loc="upper center", ncol=len(legend), fontsize=7,
@@ -139,19 +143,19 @@ def _over_training(ctx: ModelContext) -> dict | None:
     for c in ctx.checkpoints:
         for site, result in c.summaries.get("tca", {}).get("sites", {}).items():
             if result.get("status") == "ok":
-                lines.setdefault((c.run, c.stimuli, site), []).append((c.step, result["rank"], result["rel_error"]))
+                lines.setdefault((c.run, c.stimuli, site), []).append(
+                    (c.step, c.checkpoint, result["rank"], result["rel_error"]))
     if not any(len(points) > 1 for points in lines.values()):
         return None
-    fig, axes = figures.small_multiples(2, ncols=2)
+    room = max(figures.name_room([p[0] for p in points], [p[1] for p in points]) for points in lines.values())
+    fig, axes = figures.small_multiples(2, ncols=2, bottom=0.45 + room)
     for (run, _stimuli, site), points in sorted(lines.items()):
         points.sort()
-        steps = [p[0] for p in points]
-        axes[0].plot(steps, [p[1] for p in points], marker="o", ms=3, label=f"{run} {site}")
-        axes[1].plot(steps, finite(p[2] for p in points), marker="o", ms=3)
+        for ax, values in ((axes[0], [p[2] for p in points]), (axes[1], finite(p[3] for p in points))):
+            x = figures.training_axis(ax, [p[0] for p in points], [p[1] for p in points])
+            ax.plot(x, values, marker="o", ms=3, label=f"{run} {site}")
     axes[0].set_title("suggested rank", fontsize=9)
     axes[1].set_title("relative error at that rank", fontsize=9)
-    for ax in axes:
-        ax.set_xlabel("training step")
     axes[0].legend(fontsize=6)
     return {"figure": figures.to_data_uri(fig)}
 
@@ -183,24 +187,26 @@ def connectome_figure(group: ResultGroup):
     order = np.lexsort((-group["loading"].max(axis=1), community))
     edges = np.flatnonzero(np.diff(community[order])) + 0.5
     A = group["affinity"]
-    steps = group["step"]
-    fig = figures.figure(11, 3.3)
-    figures.place(fig, left=0.2, bottom=0.45, top=0.3, ncols=3, wgap=0.55)
+    steps, names = group["step"].tolist(), group["checkpoint"].tolist()
+    labels = figures.checkpoint_labels(steps, names)[0]
+    bottom = 0.45 + figures.name_room(steps, names)
+    fig = figures.figure(11, 2.85 + bottom)
+    figures.place(fig, left=0.2, bottom=bottom, top=0.3, ncols=3, wgap=0.55)
     axes = fig.subplots(1, 3)
     for ax, k, name in ((axes[0], 0, "first"), (axes[1], A.shape[2] - 1, "last")):
         image = ax.imshow(A[np.ix_(order, order, [k])][:, :, 0], cmap="magma", vmin=0, vmax=1, interpolation="nearest")
         for e in edges:
             ax.axhline(e, color="#9ecbff", lw=0.6)
             ax.axvline(e, color="#9ecbff", lw=0.6)
-        ax.set_title(f"affinity, {name} checkpoint (step {steps[k]})", fontsize=9)
+        ax.set_title(f"affinity, {name} checkpoint ({labels[k]})", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.colorbar(image, ax=axes[1], fraction=0.046)
     course = group["checkpoint_factor"] * group["weight"]
     sizes = np.bincount(community[community >= 0], minlength=course.shape[1])
+    x = figures.training_axis(axes[2], steps, names)
     for r in range(course.shape[1]):
-        axes[2].plot(steps, course[:, r], marker="o", ms=3, label=f"community {r + 1} ({sizes[r]} units)")
-    axes[2].set_xlabel("training step")
+        axes[2].plot(x, course[:, r], marker="o", ms=3, label=f"community {r + 1} ({sizes[r]} units)")
     axes[2].set_title("community activity over training", fontsize=9)
     axes[2].legend(fontsize=6, frameon=False)
     return fig

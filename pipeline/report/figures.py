@@ -85,6 +85,35 @@ def small_multiples(n_panels: int, ncols: int = 4, panel_size=(2.6, 1.7), left: 
     return fig, flat[:n_panels]
 
 
+def checkpoint_labels(steps, names) -> tuple[list[str], bool]:
+    """How checkpoints are named on a training axis, and whether by name: their steps where each
+    checkpoint has its own (all >= 0, all different), else their names (checkpoints saved without a
+    step or a number in the name)."""
+    steps = [-1 if s is None else int(s) for s in steps]
+    if min(steps, default=0) >= 0 and len(set(steps)) == len(steps):
+        return [str(s) for s in steps], False
+    return [str(n) for n in names], True
+
+
+def name_room(steps, names) -> float:
+    """Inches that ``training_axis`` needs below an axis for checkpoint names (0 where it shows steps)."""
+    return SIN60 * text_inches([str(n) for n in names], 6) if checkpoint_labels(steps, names)[1] else 0.0
+
+
+def training_axis(ax, steps, names, fontsize: float = 10) -> np.ndarray:
+    """Put checkpoints on the x axis of ``ax``: at their training steps where each has its own, else
+    at 0, 1, ... in training order, labelled with their names (rotated: leave ``name_room`` below
+    the axis). Returns the x positions (n,)."""
+    labels, by_name = checkpoint_labels(steps, names)
+    if not by_name:
+        ax.set_xlabel("training step", fontsize=fontsize)
+        return np.asarray([int(s) for s in steps], dtype=float)
+    x = np.arange(len(labels), dtype=float)
+    ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=6)
+    ax.set_xlabel("checkpoint (no step recorded)", fontsize=fontsize)
+    return x
+
+
 def bar_chart(labels: list[str], values: list[float | None], title: str, ylabel: str) -> Figure:
     """Bars of ``values`` (None or NaN leaves a gap) over rotated ``labels``."""
     fig = figure(max(4.0, 0.35 * len(labels) + 1.5), 2.2 + SIN60 * text_inches(labels, 7))

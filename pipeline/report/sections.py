@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from pipeline import layout
 from pipeline.report import figures
@@ -54,13 +55,14 @@ def _training(ctx: ModelContext, _page=None) -> dict | None:
     metrics = sorted(key for key, seen in values.items() if len(seen) > 1)  # settings stay constant; metrics move
     if not metrics:
         return None
-    fig, axes = figures.small_multiples(len(metrics), ncols=3)
+    runs = [ctx.series(run, ctx.stimulus_sets[0]) for run in ctx.runs]
+    room = max(figures.name_room([c.step for c in s], [c.checkpoint for c in s]) for s in runs)
+    fig, axes = figures.small_multiples(len(metrics), ncols=3, bottom=0.45 + room, hgap=0.65 + room)
     for ax, metric in zip(axes, metrics):
-        for run in ctx.runs:
-            series = ctx.series(run, ctx.stimulus_sets[0])
-            ax.plot([c.step for c in series], finite(c.provenance["checkpoint_metadata"].get(metric) for c in series),
+        for run, series in zip(ctx.runs, runs):
+            x = figures.training_axis(ax, [c.step for c in series], [c.checkpoint for c in series])
+            ax.plot(x, finite(c.provenance["checkpoint_metadata"].get(metric) for c in series),
                     marker="o", ms=3, label=run)
-        ax.set_xlabel("training step")
         ax.set_title(metric, fontsize=9)
     axes[0].legend(fontsize=7)
     return {"figure": figures.to_data_uri(fig), "metrics": metrics}
@@ -69,6 +71,7 @@ def _training(ctx: ModelContext, _page=None) -> dict | None:
 ACROSS_PLOTS = (("zero_fraction", "fraction of zero activations"), ("n_dead", "dead units"),
                 ("massive_count", "massive activations"), ("mean_drift", "drift of unit means"),
                 ("median_abs", "median nonzero |activation|"), ("nan_count", "NaN values"))
+COUNTS = {"n_dead", "massive_count", "nan_count"}  # whole numbers: integer ticks
 
 
 def _stats_across_run(ctx: ModelContext, run: str, stimuli: str) -> dict | None:
@@ -76,12 +79,17 @@ def _stats_across_run(ctx: ModelContext, run: str, stimuli: str) -> dict | None:
     data = ctx.across.get(("stats", run, stimuli))
     if data is None or len(data["steps"]) < 2:
         return None
-    fig, axes = figures.small_multiples(len(ACROSS_PLOTS), ncols=3)
+    room = figures.name_room(data["steps"], data["checkpoints"])
+    fig, axes = figures.small_multiples(len(ACROSS_PLOTS), ncols=3, bottom=0.45 + room, hgap=0.65 + room)
     for ax, (key, label) in zip(axes, ACROSS_PLOTS):
+        x = figures.training_axis(ax, data["steps"], data["checkpoints"])
         for site, series in data["sites"].items():
-            ax.plot(data["steps"], finite(series[key]), marker=".", ms=3, label=site)
+            ax.plot(x, finite(series[key]), marker=".", ms=3, label=site)
+        if key in COUNTS:
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            top = max(1.0, ax.get_ylim()[1])
+            ax.set_ylim(-0.05 * top, top)  # a line at 0 stays visible above the axis
         ax.set_title(label, fontsize=9)
-        ax.set_xlabel("training step")
     axes[0].legend(fontsize=6)
     return {"run": run, "stimuli": stimuli, "figure": figures.to_data_uri(fig)}
 
@@ -217,16 +225,15 @@ def _similarity_across_run(ctx: ModelContext, run: str, stimuli: str) -> dict | 
     sites = {s: v for s, v in data["sites"].items() if len(v["steps"]) >= 2} if data else {}
     if not sites:
         return None
-    steps = [str(s) for v in sites.values() for s in v["steps"]]
-    fig, axes = figures.heatmap_grid(2 * len(sites), len(sites), 2.4, steps)
+    ticks = {site: figures.checkpoint_labels(v["steps"], v["checkpoints"])[0] for site, v in sites.items()}
+    fig, axes = figures.heatmap_grid(2 * len(sites), len(sites), 2.4, [t for site in sites for t in ticks[site]])
     for col, (site, v) in enumerate(sites.items()):
-        ticks = [str(s) for s in v["steps"]]
-        figures.heatmap(axes[col], v["cka"], ticks, f"{site}: CKA", vmin=0.0, vmax=1.0,
+        figures.heatmap(axes[col], v["cka"], ticks[site], f"{site}: CKA", vmin=0.0, vmax=1.0,
                         row_labels=col == 0)
-        figures.heatmap(axes[len(sites) + col], v["shape"], ticks, f"{site}: shape distance",
+        figures.heatmap(axes[len(sites) + col], v["shape"], ticks[site], f"{site}: shape distance",
                         cmap="magma_r", vmin=0.0, row_labels=col == 0)
     return {"run": run, "stimuli": stimuli, "figure": figures.to_data_uri(fig),
-            "final": [{"site": s, "cka": v["cka"][-1], "steps": v["steps"]} for s, v in sites.items()]}
+            "final": [{"site": s, "cka": v["cka"][-1], "checkpoints": ticks[s]} for s, v in sites.items()]}
 
 
 def _similarity_across(ctx: ModelContext, _page=None) -> dict | None:
