@@ -188,3 +188,17 @@ def test_run_stats_refuses_a_missing_store(tmp_path):
     with pytest.raises(StoreError, match="re-run"):
         run_stats({}, tmp_path / "missing.zarr", tmp_path / "out.zarr")
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_checkpoint_page_counts_every_stimulus_when_it_lists_the_first(tmp_path, store_writer):
+    from pipeline.report.build import write_checkpoint_report
+
+    n = 450
+    store = store_writer(tmp_path / "s.zarr", {"a": np.ones((n, 1, 2))}, np.ones((n, 1), bool), batch=150,
+                         run="r", checkpoint_name="c", step=1, stimulus_set="set")
+    result = tmp_path / "stats.zarr"
+    run_stats({"zero_threshold": 1e-6, "massive_ratio": 100, "massive_min": 1.0}, store, result)
+    page = tmp_path / "page.html"
+    write_checkpoint_report({"model_name": "m", "model": {"source": "checkpoints", "sites": ["a"]}, "analyses": {},
+                             "output_dir": str(tmp_path), "inputs": [str(result)]}, page)
+    assert "450 stimuli of set <strong>set</strong> (the first 400 listed)" in page.read_text()

@@ -29,6 +29,11 @@ class CheckpointResults:
         """id, label and text of the recorded stimuli (first ``limit``), from the statistics result store."""
         return self._stimulus_rows[:limit]
 
+    @property
+    def n_stimuli(self) -> int:
+        """Number of recorded stimuli (0 without a statistics result)."""
+        return len(self._stimulus_rows)
+
     @functools.cached_property
     def _stimulus_rows(self) -> list[dict]:
         path = self.result_stores.get("stats")

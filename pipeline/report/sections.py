@@ -133,7 +133,8 @@ def _stats(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
 
 def _stimuli(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
     rows = page.stimulus_table()
-    return {"rows": rows, "has_text": any("text" in r for r in rows), "set": page.stimuli} if rows else None
+    return {"rows": rows, "total": page.n_stimuli, "has_text": any("text" in r for r in rows),
+            "set": page.stimuli} if rows else None
 
 
 def _provenance(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
