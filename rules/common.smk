@@ -36,6 +36,17 @@ wildcard_constraints:
     stimuli=layout.NAME_PATTERN,
 
 
+def check_named_files():
+    """The files and folders the config names exist (one clear line each, before any job runs)."""
+    for name, entry in config["stimuli"].items():
+        path = entry.get("path", "builtin")
+        if path != "builtin" and not Path(path).expanduser().is_file():
+            raise WorkflowError(f"stimulus set {name!r}: file {path} does not exist; fix its 'path'")
+    for model, entry in config["models"].items():
+        if entry["source"] == "checkpoints":
+            model_checkpoints(model, None)
+
+
 def model_checkpoints(model, run):
     """Checkpoint name -> file of one run; re-read on every invocation so new files become targets."""
     entry = config["models"][model]
@@ -46,7 +57,7 @@ def model_checkpoints(model, run):
         files = discover_checkpoints(folder, "*.safetensors")
     else:
         folder = entry["folder"]
-        files = discover_checkpoints(folder, entry["glob"])
+        files = discover_checkpoints(folder, entry["glob"])  # the config check made sure the folder exists
         if not files:
             raise WorkflowError(
                 f"model {model!r}: no file in {entry['folder']} matches {entry['glob']!r}; "
@@ -56,6 +67,9 @@ def model_checkpoints(model, run):
         return {name: str(path) for name, path in name_checkpoints(folder, files).items()}
     except CheckpointError as err:
         raise WorkflowError(f"model {model!r}: {err}") from None
+
+
+check_named_files()
 
 
 def analysis_results(analysis, model, run, stimuli):

@@ -13,7 +13,10 @@ def extract_inputs(wildcards):
         files["stimuli"] = stimuli["path"]
     entry = config["models"][wildcards.model]
     if entry["source"] == "huggingface" and Path(entry["path"]).expanduser().is_dir():
-        files["model"] = sorted(str(f) for f in Path(entry["path"]).expanduser().iterdir() if f.is_file())
+        files["model"] = sorted(
+            str(f) for f in Path(entry["path"]).expanduser().iterdir()
+            if f.is_file() and not f.name.startswith(".") and f.suffix != ".md"  # not .gitattributes, README.md
+        )
     return files
 
 

@@ -180,6 +180,22 @@ def test_mistyped_config_key_fails_with_one_clear_line(workflow, tmp_path):
     assert "unknown key 'sitse' in models.mlp" in result.stderr + result.stdout
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["models"]["watched"].update(glob="*.ckpt"), "model 'watched': no file in "),
+    (lambda c: c["stimuli"]["sentences"].update(path="missing.tsv"), "stimulus set 'sentences': file missing.tsv "),
+])
+def test_missing_files_named_by_the_config_fail_with_one_clear_line(workflow, tmp_path, change, message):
+    root, _ = workflow
+    config = small_config(root)
+    change(config)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = snakemake(root, "-n", config=bad)
+    output = result.stderr + result.stdout
+    assert result.returncode != 0 and message in output
+    assert "Traceback" not in output and "InputFunctionException" not in output
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
