@@ -1,15 +1,18 @@
 """Checkpoint files: save and load weights with metadata, find and order a training series.
 
 Checkpoints are written as safetensors files whose header carries the metadata as JSON under
-the key ``"pipeline"``. PyTorch pickles (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) are read with
-``weights_only=True``, so loading never executes code stored in a file. PyTorch and safetensors
-load only when weights are read or written: the workflow imports this module to find checkpoints.
+the key ``"pipeline"``; a safetensors file without that key gives its plain header keys. PyTorch
+pickles (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) are read with ``weights_only=True``, so loading
+never executes code stored in a file. PyTorch and safetensors load only when weights are read or
+written: the workflow imports this module to find checkpoints.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import os
 import pickle
 import re
@@ -22,11 +25,14 @@ from pipeline.errors import CheckpointError
 if TYPE_CHECKING:
     import torch
 
+log = logging.getLogger(__name__)
+
 METADATA_KEY = "pipeline"
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SAFETENSORS_SUFFIX = ".safetensors"
 _STATE_DICT_KEYS = ("state_dict", "model")
 _SHOWN_KEYS = 5
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # (Distributed)DataParallel, torch.compile
 
 
 def save_checkpoint(path, state_dict: dict[str, torch.Tensor], metadata: dict) -> None:
@@ -74,8 +80,9 @@ def load_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
     -------
     state_dict : dict of str to torch.Tensor
     metadata : dict
-        The ``"pipeline"`` header of a safetensors file, or the plain keys beside the weights in a
-        PyTorch file; empty when there are none.
+        The ``"pipeline"`` header of a safetensors file, else its plain header keys (values that
+        read as JSON numbers or booleans become those); for a PyTorch file the plain keys beside
+        the weights. Empty when there are none.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -105,7 +112,7 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     except (SafetensorError, OSError, RuntimeError) as err:
         raise _corrupt(path) from err
     if METADATA_KEY not in header:
-        return state_dict, {}
+        return state_dict, {key: _header_value(value) for key, value in header.items()}
     try:
         metadata = json.loads(header[METADATA_KEY])
     except json.JSONDecodeError:
@@ -114,6 +121,17 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise CheckpointError(f"checkpoint {path} has unreadable {METADATA_KEY!r} metadata (not a JSON object); "
                               "re-save it")
     return state_dict, metadata
+
+
+def _header_value(text: str):
+    """A plain safetensors header value: a finite JSON number or a boolean as such, else the string."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    if isinstance(value, (bool, int)) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    return text
 
 
 def _load_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -244,6 +262,9 @@ def name_checkpoints(folder, files) -> dict[str, Path]:
 def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source) -> None:
     """Load ``state_dict`` into ``model`` strictly, with a one-line error naming what does not fit.
 
+    A prefix that (Distributed)DataParallel (``module.``) or torch.compile (``_orig_mod.``) put on
+    every key is removed when more keys then fit the model.
+
     Parameters
     ----------
     model : torch.nn.Module
@@ -252,6 +273,7 @@ def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], so
         Where the weights come from, for the error message.
     """
     expected = model.state_dict()
+    state_dict = _unwrap(state_dict, expected, source)
     missing = [name for name in expected if name not in state_dict]
     unexpected = [name for name in state_dict if name not in expected]
     mismatched = [
@@ -266,11 +288,27 @@ def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], so
         found, wanted = tuple(state_dict[name].shape), tuple(expected[name].shape)
         problems.append(f"shape mismatch for {name} (checkpoint {found} vs model {wanted})")
     if problems:
-        raise CheckpointError(
-            f"checkpoint {source} does not fit {type(model).__name__}: {', '.join(problems)}; "
-            "check the architecture params in the config"
-        )
+        # keys missing on both sides are named differently: another class saved them, params cannot explain it
+        hint = ("its key names differ from the model's; check that the architecture is the class that saved it"
+                if missing and unexpected else "check the architecture params in the config")
+        raise CheckpointError(f"checkpoint {source} does not fit {type(model).__name__}: {', '.join(problems)}; {hint}")
     model.load_state_dict(state_dict, strict=True)
+
+
+def _unwrap(state_dict: dict[str, torch.Tensor], expected: dict, source) -> dict[str, torch.Tensor]:
+    """``state_dict`` with the wrapper prefixes that all its keys share removed, as far as that fits more keys."""
+    best, candidate, removed, best_removed = state_dict, state_dict, "", ""
+    while candidate:
+        prefix = next((p for p in _WRAPPER_PREFIXES if all(name.startswith(p) for name in candidate)), None)
+        if prefix is None:
+            break
+        candidate = {name.removeprefix(prefix): tensor for name, tensor in candidate.items()}
+        removed += prefix
+        if len(candidate.keys() & expected.keys()) > len(best.keys() & expected.keys()):
+            best, best_removed = candidate, removed
+    if best_removed:
+        log.info("checkpoint %s: removed the prefix %r of every key (saved from a wrapped model)", source, best_removed)
+    return best
 
 
 def _first(names: list[str]) -> str:

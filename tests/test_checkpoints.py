@@ -14,6 +14,7 @@ from pipeline.checkpoints import (
     METADATA_KEY,
     CheckpointError,
     checkpoint_name,
+    checkpoint_step,
     discover_checkpoints,
     load_checkpoint,
     load_weights,
@@ -64,12 +65,22 @@ def test_safetensors_round_trip_keeps_tensors_and_metadata(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
 
 
-def test_safetensors_without_pipeline_header_gives_empty_metadata(tmp_path):
+def test_safetensors_plain_header_keys_are_the_metadata(tmp_path):
     path = tmp_path / "plain.safetensors"
-    save_file(_state_dict(), str(path), metadata={"format": "pt"})
+    header = {"step": "10", "epoch": "2", "accuracy": "0.91", "done": "true", "note": "null", "x": "NaN", "tag": "a"}
+    save_file(_state_dict(), str(path), metadata=header)
     loaded, meta = load_checkpoint(path)
     _assert_same(loaded, _state_dict())
-    assert meta == {}
+    assert meta == {"step": 10, "epoch": 2, "accuracy": 0.91, "done": True, "note": "null", "x": "NaN", "tag": "a"}
+    assert checkpoint_step(meta) == 10
+    save_file(_state_dict(), str(path))
+    assert load_checkpoint(path)[1] == {}
+
+
+def test_safetensors_pipeline_header_hides_plain_keys(tmp_path):
+    path = tmp_path / "both.safetensors"
+    save_file(_state_dict(), str(path), metadata={METADATA_KEY: '{"step": 3}', "step": "10"})
+    assert load_checkpoint(path)[1] == {"step": 3}
 
 
 def test_save_overwrites_and_failed_save_leaves_nothing(tmp_path):
@@ -219,9 +230,44 @@ def test_load_weights_names_missing_and_unexpected_keys():
     assert "\n" not in message
     assert "missing keys [hidden.1.linear.weight, hidden.1.linear.bias]" in message
     assert "shape mismatch for readout.weight (checkpoint (10, 8) vs model (10, 4))" in message
-    renamed = {f"module.{k}": v for k, v in MLP(hidden=(8, 4)).state_dict().items()}
-    with pytest.raises(CheckpointError, match=r"unexpected keys \[module\.hidden\.0\.linear\.weight"):
+    assert message.endswith("check the architecture params in the config")
+
+
+def test_load_weights_with_other_key_names_says_so():
+    renamed = {f"net.{k}": v for k, v in MLP(hidden=(8, 4)).state_dict().items()}
+    with pytest.raises(CheckpointError) as info:
         load_weights(MLP(hidden=(8, 4)), renamed, "y.pt")
+    message = str(info.value)
+    assert "missing keys [hidden.0.linear.weight, hidden.0.linear.bias, hidden.1.linear.weight, " in message
+    assert "unexpected keys [net.hidden.0.linear.weight, net.hidden.0.linear.bias, " in message
+    assert message.endswith("its key names differ from the model's; check that the architecture is the class "
+                            "that saved it")
+
+
+class _Wrapper(torch.nn.Module):
+    """A model whose own keys all start with ``module.``."""
+
+    def __init__(self):
+        super().__init__()
+        self.module = MLP(hidden=(8, 4))
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
+def test_load_weights_removes_the_prefix_of_wrapped_models(prefix, caplog):
+    source = MLP(hidden=(8, 4))
+    target = MLP(hidden=(8, 4))
+    with caplog.at_level("INFO", logger="pipeline.checkpoints"):
+        load_weights(target, {prefix + k: v for k, v in source.state_dict().items()}, "ddp.pt")
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(target.state_dict()[name], tensor)
+    assert f"checkpoint ddp.pt: removed the prefix {prefix!r} of every key" in caplog.text
+    wrapper = _Wrapper()
+    load_weights(_Wrapper(), wrapper.state_dict(), "w.pt")  # the model's own 'module.' stays
+    load_weights(_Wrapper(), {prefix + k: v for k, v in wrapper.state_dict().items()}, "w.pt")
+    with pytest.raises(CheckpointError, match=r"unexpected keys \[hidden\.1\.linear\.weight, .*params in the config$"):
+        load_weights(MLP(hidden=(8,)), {prefix + k: v for k, v in source.state_dict().items()}, "x.pt")
+    with pytest.raises(CheckpointError, match=r"unexpected keys \[module\.foo\]"):  # kept when nothing fits better
+        load_weights(MLP(hidden=(8,)), {"module.foo": torch.ones(1)}, "x.pt")
 
 
 def test_metadata_is_stored_as_json_header(tmp_path):
