@@ -150,8 +150,14 @@ def _import(architecture: str):
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
+        if isinstance(err, ModuleNotFoundError) and f"{module_name}.".startswith(f"{err.name}."):
+            where = (f"the jobs must be able to import it: install your package (pip install -e <its folder>), "
+                     f"add its folder to PYTHONPATH, or put {module_name.replace('.', '/')}.py in the folder "
+                     "snakemake runs in")
+        else:  # the module exists but an import inside it fails
+            where = "install what it imports in the environment the jobs run in"
         raise ModelError(
-            f"architecture {architecture!r}: cannot import module {module_name!r} ({err}); {hint}"
+            f"architecture {architecture!r}: cannot import module {module_name!r} ({err}); {where}"
         ) from err
     factory = getattr(module, attribute, None)
     if not callable(factory):

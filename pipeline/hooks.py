@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fnmatch
 
 import torch
 
 from pipeline.errors import SiteError
+
+_SHOWN_NAMES = 30
 
 
 def _matches(pattern: str, name: str) -> bool:
@@ -19,18 +22,25 @@ def _matches(pattern: str, name: str) -> bool:
 def resolve_sites(model: torch.nn.Module, patterns: list[str], model_name: str = "model") -> list[str]:
     """Expand site patterns to module names, in the model's own module order.
 
-    Raises SiteError naming the pattern that matched nothing and listing valid names.
+    Raises SiteError naming the pattern that matched nothing, the closest names and the first valid ones.
     """
     names = [name for name, _ in model.named_modules() if name]
     chosen: list[str] = []
     for pattern in patterns:
         matched = [n for n in names if _matches(pattern, n)]
         if not matched:
-            shown = ", ".join(names[:40]) + (f", ... ({len(names)} in all)" if len(names) > 40 else "")
-            raise SiteError(f"site {pattern!r} matches no module of {model_name}; valid names: {shown}")
+            raise SiteError(f"site {pattern!r} matches no module of {model_name}; {_suggest(pattern, names)}")
         chosen.extend(n for n in matched if n not in chosen)
     order = {n: i for i, n in enumerate(names)}
     return sorted(chosen, key=order.__getitem__)
+
+
+def _suggest(pattern: str, names: list[str]) -> str:
+    """'did you mean' the names closest to ``pattern``, then the first ``_SHOWN_NAMES`` valid names."""
+    close = difflib.get_close_matches(pattern, names)
+    shown, hidden = ", ".join(names[:_SHOWN_NAMES]), len(names) - _SHOWN_NAMES
+    more = f", ... and {hidden} more (see model.named_modules())" if hidden > 0 else ""
+    return (f"did you mean {', '.join(close)}? " if close else "") + f"valid names: {shown}{more}"
 
 
 def _first_tensor(output):

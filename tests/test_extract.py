@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from safetensors.torch import save_file
 
 from pipeline import architectures, tasks
 from pipeline import extract as extract_module
@@ -17,6 +18,7 @@ from pipeline.checkpoints import save_checkpoint
 from pipeline.config import validate_config
 from pipeline.errors import CheckpointError, ModelError, SiteError, StimulusError
 from pipeline.extract import Inputs, extract
+from pipeline.hooks import resolve_sites
 from pipeline.jobs import extract_spec
 from pipeline.models import load_from_checkpoint, load_huggingface, resolve_hf_path
 from pipeline.stimuli import load_stimuli
@@ -253,16 +255,25 @@ def test_unknown_site_lists_valid_names(tmp_path):
         extract(mlp_spec(tmp_path, sites=["hidden.*.act", "hidden.9.act"]), tmp_path / "s.zarr", checkpoint)
     message = one_line(info)
     assert "'hidden.9.act'" in message
-    assert "valid names: hidden, hidden.0, hidden.0.linear, hidden.0.act, hidden.1" in message
+    assert "did you mean hidden.1.act, hidden.0.act, hidden.1? valid names: hidden, hidden.0, hidden.0.lin" in message
     assert "readout" in message
     assert not (tmp_path / "s.zarr").exists() and not partial_path(tmp_path / "s.zarr").exists()
+
+
+def test_unknown_site_of_a_transformer_suggests_close_names(minilm):
+    with pytest.raises(SiteError) as info:
+        resolve_sites(minilm.module, ["encoder.layer.6"], "'minilm'")
+    message = one_line(info)
+    assert message.startswith("site 'encoder.layer.6' matches no module of 'minilm'; did you mean encoder.layer.5, "
+                              "encoder.layer.4, encoder.layer.3? valid names: embeddings, ")
+    assert message.endswith(", encoder.layer.1.attention.self.query, ... and 89 more (see model.named_modules())")
 
 
 def test_empty_sentence_set(tmp_path):
     tsv = write_tsv(tmp_path / "empty.tsv", [])
     with pytest.raises(StimulusError) as info:
         extract(text_spec(tsv, ["embeddings"]), tmp_path / "s.zarr")
-    assert "'sents' is empty" in one_line(info)
+    assert one_line(info) == f"stimulus set 'sents' is empty: {tsv} has no rows below its header"
 
 
 def test_sentence_file_missing_a_column(tmp_path):
@@ -416,8 +427,15 @@ def test_trained_model_with_stimuli_of_another_task(tmp_path):
                             "'hiden'); its params: n_in, hidden, n_out, activation"),
     ("mlp", {"activation": "gelu"}, "activation='gelu' is not supported; use one of relu, tanh"),
     ("mpl", {}, "architecture 'mpl' is unknown; use a built-in name (mlp, recurrent)"),
+    ("my_nets.deep:Net", {}, "cannot import module 'my_nets.deep' (No module named 'my_nets'); the jobs must be able "
+                             "to import it: install your package (pip install -e <its folder>), add its folder to "
+                             "PYTHONPATH, or put my_nets/deep.py in the folder snakemake runs in"),
+    ("broken_net:Net", {}, "cannot import module 'broken_net' (No module named 'absent_dependency'); install what "
+                           "it imports in the environment the jobs run in"),
 ])
-def test_bad_architecture_or_params(tmp_path, architecture, params, expected):
+def test_bad_architecture_or_params(tmp_path, monkeypatch, architecture, params, expected):
+    (tmp_path / "broken_net.py").write_text("import absent_dependency\n")
+    monkeypatch.syspath_prepend(tmp_path)
     checkpoint = make_checkpoint(tmp_path, "c.safetensors", seed=0)
     with pytest.raises(ModelError) as info:
         extract(mlp_spec(tmp_path, architecture=architecture, params=params), tmp_path / "s.zarr", checkpoint)
@@ -433,6 +451,23 @@ def test_checkpoint_step_is_read_defensively(tmp_path, metadata, step):
     loaded = load_from_checkpoint("mlp", "mlp", {"hidden": HIDDEN}, tmp_path / "c.safetensors", torch.device("cpu"))
     assert loaded.provenance["step"] == step
     assert loaded.provenance["checkpoint_metadata"] == metadata
+
+
+def test_step_and_metadata_come_from_a_plain_safetensors_header(tmp_path):
+    save_file(MLP(hidden=HIDDEN).state_dict(), str(tmp_path / "c.safetensors"),
+              metadata={"epoch": "2", "accuracy": "0.91", "optimizer": "adam"})
+    loaded = load_from_checkpoint("mlp", "mlp", {"hidden": HIDDEN}, tmp_path / "c.safetensors", torch.device("cpu"))
+    assert loaded.provenance["step"] == 2
+    assert loaded.provenance["checkpoint_metadata"] == {"epoch": 2, "accuracy": 0.91, "optimizer": "adam"}
+
+
+def test_weights_saved_from_data_parallel_are_recorded(tmp_path):
+    torch.manual_seed(0)
+    model = MLP(hidden=HIDDEN)
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, tmp_path / "ddp-3.pt")
+    loaded = load_from_checkpoint("mlp", "mlp", {"hidden": HIDDEN}, tmp_path / "ddp-3.pt", torch.device("cpu"))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.module.state_dict()[name], tensor)
 
 
 def test_step_comes_from_the_checkpoint_name_when_the_file_has_none(tmp_path):

@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline.architectures import MLP
 from pipeline.errors import SiteError
-from pipeline.hooks import record
+from pipeline.hooks import record, resolve_sites
 
 
 class Shared(nn.Module):
@@ -67,3 +68,16 @@ def test_an_output_without_a_tensor_names_the_site():
     with pytest.raises(SiteError, match=r"^site '1' of 'net': module output of type dict holds no tensor"):
         with record(model, ["1"], "'net'"):
             model(torch.randn(3, 4))
+
+
+def test_unknown_site_suggests_close_names_and_caps_the_list():
+    model = MLP(hidden=[4] * 20)  # 62 module names
+    with pytest.raises(SiteError) as info:
+        resolve_sites(model, ["hidden.*.act", "hiden.3.act"], "'net'")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("site 'hiden.3.act' matches no module of 'net'; did you mean hidden.3.act, ")
+    listed = message.split("valid names: ")[1]
+    assert listed.startswith("hidden, hidden.0, hidden.0.linear, hidden.0.act, hidden.1, ")
+    assert listed.endswith(", hidden.9.linear, ... and 32 more (see model.named_modules())")
+    assert listed.count(", ") == 30

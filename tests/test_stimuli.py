@@ -36,6 +36,17 @@ def test_repeated_sentence_ids_are_named(tmp_path):
         sentences(tmp_path / "s.tsv", rows)
 
 
+def test_rows_with_blank_text_are_named_with_the_file(tmp_path):
+    path = tmp_path / "s.tsv"
+    with pytest.raises(StimulusError) as info:
+        sentences(path, [*ROWS[:2], ("b-1", "x", "  "), ROWS[2], ("b-2", "x", "")])
+    assert str(info.value) == (f"stimulus set 's': {path} has rows with blank text (id 'b-1' on line 4, id 'b-2' on "
+                               "line 6); fill in their text or delete them")
+    with pytest.raises(StimulusError, match=r"^stimulus set 's': .*s\.tsv has rows with blank text \(id 'b-0' on "
+                                            r"line 2, .* id 'b-4' on line 6, \.\.\. \(\+2 more\)\); fill in"):
+        sentences(path, [(f"b-{i}", "x", "") for i in range(7)])
+
+
 def numeric_set(inputs: np.ndarray) -> StimulusSet:
     ids = np.array([f"s{i}" for i in range(len(inputs))])
     return StimulusSet("n", "digits", ids, inputs=inputs,
