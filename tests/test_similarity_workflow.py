@@ -232,7 +232,9 @@ def test_models_comparison_and_mds(tmp_path):
     html = page.read_text()
     assert html.count("data:image/png;base64,") == 2 and "m3/r" in html
     write_comparisons_report({"analyses": {}, "inputs": []}, page)
-    assert page.read_text().count("No results for this section.") == 2
+    html = page.read_text()
+    assert html.count("No results for this section: it needs ") == 2
+    assert "it needs the final checkpoints of two or more runs or models on one stimulus set." in html
 
 
 # ----------------------------------------------------------------------------- helpers in analyses.similarity

@@ -240,7 +240,8 @@ def test_model_report_shows_factors_and_communities_or_no_results(tmp_path):
     empty = report([], "empty")
     page = (empty / "index.html").read_text()
     for section in ("tca-across", "connectome"):
-        assert "No results for this section." in page.split(f'<section id="{section}">')[1].split("</section>")[0]
+        assert "No results for this section: it needs a checkpoint series" in page.split(
+            f'<section id="{section}">')[1].split("</section>")[0]
 
 
 def test_canonical_sorts_components_and_fixes_signs_without_changing_the_model():

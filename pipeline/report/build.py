@@ -66,7 +66,7 @@ def _sections(scope: str, ctx: ModelContext | ExperimentContext, page=None) -> t
         except Exception as err:  # one broken section must not hide the rest of the report
             data = None
             errors.append(f"section {section.title!r} could not be built: {type(err).__name__}: {err}")
-        rendered.append({"id": section.id, "title": section.title, "data": data})
+        rendered.append({"id": section.id, "title": section.title, "data": data, "needs": section.needs})
     return rendered, errors
 
 
