@@ -285,6 +285,7 @@ def _similarity_mds(ctx: ExperimentContext, _page=None) -> dict | None:
             ax.scatter(*coords[entries == entry].T, label=entry, s=25)
         for (x, y), site in zip(coords, sites):
             ax.annotate(site, (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        ax.margins(x=0.15, y=0.08)  # room for the site names beside the outermost points
         ax.set_xlabel("MDS 1")
         ax.set_ylabel("MDS 2")
         ax.set_title(f"{stimuli}: representations under the angular shape distance", fontsize=10)
