@@ -89,6 +89,11 @@ def comparisons_report(report_dir: str) -> Path:
     return Path(report_dir) / "comparisons" / "index.html"
 
 
+def comparisons_summary(report_dir: str) -> Path:
+    """What the index shows of the comparisons page (its errors), written beside it."""
+    return Path(report_dir) / "comparisons" / "report.json"
+
+
 def report_index(report_dir: str) -> Path:
     return Path(report_dir) / "index.html"
 

@@ -80,7 +80,8 @@ rule report_comparisons:
     input:
         comparison_results(),
     output:
-        layout.comparisons_report(REPORT_DIR),
+        page=layout.comparisons_report(REPORT_DIR),
+        summary=layout.comparisons_summary(REPORT_DIR),
     params:
         spec=lambda wc, input: spec_arg({"analyses": config["analyses"], "inputs": list(input)}),
     log:
@@ -91,13 +92,13 @@ rule report_comparisons:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{PIPELINE} --log {log:q} --threads {threads} report-comparisons --spec {params.spec} --out {output:q}"
+        "{PIPELINE} --log {log:q} --threads {threads} report-comparisons --spec {params.spec} --out {output.page:q}"
 
 
 rule report_index:
     input:
         models=[layout.model_summary(REPORT_DIR, m) for m in config["models"]],
-        comparisons=layout.comparisons_report(REPORT_DIR),
+        comparisons=layout.comparisons_summary(REPORT_DIR),
     output:
         layout.report_index(REPORT_DIR),
     params:
@@ -105,7 +106,7 @@ rule report_index:
             {
                 "models": list(config["models"]),
                 "model_summaries": list(input.models),
-                "comparisons": layout.comparisons_report("").as_posix(),
+                "comparisons_summary": input.comparisons,
             }
         ),
     log:

@@ -237,6 +237,20 @@ def test_models_comparison_and_mds(tmp_path):
     assert "it needs the final checkpoints of two or more runs or models on one stimulus set." in html
 
 
+def test_index_counts_the_errors_of_the_comparisons_page(tmp_path):
+    from pipeline.report.build import write_index
+
+    reports = tmp_path / "reports"
+    page = layout.comparisons_report(str(reports))
+    write_comparisons_report({"analyses": {}, "inputs": [str(tmp_path / "gone.zarr")]}, page)  # no summary there
+    index = layout.report_index(str(reports))
+    write_index({"models": [], "model_summaries": [], "comparisons_summary": str(layout.comparisons_summary(reports))},
+                index)
+    html = index.read_text()
+    assert '<a href="comparisons/index.html">Comparisons between models</a>' in html
+    assert '<span class="error">1 error</span>' in html
+
+
 # ----------------------------------------------------------------------------- helpers in analyses.similarity
 
 

@@ -169,21 +169,29 @@ def write_comparisons_report(spec: dict, out: Path) -> None:
 
     ctx = load_experiment_context(spec)
     sections, section_errors = _sections("experiment", ctx)
+    errors = ctx.errors + section_errors
     page = {
         **_common("Comparisons between models", "../"),
         "sections": sections,
-        "errors": ctx.errors + section_errors,
+        "errors": errors,
         "intro": {"stimulus sets": ", ".join(sorted({stimuli for _, stimuli in ctx.summaries}))},
         "parameters": yaml.safe_dump({"analyses": ctx.analyses}, sort_keys=False),
     }
     _write_page(out, _environment().get_template("page.html").render(**page))
+    summary = {"href": f"{out.parent.name}/{out.name}", "n_errors": len(errors)}
+    _write_page(layout.comparisons_summary(out.parent.parent), json_dumps(summary))
 
 
 def write_index(spec: dict, out: Path) -> None:
-    """Write the index page linking every model, checkpoint page and analysis."""
+    """Write the index page linking every model, checkpoint page and analysis.
+
+    The spec names the summaries the model and comparisons jobs wrote beside their pages
+    (``model_summaries``, ``comparisons_summary``).
+    """
     models = [json.loads(Path(summary).read_text()) for summary in spec["model_summaries"]]
+    comparisons = spec.get("comparisons_summary")
     page = {**_common("Activation analysis report", ""), "sections": [], "errors": [], "models": models,
-            "comparisons": spec.get("comparisons")}
+            "comparisons": json.loads(Path(comparisons).read_text()) if comparisons else None}
     _write_page(out, _environment().get_template("index.html").render(**page))
 
 
