@@ -202,3 +202,22 @@ def test_checkpoint_page_counts_every_stimulus_when_it_lists_the_first(tmp_path,
     write_checkpoint_report({"model_name": "m", "model": {"source": "checkpoints", "sites": ["a"]}, "analyses": {},
                              "output_dir": str(tmp_path), "inputs": [str(result)]}, page)
     assert "450 stimuli of set <strong>set</strong> (the first 400 listed)" in page.read_text()
+
+
+def test_model_page_of_a_pretrained_model_leaves_out_the_sections_about_training(tmp_path, store_writer):
+    from pipeline.report.build import write_model_report
+    from pipeline.report.sections import SECTIONS
+
+    store = store_writer(tmp_path / "s.zarr", {"a": np.ones((4, 1, 2))}, np.ones((4, 1), bool), run="main",
+                         checkpoint_name="pretrained", step=-1, stimulus_set="set")
+    result = tmp_path / "stats.zarr"
+    run_stats({"zero_threshold": 1e-6, "massive_ratio": 100, "massive_min": 1.0}, store, result)
+    series = [s.id for s in SECTIONS if s.series]
+    assert {"training", "stats-across", "connectome"} <= set(series)
+    for source, shown in (("huggingface", False), ("checkpoints", True)):
+        page = tmp_path / source / "m" / "index.html"
+        write_model_report({"model_name": "m", "model": {"source": source, "sites": ["a"]}, "analyses": {},
+                            "output_dir": str(tmp_path), "inputs": [str(result)]}, page)
+        html = page.read_text()
+        assert '<section id="checkpoints">' in html
+        assert all((f'<section id="{s}">' in html) == shown for s in series), source

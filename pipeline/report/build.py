@@ -57,9 +57,10 @@ def _sections(scope: str, ctx: ModelContext | ExperimentContext, page=None) -> t
     """Run each section of ``scope``; a section that fails is reported, the page still renders."""
     from pipeline.report.sections import SECTIONS
 
+    single = scope == "model" and ctx.model.get("source") == "huggingface"  # one checkpoint, no series
     rendered, errors = [], []
     for section in SECTIONS:
-        if section.scope != scope:
+        if section.scope != scope or (section.series and single):
             continue
         try:
             data = section.collect(ctx, page)

@@ -44,6 +44,7 @@ class Section:
     collect: Callable
     run_part: Callable | None = None  # model sections only: one run's share, drawn by the run's job
     needs: str = ""  # what it needs to have results, said where it has none
+    series: bool = False  # about a checkpoint series: left out of the page of a Hugging Face model
 
 
 def _training(ctx: ModelContext, _page=None) -> dict | None:
@@ -297,16 +298,18 @@ def _similarity_mds(ctx: ExperimentContext, _page=None) -> dict | None:
 
 SECTIONS = [
     Section("training", "Training", "model", _training,
-            needs="numeric metrics (accuracy, loss) in the checkpoints' metadata that change over training"),
+            needs="numeric metrics (accuracy, loss) in the checkpoints' metadata that change over training",
+            series=True),
     Section("stats-across", "Activation statistics across training", "model", _stats_across, _stats_across_run,
-            needs="the activation statistics of a run with two or more checkpoints"),
+            needs="the activation statistics of a run with two or more checkpoints", series=True),
     Section("checkpoints", "Checkpoints", "model", _checkpoint_list, needs="the results of recorded checkpoints"),
     Section("stats", "Activation statistics", "checkpoint", _stats,
             needs="the activation statistics of this checkpoint"),
     Section("stimuli", "Stimuli", "checkpoint", _stimuli, needs="the activation statistics of this checkpoint"),
     Section("provenance", "Provenance", "checkpoint", _provenance),
     Section("similarity-across", "Representational drift across training", "model", _similarity_across,
-            _similarity_across_run, needs="the similarity analysis of a run with two or more checkpoints"),
+            _similarity_across_run, needs="the similarity analysis of a run with two or more checkpoints",
+            series=True),
     Section("similarity", "Representational similarity", "checkpoint", _similarity,
             needs="the similarity analysis of this checkpoint"),
     Section("similarity-models", "Representational similarity between models", "experiment", _similarity_models,
@@ -315,10 +318,10 @@ SECTIONS = [
             needs="three or more representations of one stimulus set"),
     Section("tca-across", "Tensor components across training", "model", collect_tca_across, tca_across_run,
             needs="a checkpoint series recorded on stimuli without a time or token axis (such as digits), "
-                  "for the sites and models chosen in analyses.tca"),
+                  "for the sites and models chosen in analyses.tca", series=True),
     Section("connectome", "Functional connectome over training", "model", collect_connectome, connectome_run,
             needs="a checkpoint series (a trained or watched model), for the sites and models chosen in "
-                  "analyses.connectome"),
+                  "analyses.connectome", series=True),
     Section("tca", "Tensor component analysis", "checkpoint", collect_tca,
             needs="stimuli with a time or token axis (sentences, flip-flop trials), for the sites and models "
                   "chosen in analyses.tca"),
