@@ -215,6 +215,13 @@ def checkpoint_step(metadata: dict, name: str | None = None) -> int:
     return -1 if number is None else number
 
 
+def training_order(step, name) -> tuple:
+    """Sort key of a checkpoint within its run: by training step, those without one (-1) last, then by
+    name (as ``discover_checkpoints`` orders files without a number)."""
+    step = -1 if step is None else int(step)
+    return (step < 0, step, name or "")
+
+
 def discover_checkpoints(folder, pattern: str) -> list[Path]:
     """Checkpoint files in ``folder`` matching the glob ``pattern``, in training order.
 

@@ -37,7 +37,8 @@ wildcard_constraints:
 
 
 def check_named_files():
-    """The files and folders the config names exist (one clear line each, before any job runs)."""
+    """The sentence files and checkpoint series the config names exist (one clear line each, before any
+    job runs); config validation already checked the checkpoint folders."""
     for name, entry in config["stimuli"].items():
         path = entry.get("path", "builtin")
         if path != "builtin" and not Path(path).expanduser().is_file():

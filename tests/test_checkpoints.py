@@ -21,6 +21,7 @@ from pipeline.checkpoints import (
     name_checkpoints,
     save_checkpoint,
     sha256_file,
+    training_order,
 )
 
 
@@ -275,3 +276,12 @@ def test_metadata_is_stored_as_json_header(tmp_path):
     save_checkpoint(path, {"w": torch.ones(1)}, {"step": 3, "task": "digits"})
     with safe_open(str(path), framework="pt") as handle:
         assert json.loads(handle.metadata()["pipeline"]) == {"step": 3, "task": "digits"}
+
+
+def test_training_order_puts_checkpoints_without_a_step_last_like_discovery(tmp_path):
+    for name in ("final.pt", "epoch-2.pt", "epoch-10.pt", "best.pt"):
+        (tmp_path / name).touch()
+    discovered = [p.stem for p in discover_checkpoints(tmp_path, "*.pt")]
+    steps = {"epoch-2": 2, "epoch-10": 10, "final": -1, "best": None}
+    assert sorted(steps, key=lambda name: training_order(steps[name], name)) == discovered
+    assert discovered == ["epoch-2", "epoch-10", "best", "final"]

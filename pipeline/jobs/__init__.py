@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import layout
+from pipeline.checkpoints import training_order
 from pipeline.config import run_settings
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,11 @@ def json_dumps(data, **options) -> str:
     return json.dumps(json_safe(data), allow_nan=False, **options)
 
 
+def provenance_order(provenance) -> tuple:
+    """Sort key of a checkpoint's result by its provenance (``step``, ``checkpoint_name``): training order."""
+    return training_order(provenance.get("step"), provenance.get("checkpoint_name"))
+
+
 def write_json(path: Path, data: dict) -> None:
     """Write strict JSON atomically (temporary file, then rename); non-finite numbers become null."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,7 +217,7 @@ def run_stats_across(results: list[Path], out: Path) -> None:
     for path in results:
         summary = json.loads(layout.summary_path(Path(path)).read_text())
         entries.append((summary, zarr.open_group(Path(path), mode="r")))
-    entries.sort(key=lambda e: (e[0]["provenance"].get("step", -1), e[0]["provenance"].get("checkpoint_name", "")))
+    entries.sort(key=lambda e: provenance_order(e[0]["provenance"]))
     sites = list(entries[0][0]["sites"]) if entries else []
     series = {}
     for site in sites:

@@ -15,7 +15,7 @@ from pipeline.analyses.connectome import affinity, communities
 from pipeline.analyses.tca import TCAFit, fit_tca, scale_units, spread_indices, top_units, unit_variance
 from pipeline.backend import get_namespace, to_device, to_numpy
 from pipeline.errors import StoreError
-from pipeline.jobs import SEQUENCE_MODES, store_provenance, write_json
+from pipeline.jobs import SEQUENCE_MODES, provenance_order, store_provenance, write_json
 from pipeline.results import Result, read, write_result
 from pipeline.store import open_group
 
@@ -42,8 +42,7 @@ def _stimulus_coords(group: zarr.Group, index: np.ndarray) -> dict:
 
 def _series(stores: list[Path]) -> list[zarr.Group]:
     """The activation stores of a run ordered by training step; all must hold the same stimuli."""
-    series = sorted((open_group(s) for s in stores),
-                    key=lambda d: (d.attrs.get("step", -1), d.attrs.get("checkpoint_name", "")))
+    series = sorted((open_group(s) for s in stores), key=lambda d: provenance_order(d.attrs))
     ids = read(series[0], "stimulus")
     for d in series[1:]:
         if not np.array_equal(read(d, "stimulus"), ids):

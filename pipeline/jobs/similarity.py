@@ -13,7 +13,7 @@ from pipeline import layout
 from pipeline.analyses import similarity as sim
 from pipeline.backend import get_namespace, to_device, to_numpy
 from pipeline.errors import StoreError
-from pipeline.jobs import scalar_params, store_provenance, write_json
+from pipeline.jobs import provenance_order, scalar_params, store_provenance, write_json
 from pipeline.results import Result, ResultGroup, dims, read, write_result
 from pipeline.store import open_group
 
@@ -211,7 +211,7 @@ def run_similarity_across(spec: dict, results: list[Path], out: Path) -> None:
     """
     xp = get_namespace(spec["device"])
     entries = _similarity_inputs(results)
-    entries.sort(key=lambda e: (e[0]["provenance"].get("step", -1), e[0]["provenance"].get("checkpoint_name", "")))
+    entries.sort(key=lambda e: provenance_order(e[0]["provenance"]))
     provenance = [summary["provenance"] for summary, _ in entries]
     series = {}
     for site in dict.fromkeys(s for summary, _ in entries for s in summary["sites"]):

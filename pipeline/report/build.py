@@ -17,6 +17,7 @@ from pathlib import Path
 import jinja2
 
 from pipeline import __version__, layout
+from pipeline.checkpoints import training_order
 from pipeline.errors import InputError
 from pipeline.jobs import json_dumps
 from pipeline.report.context import (
@@ -139,7 +140,7 @@ def write_model_report(spec: dict, out: Path) -> None:
     checkpoints = sorted(({
         "label": f"{c.run}/{c.checkpoint} ({c.stimuli})", "run": c.run, "step": c.step,
         "href": layout.checkpoint_page(ctx.model_name, c.run, c.checkpoint, c.stimuli).as_posix(),
-    } for c in ctx.checkpoints), key=lambda c: (c["run"], c["step"], c["label"]))
+    } for c in ctx.checkpoints), key=lambda c: (c["run"], training_order(c["step"], c["label"])))
     summary = {
         "name": ctx.model_name, "source": entry["source"], "runs": ctx.runs, "stimuli": ctx.stimulus_sets,
         "n_checkpoints": n_checkpoints, "n_errors": len(errors),

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import layout
+from pipeline.checkpoints import training_order
 from pipeline.results import ResultGroup
 
 
@@ -67,7 +68,7 @@ class ModelContext:
 
     def series(self, run: str, stimuli: str) -> list[CheckpointResults]:
         return sorted((c for c in self.checkpoints if c.run == run and c.stimuli == stimuli),
-                      key=lambda c: (c.step, c.checkpoint))
+                      key=lambda c: training_order(c.step, c.checkpoint))
 
     def run_parts(self, section_id: str) -> list[dict]:
         """A section's parts from every run's report, in (run, stimulus set) order; runs without one are left out."""

@@ -143,17 +143,18 @@ def _over_training(ctx: ModelContext) -> dict | None:
     for c in ctx.checkpoints:
         for site, result in c.summaries.get("tca", {}).get("sites", {}).items():
             if result.get("status") == "ok":
-                lines.setdefault((c.run, c.stimuli, site), []).append(
-                    (c.step, c.checkpoint, result["rank"], result["rel_error"]))
+                lines.setdefault((c.run, c.stimuli, site), {})[c.checkpoint] = (result["rank"], result["rel_error"])
     if not any(len(points) > 1 for points in lines.values()):
         return None
-    room = max(figures.name_room([p[0] for p in points], [p[1] for p in points]) for points in lines.values())
+    series = {(run, stimuli): ctx.series(run, stimuli) for run, stimuli, _ in lines}
+    room = max(figures.name_room([c.step for c in s], [c.checkpoint for c in s]) for s in series.values())
     fig, axes = figures.small_multiples(2, ncols=2, bottom=0.45 + room)
-    for (run, _stimuli, site), points in sorted(lines.items()):
-        points.sort()
-        for ax, values in ((axes[0], [p[2] for p in points]), (axes[1], finite(p[3] for p in points))):
-            x = figures.training_axis(ax, [p[0] for p in points], [p[1] for p in points])
-            ax.plot(x, values, marker="o", ms=3, label=f"{run} {site}")
+    for (run, stimuli, site), points in sorted(lines.items()):
+        run_series = series[(run, stimuli)]  # every checkpoint of the run: a site's gaps keep their places
+        for k, ax in enumerate(axes):
+            x = figures.training_axis(ax, [c.step for c in run_series], [c.checkpoint for c in run_series])
+            done = [(xi, points[c.checkpoint][k]) for c, xi in zip(run_series, x) if c.checkpoint in points]
+            ax.plot([d[0] for d in done], finite(d[1] for d in done), marker="o", ms=3, label=f"{run} {site}")
     axes[0].set_title("suggested rank", fontsize=9)
     axes[1].set_title("relative error at that rank", fontsize=9)
     axes[0].legend(fontsize=6)

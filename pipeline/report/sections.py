@@ -21,6 +21,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from pipeline import layout
+from pipeline.checkpoints import training_order
 from pipeline.report import figures
 from pipeline.report.context import CheckpointResults, ExperimentContext, ModelContext, finite
 from pipeline.report.factorization import (
@@ -104,7 +105,7 @@ def _stats_across(ctx: ModelContext, _page=None) -> dict | None:
 
 def _checkpoint_list(ctx: ModelContext, _page=None) -> dict | None:
     rows = []
-    for c in sorted(ctx.checkpoints, key=lambda c: (c.run, c.stimuli, c.step, c.checkpoint)):
+    for c in sorted(ctx.checkpoints, key=lambda c: (c.run, c.stimuli, training_order(c.step, c.checkpoint))):
         flags = [f for s in c.summaries.get("stats", {}).get("sites", {}).values() for f in s.get("flags", [])]
         href = layout.checkpoint_page("", c.run, c.checkpoint, c.stimuli).as_posix()
         rows.append({"run": c.run, "checkpoint": c.checkpoint, "stimuli": c.stimuli, "step": c.step,
