@@ -20,7 +20,7 @@ import zarr
 import zarr.api.asynchronous
 from zarr.core.sync import sync
 
-from pipeline.store import partial_path, strings
+from pipeline.store import json_safe, partial_path, strings
 
 # chunk files named c.0.0 beside the array's metadata, not in nested folders c/0/0: a third of the folders to make
 FLAT_CHUNK_KEYS = {"name": "default", "separator": "."}
@@ -83,7 +83,7 @@ def _coords(result: Result) -> dict[str, tuple[Any, Any]]:
 
 
 def _group_attrs(result: Result) -> dict:
-    attrs = {key: _plain(value) for key, value in result.attrs.items()}
+    attrs = json_safe(dict(result.attrs))
     extra = [name for name, (d, _) in _coords(result).items() if _dim_names(d) != [name]]
     if extra:
         attrs["coordinates"] = " ".join(extra)
@@ -108,19 +108,6 @@ def _stored(values) -> np.ndarray:
     if values.dtype.kind in "OUT":
         return np.array(values.tolist(), dtype=np.dtypes.StringDType())
     return values
-
-
-def _plain(value):
-    """An attribute value as plain JSON (numpy scalars and arrays converted)."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 class ResultGroup:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import math
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -151,7 +152,7 @@ class StoreWriter:
             "complete": False,
             "n_written": 0,
         }
-        group, arrays = sync(_create_group(self.work, group_attrs, site_arrays, coord_values))
+        group, arrays = sync(_create_group(self.work, json_safe(group_attrs), site_arrays, coord_values))
         group = zarr.Group(group)
         group.attrs["fingerprint"] = attrs["fingerprint"]
         return group, arrays
@@ -173,7 +174,7 @@ class StoreWriter:
         if self.n_written != self.n_stimuli:
             raise StoreError(f"store {self.path} holds {self.n_written} of {self.n_stimuli} stimuli; cannot finish")
         self.group.attrs.update({
-            **(extra_attrs or {}),
+            **json_safe(extra_attrs or {}),
             "complete": True,
             "completed_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         })
@@ -188,6 +189,20 @@ class StoreWriter:
         if old.exists():
             shutil.rmtree(old)
         return self.path
+
+
+def json_safe(value):
+    """``value`` as strict JSON data (store attributes, summaries): numpy scalars and arrays as Python
+    values, NaN and +-Inf as None (null)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (np.ndarray, np.generic)):
+        return json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 async def _create_group(path: Path, attrs: dict, site_arrays: dict[str, dict],

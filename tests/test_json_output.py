@@ -8,8 +8,9 @@ import pytest
 
 from pipeline import layout
 from pipeline.config import validate_config
-from pipeline.jobs import json_dumps, json_safe, run_stats, run_stats_across, stats_spec
+from pipeline.jobs import json_dumps, run_stats, run_stats_across, stats_spec
 from pipeline.report import figures
+from pipeline.store import json_safe
 
 S, P, U = 6, 3, 4
 MASK = np.arange(P)[None, :] < np.array([3, 2, 3, 1, 3, 2])[:, None]
@@ -61,6 +62,14 @@ def test_stats_summary_of_nan_activations_is_strict_json(nan_run):
     assert nan["mean_of_means"] is None and nan["mean_variance"] is None  # no finite value: no moments
     assert const["n_constant"] == U and const["mean_variance"] == 0.0 and const["nan_count"] == 0
     assert summary["provenance"]["checkpoint_metadata"] == {"loss": None, "accuracy": 0.5}
+
+
+def test_store_attributes_are_strict_json(nan_run, tmp_path):
+    # the activation stores carry the NaN loss in their provenance, the result stores copy it
+    metadata = [strict_loads(path.read_text()) for path in tmp_path.rglob("zarr.json")]
+    stored = [m["attributes"]["checkpoint_metadata"] for m in metadata
+              if "checkpoint_metadata" in m.get("attributes", {})]
+    assert stored and all(m["loss"] is None for m in stored)
 
 
 def test_stats_across_summary_of_nan_activations_is_strict_json(nan_run, tmp_path):

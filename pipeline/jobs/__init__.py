@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -22,6 +21,7 @@ import numpy as np
 from pipeline import layout
 from pipeline.checkpoints import training_order
 from pipeline.config import run_settings
+from pipeline.store import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -99,19 +99,6 @@ def connectome_enabled(config: dict, model: str) -> bool:
 
 
 # ---------------------------------------------------------------- jobs
-
-
-def json_safe(value):
-    """``value`` as strict JSON data: numpy scalars and arrays as Python values, NaN and +-Inf as None (null)."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, (np.ndarray, np.generic)):
-        return json_safe(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def json_dumps(data, **options) -> str:
