@@ -75,8 +75,26 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         # among the deepest errors, an unknown key explains a typo better than the required key it hides
         deepest = max(errors, key=lambda e: (len(e.absolute_path), e.validator == "additionalProperties"))
         raise ConfigError(f"config error: {_describe(deepest)}")
+    _expand_home(config)
     _check_references(config)
     return config
+
+
+def _expand_home(config: dict) -> None:
+    """A leading ``~`` in a path of the config stands for the user's home folder, as in a shell."""
+    for key in ("output_dir", "report_dir"):
+        config[key] = _expanded(config[key])
+    for entry in config["stimuli"].values():
+        if "path" in entry:
+            entry["path"] = _expanded(entry["path"])
+    for model in config["models"].values():
+        for key in ("folder", "path"):  # a checkpoint folder; a Hugging Face folder (or package name)
+            if key in model:
+                model[key] = _expanded(model[key])
+
+
+def _expanded(path: str) -> str:
+    return str(Path(path).expanduser()) if path.startswith("~") else path
 
 
 def _check_references(config: dict) -> None:

@@ -41,7 +41,7 @@ def check_named_files():
     job runs); config validation already checked the checkpoint folders."""
     for name, entry in config["stimuli"].items():
         path = entry.get("path", "builtin")
-        if path != "builtin" and not Path(path).expanduser().is_file():
+        if path != "builtin" and not Path(path).is_file():
             raise WorkflowError(f"stimulus set {name!r}: file {path} does not exist; fix its 'path'")
     for model, entry in config["models"].items():
         if entry["source"] == "checkpoints":

@@ -12,9 +12,9 @@ def extract_inputs(wildcards):
     if stimuli.get("path", "builtin") != "builtin":
         files["stimuli"] = stimuli["path"]
     entry = config["models"][wildcards.model]
-    if entry["source"] == "huggingface" and Path(entry["path"]).expanduser().is_dir():
+    if entry["source"] == "huggingface" and Path(entry["path"]).is_dir():
         files["model"] = sorted(
-            str(f) for f in Path(entry["path"]).expanduser().iterdir()
+            str(f) for f in Path(entry["path"]).iterdir()
             if f.is_file() and not f.name.startswith(".") and f.suffix != ".md"  # not .gitattributes, README.md
         )
     return files

