@@ -150,7 +150,8 @@ def trained_run_folders():
 
 
 def model_results(wildcards):
-    """Everything one model's page reads: per-checkpoint results and each run's report (its across-checkpoint view)."""
+    """Everything one model's page reads: per-checkpoint results and each run's report (its across-checkpoint
+    view; a Hugging Face model has one checkpoint, so none)."""
     model = wildcards.model
     entry = config["models"][model]
     files = []
@@ -158,7 +159,8 @@ def model_results(wildcards):
         for stimuli in entry["stimuli"]:
             for analysis in checkpoint_analyses(model, stimuli):
                 files += analysis_results(analysis, model, run, stimuli)
-            files.append(str(layout.run_report(OUT, model, run, stimuli)))
+            if entry["source"] != "huggingface":
+                files.append(str(layout.run_report(OUT, model, run, stimuli)))
     return files
 
 
