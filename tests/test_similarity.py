@@ -247,6 +247,17 @@ def test_kendall_tau_a_against_a_category_rdm_matches_definition():
     np.testing.assert_allclose(result.null, null, atol=1e-12)
 
 
+def test_kendall_tau_a_ceiling_is_reached_by_an_rdm_ordered_like_the_reference():
+    g = rng(10)
+    L = S.label_rdm(g.integers(0, 4, 16))
+    ceiling = S.kendall_tau_a_ceiling(L)
+    assert ceiling == pytest.approx(ref_tau_a(upper(L), upper(L)), abs=1e-12)
+    ordered = L + 1e-3 * S.rdm(g.standard_normal((16, 5)))  # breaks L's ties, keeps its order
+    assert S.compare_rdms(ordered, L, "kendall_tau_a") == pytest.approx(ceiling, abs=1e-12)
+    others = [S.compare_rdms(S.rdm(g.standard_normal((16, 5))), L, "kendall_tau_a") for _ in range(20)]
+    assert max(others) < ceiling < 1.0
+
+
 @pytest.mark.parametrize("method", S.COMPARE_METHODS)
 def test_compare_all_pairs_equals_loop(method):
     g = rng(9)

@@ -116,6 +116,8 @@ def test_planted_structure_in_one_checkpoint(tmp_path):
     assert tests["noise"]["label"]["pvalue"] > 0.05
     label_rdm = (labels()[:, None] != labels()[None, :]).astype(float)
     assert tests["labelled"]["label"]["method"] == "kendall_tau_a"  # the label RDM is all ties
+    assert tests["labelled"]["label"]["ceiling"] == pytest.approx(literal_tau_a(upper(label_rdm), upper(label_rdm)))
+    assert "ceiling" not in tests["noise"]["input"]
     expected = literal_tau_a(upper(literal_correlation_rdm(labelled)), upper(label_rdm))
     assert tests["labelled"]["label"]["statistic"] == pytest.approx(expected, abs=1e-9)
     assert tests["noise"]["input"]["method"] == "spearman"

@@ -488,6 +488,18 @@ def _similarities(xp, a, b, method: str, names=("A", "B"), paired: bool = False)
     return xp.matmul(ta, _mT(xp, tb))
 
 
+def kendall_tau_a_ceiling(B) -> float:
+    """Largest Kendall tau-a any RDM can reach against the RDM B (n, n): the fraction of pairs of
+    its upper-triangle entries that B does not tie (reached by any RDM that orders B's entries as B
+    does). Against a label RDM (0 within, 1 between labels) this is 2 p (1 - p) N / (N - 1) for a
+    fraction p of between-label entries among N, about 0.2 for 8 balanced labels."""
+    xp = array_namespace(B)
+    b = to_numpy(_rdm_vectors(xp, _as_float(xp, B, "B", (2,), "an (n, n) RDM"), "B"))[0]
+    counts = np.unique(b, return_counts=True)[1].astype(np.float64)
+    total = b.size * (b.size - 1) / 2.0
+    return 1.0 - float(np.sum(counts * (counts - 1) / 2.0)) / total
+
+
 def compare_rdms(A, B, method: str = "spearman"):
     """Similarity of RDMs on their upper triangles (diagonal excluded).
 

@@ -167,7 +167,10 @@ def _reference_test(spec: dict, xp, D: np.ndarray, R: np.ndarray, method: str) -
         low, high = sim.bootstrap_ci(A, B, method, n_bootstrap=spec["n_bootstrap"], seed=seed)
     except ValueError as err:
         return {"method": method, "error": str(err)}
-    return {"method": method, "statistic": test.statistic, "pvalue": test.pvalue, "ci_low": low, "ci_high": high}
+    result = {"method": method, "statistic": test.statistic, "pvalue": test.pvalue, "ci_low": low, "ci_high": high}
+    if method == "kendall_tau_a":  # tau-a against an RDM with ties cannot reach 1
+        result["ceiling"] = sim.kendall_tau_a_ceiling(B)
+    return result
 
 
 def _similarity_inputs(results: list[Path]) -> list[tuple[dict, ResultGroup]]:

@@ -178,6 +178,7 @@ def _similarity(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
             rows.append({"site": site, "reference": ref, "method": _test_method(summary, t), "error": t.get("error"),
                          "statistic": t.get("statistic"),
                          "pvalue": t.get("pvalue"), "ci_low": t.get("ci_low"), "ci_high": t.get("ci_high"),
+                         "ceiling": t.get("ceiling"),
                          "stars": stars(t.get("pvalue"))})
     return {"figure": figure, "n_sites": len(sites), "rows": rows, "chart": _reference_chart(summary),
             "params": summary["params"],
@@ -215,6 +216,10 @@ def _reference_chart(summary: dict) -> str | None:
         for xi, hi, t in zip(x, high, tests):
             if np.isfinite(hi):
                 ax.text(xi, hi, stars(t.get("pvalue")), ha="center", va="bottom", fontsize=8)
+        ceiling = np.array(finite(t.get("ceiling") for t in tests))
+        if np.isfinite(ceiling).any():
+            ax.hlines(ceiling, x - width / 2, x + width / 2, colors="black", linestyles="dashed", lw=0.8,
+                      label=f"largest {method} possible against the {ref} RDM")
     ax.axhline(0.0, color="black", lw=0.5)
     ax.set_xticks(range(len(sites)), sites, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("RDM similarity")
