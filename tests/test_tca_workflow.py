@@ -283,3 +283,12 @@ def test_interrupted_extraction_is_reported_once_on_the_model_page(tmp_path):
     write_model_report(spec, out)
     assert out.read_text().count(f"incomplete activation store {partial}") == 1
     assert json.loads(layout.model_summary(tmp_path / "reports", "toy").read_text())["n_errors"] == 1
+
+
+def test_report_cautions_at_the_largest_rank_fitted_and_for_unreproducible_components():
+    from pipeline.report.factorization import rank_cautions
+
+    assert rank_cautions({"ranks": [1, 2, 3], "rank": 2, "similarity": [1.0, 0.97, 0.6]}) == []
+    top, unstable = rank_cautions({"ranks": [1, 2, 3], "rank": 3, "similarity": [1.0, 0.97, 0.6]})
+    assert "largest fitted (3)" in top and "mean similarity 0.60" in unstable
+    assert rank_cautions({"ranks": [1, 2, 3], "rank": 1, "similarity": [None, 0.5, 0.4]}) == []

@@ -113,13 +113,31 @@ def _failed(summary: dict) -> list[dict]:
     return [{"site": site, "error": r.get("error")} for site, r in summary["sites"].items() if r.get("status") != "ok"]
 
 
+STABLE = 0.9  # mean similarity of the other random starts to the best fit below which components are not unique
+
+
+def rank_cautions(result: dict) -> list[str]:
+    """What to keep in mind reading a site's TCA at its chosen rank: a rank at the top of the range
+    searched, and components that the random starts do not reproduce."""
+    cautions = []
+    ranks, rank = result["ranks"], result["rank"]
+    if rank == max(ranks) and len(ranks) > 1:
+        cautions.append(f"the chosen rank is the largest fitted ({rank}): the data may hold more components "
+                        "(raise max_rank)")
+    similarity = result["similarity"][ranks.index(rank)] if rank in ranks else None
+    if similarity is not None and similarity < STABLE:
+        cautions.append(f"at this rank the other random starts match the best fit with mean similarity "
+                        f"{similarity:.2f} (below {STABLE}): these components are not unique, read them with care")
+    return cautions
+
+
 def _site_blocks(path: Path, summary: dict, modes: list[str], mode_labels: list[str]) -> list[dict]:
     blocks = []
     for site, result in summary["sites"].items():
         if result.get("status") != "ok":
             continue
         group = ResultGroup(path, site)
-        blocks.append({"site": site, "result": result,
+        blocks.append({"site": site, "result": result, "cautions": rank_cautions(result),
                        "factors": figures.to_data_uri(factor_figure(group, modes, mode_labels)),
                        "diagnostics": figures.to_data_uri(diagnostics_figure(group))})
     return blocks
