@@ -42,7 +42,8 @@ class SiteStats:
 
     @property
     def constant_units(self) -> np.ndarray:
-        """Indices of units whose finite values never vary (dead units included)."""
+        """Indices of units whose finite values never vary at all (a dead unit is one only when its values
+        are exactly equal, not merely all within the zero threshold)."""
         return np.flatnonzero(self.variance <= 0.0)
 
     def summary(self) -> dict:

@@ -210,7 +210,7 @@ def connectome_figure(group: ResultGroup):
     labels = figures.checkpoint_labels(steps, names)[0]
     bottom = 0.45 + figures.name_room(steps, names)
     fig = figures.figure(11, 2.85 + bottom)
-    figures.place(fig, left=0.2, bottom=bottom, top=0.3, ncols=3, wgap=0.55)
+    figures.place(fig, left=0.2, bottom=bottom, top=0.3, ncols=3, wgap=0.95)  # room for the colour bar's ticks
     axes = fig.subplots(1, 3)
     for ax, k, name in ((axes[0], 0, "first"), (axes[1], A.shape[2] - 1, "last")):
         image = ax.imshow(A[np.ix_(order, order, [k])][:, :, 0], cmap="magma", vmin=0, vmax=1, interpolation="nearest")
@@ -225,7 +225,8 @@ def connectome_figure(group: ResultGroup):
     sizes = np.bincount(community[community >= 0], minlength=course.shape[1])
     x = figures.training_axis(axes[2], steps, names)
     for r in range(course.shape[1]):
-        axes[2].plot(x, course[:, r], marker="o", ms=3, label=f"community {r + 1} ({sizes[r]} units)")
+        units = f"{sizes[r]} unit" + ("s" if sizes[r] != 1 else "")
+        axes[2].plot(x, course[:, r], marker="o", ms=3, label=f"community {r + 1} ({units})")
     axes[2].set_title("community activity over training", fontsize=9)
     axes[2].legend(fontsize=6, frameon=False)
     return fig

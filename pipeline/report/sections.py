@@ -14,6 +14,7 @@ its run; ``collect`` then finds the shares of all runs in ``ctx.run_parts(sectio
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -75,6 +76,7 @@ ACROSS_PLOTS = (("zero_fraction", "fraction of zero activations"), ("n_dead", "d
                 ("massive_count", "massive activations"), ("mean_drift", "drift of unit means"),
                 ("median_abs", "median nonzero |activation|"), ("nan_count", "NaN values"))
 COUNTS = {"n_dead", "massive_count", "nan_count"}  # whole numbers: integer ticks
+FRACTION_TOP = 0.05  # fractions are drawn up to at least this, so that float noise near 0 does not look like change
 
 
 def _stats_across_run(ctx: ModelContext, run: str, stimuli: str) -> dict | None:
@@ -88,6 +90,8 @@ def _stats_across_run(ctx: ModelContext, run: str, stimuli: str) -> dict | None:
         x = figures.training_axis(ax, data["steps"], data["checkpoints"])
         for site, series in data["sites"].items():
             ax.plot(x, finite(series[key]), marker=".", ms=3, label=site)
+        if key == "zero_fraction":
+            ax.set_ylim(-0.05 * FRACTION_TOP, max(FRACTION_TOP, ax.get_ylim()[1]))
         if key in COUNTS:
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
             top = max(1.0, ax.get_ylim()[1])
@@ -124,6 +128,8 @@ def _stats(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
     ok = {name: s for name, s in sites.items() if s.get("status") == "ok"}
     chart = figures.bar_chart(list(ok), [s["zero_fraction"] for s in ok.values()],
                               "fraction of zero activations per site", "fraction") if ok else None
+    if chart is not None:
+        chart.axes[0].set_ylim(0.0, max(FRACTION_TOP, chart.axes[0].get_ylim()[1]))
     massive = [{**m, "site": name} for name, s in ok.items() for m in s["top_massive"]]
     massive.sort(key=lambda m: -abs(m["value"]))
     texts = {row["id"]: row.get("text", "") for row in page.stimulus_table(limit=10**6)} if massive else {}
@@ -147,9 +153,10 @@ def _provenance(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
     return {"items": prov, "packages": packages, "metadata": metadata}
 
 
+SHAPE_MAX = math.pi / 2  # the angular shape distance lies in [0, pi/2]: one colour scale for every figure
 SIMILARITY_MATRICES = (("cka", "linear CKA", "viridis", 0.0, 1.0),
                        ("rsa", "RSA (RDM similarity)", "viridis", None, 1.0),
-                       ("shape", "angular shape distance (rad)", "magma_r", 0.0, None))
+                       ("shape", "angular shape distance (rad)", "magma_r", 0.0, SHAPE_MAX))
 
 
 def stars(pvalue) -> str:
@@ -200,7 +207,7 @@ def _reference_chart(summary: dict) -> str | None:
     if not sites or not refs:
         return None
     below = figures.SIN60 * figures.text_inches(sites, 7) + 0.2
-    fig = figures.figure(max(4.0, 0.5 * len(sites) * len(refs) + 1.5), 2.2 + below)
+    fig = figures.figure(max(5.0, 0.5 * len(sites) * len(refs) + 1.5), 2.2 + below)
     figures.place(fig, left=max(0.7, figures.text_inches(sites[:1], 7) / 2 + 0.1), bottom=below, top=0.45)
     ax = fig.add_subplot()
     width = 0.8 / len(refs)
@@ -239,8 +246,8 @@ def _similarity_across_run(ctx: ModelContext, run: str, stimuli: str) -> dict | 
     for col, (site, v) in enumerate(sites.items()):
         figures.heatmap(axes[col], v["cka"], ticks[site], f"{site}: CKA", vmin=0.0, vmax=1.0,
                         row_labels=col == 0)
-        figures.heatmap(axes[len(sites) + col], v["shape"], ticks[site], f"{site}: shape distance",
-                        cmap="magma_r", vmin=0.0, row_labels=col == 0)
+        figures.heatmap(axes[len(sites) + col], v["shape"], ticks[site], f"{site}: shape distance (rad)",
+                        cmap="magma_r", vmin=0.0, vmax=SHAPE_MAX, row_labels=col == 0)
     return {"run": run, "stimuli": stimuli, "figure": figures.to_data_uri(fig),
             "final": [{"site": s, "cka": v["cka"][-1], "checkpoints": ticks[s]} for s, v in sites.items()]}
 
@@ -267,8 +274,8 @@ def _similarity_models(ctx: ExperimentContext, _page=None) -> dict | None:
             for k, (site, c) in enumerate(comparisons.items()):
                 figures.heatmap(axes[2 * k], c["cka"], c["entries"], f"{site}: CKA", vmin=0.0, vmax=1.0,
                                 row_labels=2 * k % ncols == 0)
-                figures.heatmap(axes[2 * k + 1], c["shape"], c["entries"], f"{site}: shape distance",
-                                cmap="magma_r", vmin=0.0, row_labels=False)
+                figures.heatmap(axes[2 * k + 1], c["shape"], c["entries"], f"{site}: shape distance (rad)",
+                                cmap="magma_r", vmin=0.0, vmax=SHAPE_MAX, row_labels=False)
             figure = figures.to_data_uri(fig)
         blocks.append({"stimuli": stimuli, "entries": summary["entries"], "figure": figure,
                        "n_sites": len(comparisons)})
@@ -286,12 +293,13 @@ def _similarity_mds(ctx: ExperimentContext, _page=None) -> dict | None:
         entries = result["point_entry"]
         sites = result["point_site"]
         fig = figures.figure(6.5, 5.0)
-        figures.place(fig, left=0.6, bottom=0.5)
+        figures.place(fig, left=0.8, bottom=0.5)
         ax = fig.add_subplot()
         for entry in dict.fromkeys(entries):
             ax.scatter(*coords[entries == entry].T, label=entry, s=25)
         for (x, y), site in zip(coords, sites):
             ax.annotate(site, (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        ax.set_aspect("equal", adjustable="datalim")  # distances on the map read the same in both directions
         ax.margins(x=0.15, y=0.08)  # room for the site names beside the outermost points
         ax.set_xlabel("MDS 1")
         ax.set_ylabel("MDS 2")
