@@ -256,9 +256,37 @@ def test_canonical_sorts_components_and_fixes_signs_without_changing_the_model()
     assert (fixed.factors[0].sum(axis=0) >= 0).all() and (fixed.factors[2].sum(axis=0) >= 0).all()
 
 
+def test_components_are_ordered_by_their_size_on_the_fitted_entries():
+    from pipeline.analyses.factorization import reconstruct
+    from pipeline.analyses.tca import canonical, observed_size
+
+    rng = np.random.default_rng(8)
+    factors = [rng.random((5, 3)), rng.random((6, 3)), rng.random((4, 3))]
+    factors[1][:, 0] = 0.0
+    factors[1][5, 0] = 1.0  # component 1 lives at the last position, mostly in units 0-3...
+    factors[0][:, 0] = [1.0, 1.0, 1.0, 1.0, 1e-3]
+    model = planted(factors)
+    model.weights[0] = 50.0 * model.weights.max()  # ... with the largest weight
+    mask = np.ones((5, 6, 4), bool)
+    mask[:4, 5, :] = False  # ... and the last position is padding for units 0-3
+    one = CPResult(weights=model.weights[:1], factors=[f[:, :1] for f in model.factors], rel_error=0.0, n_iter=0,
+                   loss_history=[])
+    sizes = observed_size(model, mask)
+    for r in range(3):
+        component = CPResult(weights=model.weights[r:r + 1], factors=[f[:, r:r + 1] for f in model.factors],
+                             rel_error=0.0, n_iter=0, loss_history=[])
+        assert sizes[r] == pytest.approx(np.linalg.norm(reconstruct(component)[mask]), rel=1e-12)
+    np.testing.assert_allclose(observed_size(model), model.weights, rtol=1e-12)  # unit-norm columns
+    assert np.argmax(canonical(model).weights) == 0
+    fixed = canonical(model, mask=mask)
+    np.testing.assert_allclose(reconstruct(fixed), reconstruct(model), atol=1e-9)
+    np.testing.assert_allclose(fixed.weights[-1], one.weights[0])  # the big weight, least of the data, comes last
+    assert np.all(np.diff(observed_size(fixed, mask)) <= 0)
+
+
 def test_helpers_run_in_a_strict_array_namespace():
     xps = pytest.importorskip("array_api_strict")
-    from pipeline.analyses.tca import scale_units, unit_variance
+    from pipeline.analyses.tca import observed_size, scale_units, unit_variance
 
     rng = np.random.default_rng(8)
     X, mask = rng.standard_normal((10, 4, 5)), rng.random((10, 4)) > 0.3
@@ -270,6 +298,12 @@ def test_helpers_run_in_a_strict_array_namespace():
     np.testing.assert_allclose(np.asarray(scaled), T / np.abs(T).max(axis=(1, 2))[:, None, None], atol=1e-12)
     Y = rng.standard_normal((30, 6))
     np.testing.assert_allclose(np.asarray(affinity(xps.asarray(Y))), np.abs(np.corrcoef(Y.T)), atol=1e-12)
+    model = planted([rng.random((5, 3)), rng.random((6, 3)), rng.random((4, 3))])
+    strict = CPResult(weights=xps.asarray(model.weights), factors=[xps.asarray(f) for f in model.factors],
+                      rel_error=0.0, n_iter=0, loss_history=[])
+    observed = rng.random((5, 6, 4)) > 0.3
+    np.testing.assert_allclose(np.asarray(observed_size(strict, xps.asarray(observed))),
+                               observed_size(model, observed), rtol=1e-12)
 
 
 def test_interrupted_extraction_is_reported_once_on_the_model_page(tmp_path):

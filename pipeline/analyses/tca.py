@@ -17,6 +17,8 @@ from pipeline.analyses.factorization import (
     CPResult,
     CrossValidation,
     RankEnsemble,
+    _khatri_rao,
+    _unfold,
     cross_validated_error,
     rank_ensemble,
     suggest_rank,
@@ -126,16 +128,38 @@ def scale_units(T, mask=None):
     return T / xp.reshape(scale, (-1,) + (1,) * (T.ndim - 1)), scale
 
 
-def canonical(model: CPResult, absorb: int = 1) -> CPResult:
-    """Components sorted by decreasing weight, signs fixed: in every mode but ``absorb``, each column is
-    flipped so that its entries sum to >= 0, and mode ``absorb`` takes the flips (the model is unchanged).
+def observed_size(model: CPResult, mask=None):
+    """Size of each component (R,) on the entries that were fitted: the norm of the component's
+    tensor w_r f_0[:, r] o f_1[:, r] o ... over the entries where ``mask`` is 1 (all without a mask).
+
+    Where padding is masked out, a component can take a large weight on the few observed entries of a
+    rarely observed position; its size here, not its weight, says how much of the data it describes.
+    """
+    xp = array_namespace(model.weights, *model.factors)
+    squares = [f * f for f in model.factors]
+    if mask is None:
+        per_mode = [xp.sum(s, axis=0) for s in squares]
+        total = per_mode[0]
+        for p in per_mode[1:]:
+            total = total * p
+    else:
+        M = _unfold(xp.astype(mask, squares[0].dtype), 0, xp)  # (I_0, prod of the other dims)
+        rest = xp.reshape(_khatri_rao([s[:, None, :] for s in squares[1:]], xp), (M.shape[1], -1))
+        total = xp.sum(squares[0] * xp.matmul(M, rest), axis=0)
+    return xp.abs(model.weights) * xp.sqrt(total)
+
+
+def canonical(model: CPResult, absorb: int = 1, mask=None) -> CPResult:
+    """Components sorted by decreasing ``observed_size`` (their weight where nothing is masked and the
+    factor columns have unit norm), signs fixed: in every mode but ``absorb``, each column is flipped so
+    that its entries sum to >= 0, and mode ``absorb`` takes the flips (the model is unchanged).
 
     With the default, units and trials (or checkpoints) read positive and the time course (or
     stimulus) factor carries the sign of a mixed-sign component.
     """
     xp = array_namespace(model.weights, *model.factors)
     absorb = absorb % len(model.factors)
-    order = np.argsort(-np.asarray([float(w) for w in model.weights]), kind="stable")
+    order = np.argsort(-np.asarray([float(s) for s in observed_size(model, mask)]), kind="stable")
     idx = xp.asarray(order)
     factors = [xp.take(f, idx, axis=1) for f in model.factors]
     sign = xp.ones(factors[0].shape[1], dtype=factors[0].dtype)
@@ -204,4 +228,5 @@ def fit_tca(T, max_rank: int, replicates: int = 3, nonneg="auto", mask=None, n_i
             rank = suggest_rank(ensemble=ensemble)
         except ValueError:  # no rank is reproducible: keep the simplest model
             rank = 1
-    return TCAFit(ensemble=ensemble, cv=cv, rank=rank, model=canonical(ensemble.results[rank][0]), nonneg=nonneg)
+    model = canonical(ensemble.results[rank][0], mask=mask)
+    return TCAFit(ensemble=ensemble, cv=cv, rank=rank, model=model, nonneg=nonneg)

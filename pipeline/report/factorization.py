@@ -44,7 +44,7 @@ def factor_figure(group: ResultGroup, modes: list[str], mode_labels: list[str]):
     steps, names = (group["step"].tolist(), group["checkpoint"].tolist()) if "checkpoint" in modes else ([], [])
     bottom = 0.45 + figures.name_room(steps, names)
     fig = figures.figure(3.3 * len(modes), 0.75 * rank + 0.05 + bottom + top)
-    figures.place(fig, left=0.85, bottom=bottom, right=0.1, top=top, ncols=len(modes), wgap=0.2)
+    figures.place(fig, left=1.05, bottom=bottom, right=0.1, top=top, ncols=len(modes), wgap=0.2)
     axes = fig.subplots(1, len(modes), squeeze=False)[0]
     rows = -np.arange(rank)  # component 1 on top
     for col, (ax, mode, title) in enumerate(zip(axes, modes, mode_labels)):
