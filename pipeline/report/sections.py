@@ -208,7 +208,7 @@ def _reference_chart(summary: dict) -> str | None:
         return None
     below = figures.SIN60 * figures.text_inches(sites, 7) + 0.2
     fig = figures.figure(max(5.0, 0.5 * len(sites) * len(refs) + 1.5), 2.2 + below)
-    figures.place(fig, left=max(0.7, figures.text_inches(sites[:1], 7) / 2 + 0.1), bottom=below, top=0.45)
+    figures.place(fig, left=max(0.7, figures.text_inches(sites[:1], 7) / 2 + 0.1), bottom=below, top=0.6)
     ax = fig.add_subplot()
     width = 0.8 / len(refs)
     for k, ref in enumerate(refs):
@@ -229,9 +229,10 @@ def _reference_chart(summary: dict) -> str | None:
                       label=f"largest {method} possible against the {ref} RDM")
     ax.axhline(0.0, color="black", lw=0.5)
     ax.set_xticks(range(len(sites)), sites, rotation=60, ha="right", fontsize=7)
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high + 0.08 * (high - low))  # room for the stars above the tallest interval
     ax.set_ylabel("RDM similarity")
-    ax.set_title("similarity of each site's RDM to the reference RDMs", fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.02), ncol=2, frameon=False)  # above the bars
     return figures.to_data_uri(fig)
 
 
