@@ -18,10 +18,10 @@ from pipeline.report import figures  # noqa: E402
 NAMES = ["first", "second", "third"]
 
 
-def test_checkpoint_labels_are_steps_only_where_each_checkpoint_has_its_own():
+def test_checkpoint_labels_are_steps_only_where_every_checkpoint_has_one():
     assert figures.checkpoint_labels([0, 10, 20], NAMES) == (["0", "10", "20"], False)
+    assert figures.checkpoint_labels([0, 10, 10], NAMES) == (["0", "10", "10"], False)  # two at one step
     assert figures.checkpoint_labels([-1, -1, -1], NAMES) == (NAMES, True)
-    assert figures.checkpoint_labels([0, 10, 10], NAMES) == (NAMES, True)  # two checkpoints at one step
     assert figures.checkpoint_labels([0, None, 5], NAMES) == (NAMES, True)
     ax = Figure().add_subplot()
     assert figures.training_axis(ax, [-1, -1, -1], NAMES).tolist() == [0.0, 1.0, 2.0]

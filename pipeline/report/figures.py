@@ -86,11 +86,11 @@ def small_multiples(n_panels: int, ncols: int = 4, panel_size=(2.6, 1.7), left: 
 
 
 def checkpoint_labels(steps, names) -> tuple[list[str], bool]:
-    """How checkpoints are named on a training axis, and whether by name: their steps where each
-    checkpoint has its own (all >= 0, all different), else their names (checkpoints saved without a
-    step or a number in the name)."""
+    """How checkpoints are named on a training axis, and whether by name: their steps where every
+    checkpoint has one (two at one step share its place), else their names (a checkpoint saved
+    without a step or a number in its name)."""
     steps = [-1 if s is None else int(s) for s in steps]
-    if min(steps, default=0) >= 0 and len(set(steps)) == len(steps):
+    if min(steps, default=0) >= 0:
         return [str(s) for s in steps], False
     return [str(n) for n in names], True
 
@@ -101,8 +101,8 @@ def name_room(steps, names) -> float:
 
 
 def training_axis(ax, steps, names, fontsize: float = 10) -> np.ndarray:
-    """Put checkpoints on the x axis of ``ax``: at their training steps where each has its own, else
-    at 0, 1, ... in training order, labelled with their names (rotated: leave ``name_room`` below
+    """Put checkpoints on the x axis of ``ax``: at their training steps where every checkpoint has one,
+    else at 0, 1, ... in training order, labelled with their names (rotated: leave ``name_room`` below
     the axis). Returns the x positions (n,)."""
     labels, by_name = checkpoint_labels(steps, names)
     if not by_name:
