@@ -166,11 +166,15 @@ def _over_training(ctx: ModelContext) -> dict | None:
         return None
     series = {(run, stimuli): ctx.series(run, stimuli) for run, stimuli, _ in lines}
     room = max(figures.name_room([c.step for c in s], [c.checkpoint for c in s]) for s in series.values())
+    # a run with a checkpoint without a step puts every run in training order
+    by_name = any(figures.checkpoint_labels([c.step for c in s], [c.checkpoint for c in s])[1]
+                  for s in series.values())
     fig, axes = figures.small_multiples(2, ncols=2, bottom=0.45 + room)
     for (run, stimuli, site), points in sorted(lines.items()):
         run_series = series[(run, stimuli)]  # every checkpoint of the run: a site's gaps keep their places
         for k, ax in enumerate(axes):
-            x = figures.training_axis(ax, [c.step for c in run_series], [c.checkpoint for c in run_series])
+            x = figures.training_axis(ax, [c.step for c in run_series], [c.checkpoint for c in run_series],
+                                      by_name=by_name)
             done = [(xi, points[c.checkpoint][k]) for c, xi in zip(run_series, x) if c.checkpoint in points]
             ax.plot([d[0] for d in done], finite(d[1] for d in done), marker="o", ms=3, label=f"{run} {site}")
     axes[0].set_title("suggested rank", fontsize=9)

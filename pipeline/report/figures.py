@@ -100,11 +100,17 @@ def name_room(steps, names) -> float:
     return SIN60 * text_inches([str(n) for n in names], 6) if checkpoint_labels(steps, names)[1] else 0.0
 
 
-def training_axis(ax, steps, names, fontsize: float = 10) -> np.ndarray:
+def training_axis(ax, steps, names, fontsize: float = 10, by_name: bool | None = None) -> np.ndarray:
     """Put checkpoints on the x axis of ``ax``: at their training steps where every checkpoint has one,
     else at 0, 1, ... in training order, labelled with their names (rotated: leave ``name_room`` below
-    the axis). Returns the x positions (n,)."""
-    labels, by_name = checkpoint_labels(steps, names)
+    the axis). Returns the x positions (n,).
+
+    Several runs drawn on one axis pass ``by_name``: True where any of them needs names, so that all
+    of them are placed the same way.
+    """
+    labels = [str(n) for n in names]
+    if by_name is None:
+        by_name = checkpoint_labels(steps, names)[1]
     if not by_name:
         ax.set_xlabel("training step", fontsize=fontsize)
         return np.asarray([int(s) for s in steps], dtype=float)

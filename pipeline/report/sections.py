@@ -61,10 +61,12 @@ def _training(ctx: ModelContext, _page=None) -> dict | None:
         return None
     runs = [ctx.series(run, ctx.stimulus_sets[0]) for run in ctx.runs]
     room = max(figures.name_room([c.step for c in s], [c.checkpoint for c in s]) for s in runs)
+    # a run with a checkpoint without a step puts every run in training order
+    by_name = any(figures.checkpoint_labels([c.step for c in s], [c.checkpoint for c in s])[1] for s in runs)
     fig, axes = figures.small_multiples(len(metrics), ncols=3, bottom=0.45 + room, hgap=0.65 + room)
     for ax, metric in zip(axes, metrics):
         for run, series in zip(ctx.runs, runs):
-            x = figures.training_axis(ax, [c.step for c in series], [c.checkpoint for c in series])
+            x = figures.training_axis(ax, [c.step for c in series], [c.checkpoint for c in series], by_name=by_name)
             ax.plot(x, finite(c.provenance["checkpoint_metadata"].get(metric) for c in series),
                     marker="o", ms=3, label=run)
         ax.set_title(metric, fontsize=9)
