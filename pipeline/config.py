@@ -94,7 +94,13 @@ def _expand_home(config: dict) -> None:
 
 
 def _expanded(path: str) -> str:
-    return str(Path(path).expanduser()) if path.startswith("~") else path
+    if not path.startswith("~"):
+        return path
+    try:
+        return str(Path(path).expanduser())
+    except RuntimeError:  # ~name of a user this machine does not know
+        raise ConfigError(f"config error: path {path!r} names an unknown user's home folder; "
+                          "write the full path") from None
 
 
 def _check_references(config: dict) -> None:

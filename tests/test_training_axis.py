@@ -29,8 +29,10 @@ def test_checkpoint_labels_are_steps_only_where_every_checkpoint_has_one():
     ax = Figure().add_subplot()
     assert figures.training_axis(ax, [0, 10, 20], NAMES).tolist() == [0.0, 10.0, 20.0]
     assert ax.get_xlabel() == "training step"
-    # another run on the same axis lacks steps: this one is placed in training order too
-    assert figures.training_axis(Figure().add_subplot(), [0, 10, 20], NAMES, by_name=True).tolist() == [0, 1, 2]
+    # another run on the same axis lacks steps: this one is numbered in training order too
+    ax = Figure().add_subplot()
+    assert figures.training_axis(ax, [0, 10, 20], NAMES, in_order=True).tolist() == [0, 1, 2]
+    assert ax.get_xlabel() == "checkpoint number, in training order"
 
 
 def test_report_of_a_series_without_steps_labels_checkpoints_by_name(tmp_path, store_writer):

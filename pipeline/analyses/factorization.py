@@ -703,7 +703,10 @@ def cross_validated_error(
     return CrossValidation(ranks=ranks, train_error=train_err, test_error=test_err, holdout=held)
 
 
-def suggest_rank(ensemble=None, cv=None, error_tol=0.05, similarity_threshold=0.9) -> int:
+STABLE_SIMILARITY = 0.9  # replicates matching the best fit this well (mean similarity) reproduce it
+
+
+def suggest_rank(ensemble=None, cv=None, error_tol=0.05, similarity_threshold=STABLE_SIMILARITY) -> int:
     """Suggest a CP rank from cross-validation or from replicate stability.
 
     Rule: with ``cv``, each rank is scored by the held-out error of its replicate with the

@@ -3,7 +3,8 @@
 Turns activations into tensors such as (unit x time x trial) or (unit x stimulus x checkpoint),
 keeps the units of highest variance to bound the cost, fits CP models over a range of ranks
 (replicates from random starts and a held-out cross-validation), and returns the model at the
-suggested rank in a canonical form (components by decreasing weight, signs fixed) for display.
+suggested rank in a canonical form (components by decreasing size on the fitted entries, signs
+fixed) for display.
 The CP solvers and diagnostics themselves live in ``pipeline.analyses.factorization``.
 """
 
@@ -39,7 +40,7 @@ class TCAFit:
     rank : int
         Suggested rank (cross-validation when available, else replicate stability).
     model : CPResult
-        Best replicate at ``rank`` in canonical form (``canonical`` with its default).
+        Best replicate at ``rank`` in canonical form (``canonical`` with the fit's mask).
     nonneg : bool
         Whether the fits were non-negative.
     """

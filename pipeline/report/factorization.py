@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.lines import Line2D
 
+from pipeline.analyses.factorization import STABLE_SIMILARITY
 from pipeline.report import figures
 from pipeline.report.context import CheckpointResults, ModelContext, finite
 from pipeline.results import ResultGroup
@@ -113,21 +114,20 @@ def _failed(summary: dict) -> list[dict]:
     return [{"site": site, "error": r.get("error")} for site, r in summary["sites"].items() if r.get("status") != "ok"]
 
 
-STABLE = 0.9  # mean similarity of the other random starts to the best fit below which components are not unique
-
-
-def rank_cautions(result: dict) -> list[str]:
+def rank_cautions(result: dict, max_rank: int) -> list[str]:
     """What to keep in mind reading a site's TCA at its chosen rank: a rank at the top of the range
-    searched, and components that the random starts do not reproduce."""
+    searched (``max_rank``, or the tensor's smallest dimension), and components that the random starts
+    do not reproduce."""
     cautions = []
     ranks, rank = result["ranks"], result["rank"]
     if rank == max(ranks) and len(ranks) > 1:
-        cautions.append(f"the chosen rank is the largest fitted ({rank}): the data may hold more components "
-                        "(raise max_rank)")
+        more = "raise max_rank" if max(ranks) >= max_rank else "the tensor's smallest dimension allows no more"
+        cautions.append(f"the chosen rank is the largest fitted ({rank}): the data may hold more components ({more})")
     similarity = result["similarity"][ranks.index(rank)] if rank in ranks else None
-    if similarity is not None and similarity < STABLE:
+    if similarity is not None and similarity < STABLE_SIMILARITY:
         cautions.append(f"at this rank the other random starts match the best fit with mean similarity "
-                        f"{similarity:.2f} (below {STABLE}): these components are not unique, read them with care")
+                        f"{similarity:.2f} (below {STABLE_SIMILARITY}): these components are not unique, "
+                        "read them with care")
     return cautions
 
 
@@ -137,7 +137,8 @@ def _site_blocks(path: Path, summary: dict, modes: list[str], mode_labels: list[
         if result.get("status") != "ok":
             continue
         group = ResultGroup(path, site)
-        blocks.append({"site": site, "result": result, "cautions": rank_cautions(result),
+        cautions = rank_cautions(result, summary["params"]["max_rank"])
+        blocks.append({"site": site, "result": result, "cautions": cautions,
                        "factors": figures.to_data_uri(factor_figure(group, modes, mode_labels)),
                        "diagnostics": figures.to_data_uri(diagnostics_figure(group))})
     return blocks
@@ -152,7 +153,7 @@ def collect_tca(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
     if not blocks and not _failed(summary):
         return None
     return {"blocks": blocks, "failed": _failed(summary), "params": summary["params"],
-            "mode_labels": summary["mode_labels"]}
+            "mode_labels": summary["mode_labels"], "stable": STABLE_SIMILARITY}
 
 
 def _over_training(ctx: ModelContext) -> dict | None:
@@ -165,16 +166,15 @@ def _over_training(ctx: ModelContext) -> dict | None:
     if not any(len(points) > 1 for points in lines.values()):
         return None
     series = {(run, stimuli): ctx.series(run, stimuli) for run, stimuli, _ in lines}
-    room = max(figures.name_room([c.step for c in s], [c.checkpoint for c in s]) for s in series.values())
-    # a run with a checkpoint without a step puts every run in training order
-    by_name = any(figures.checkpoint_labels([c.step for c in s], [c.checkpoint for c in s])[1]
-                  for s in series.values())
+    rooms = [figures.name_room([c.step for c in s], [c.checkpoint for c in s]) for s in series.values()]
+    in_order = len(series) > 1 and max(rooms) > 0  # runs without steps among several: numbered in order
+    room = 0.0 if in_order else max(rooms)
     fig, axes = figures.small_multiples(2, ncols=2, bottom=0.45 + room)
     for (run, stimuli, site), points in sorted(lines.items()):
         run_series = series[(run, stimuli)]  # every checkpoint of the run: a site's gaps keep their places
         for k, ax in enumerate(axes):
             x = figures.training_axis(ax, [c.step for c in run_series], [c.checkpoint for c in run_series],
-                                      by_name=by_name)
+                                      in_order=in_order)
             done = [(xi, points[c.checkpoint][k]) for c, xi in zip(run_series, x) if c.checkpoint in points]
             ax.plot([d[0] for d in done], finite(d[1] for d in done), marker="o", ms=3, label=f"{run} {site}")
     axes[0].set_title("suggested rank", fontsize=9)
@@ -201,7 +201,8 @@ def collect_tca_across(ctx: ModelContext, _page=None) -> dict | None:
     overview = _over_training(ctx)
     if not runs and overview is None:
         return None
-    return {"runs": runs, "overview": overview, "params": runs[0]["params"] if runs else None}
+    return {"runs": runs, "overview": overview, "params": runs[0]["params"] if runs else None,
+            "stable": STABLE_SIMILARITY}
 
 
 def connectome_figure(group: ResultGroup):

@@ -100,17 +100,18 @@ def name_room(steps, names) -> float:
     return SIN60 * text_inches([str(n) for n in names], 6) if checkpoint_labels(steps, names)[1] else 0.0
 
 
-def training_axis(ax, steps, names, fontsize: float = 10, by_name: bool | None = None) -> np.ndarray:
+def training_axis(ax, steps, names, fontsize: float = 10, in_order: bool = False) -> np.ndarray:
     """Put checkpoints on the x axis of ``ax``: at their training steps where every checkpoint has one,
     else at 0, 1, ... in training order, labelled with their names (rotated: leave ``name_room`` below
     the axis). Returns the x positions (n,).
 
-    Several runs drawn on one axis pass ``by_name``: True where any of them needs names, so that all
-    of them are placed the same way.
+    Several runs drawn on one axis, some without steps, pass ``in_order``: each run is then placed at
+    0, 1, ... in its own training order and the axis is numbered, since their names differ.
     """
-    labels = [str(n) for n in names]
-    if by_name is None:
-        by_name = checkpoint_labels(steps, names)[1]
+    if in_order:
+        ax.set_xlabel("checkpoint number, in training order", fontsize=fontsize)
+        return np.arange(len(names), dtype=float)
+    labels, by_name = checkpoint_labels(steps, names)
     if not by_name:
         ax.set_xlabel("training step", fontsize=fontsize)
         return np.asarray([int(s) for s in steps], dtype=float)

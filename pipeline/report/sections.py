@@ -60,13 +60,13 @@ def _training(ctx: ModelContext, _page=None) -> dict | None:
     if not metrics:
         return None
     runs = [ctx.series(run, ctx.stimulus_sets[0]) for run in ctx.runs]
-    room = max(figures.name_room([c.step for c in s], [c.checkpoint for c in s]) for s in runs)
-    # a run with a checkpoint without a step puts every run in training order
-    by_name = any(figures.checkpoint_labels([c.step for c in s], [c.checkpoint for c in s])[1] for s in runs)
+    rooms = [figures.name_room([c.step for c in s], [c.checkpoint for c in s]) for s in runs]
+    in_order = len(runs) > 1 and max(rooms) > 0  # runs without steps among several: numbered in order
+    room = 0.0 if in_order else max(rooms)
     fig, axes = figures.small_multiples(len(metrics), ncols=3, bottom=0.45 + room, hgap=0.65 + room)
     for ax, metric in zip(axes, metrics):
         for run, series in zip(ctx.runs, runs):
-            x = figures.training_axis(ax, [c.step for c in series], [c.checkpoint for c in series], by_name=by_name)
+            x = figures.training_axis(ax, [c.step for c in series], [c.checkpoint for c in series], in_order=in_order)
             ax.plot(x, finite(c.provenance["checkpoint_metadata"].get(metric) for c in series),
                     marker="o", ms=3, label=run)
         ax.set_title(metric, fontsize=9)
@@ -197,9 +197,15 @@ def _similarity(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
                         if v.get("status") != "ok" or v.get("rdm_error")}}
 
 
+METHOD_NAMES = {"spearman": "Spearman", "pearson": "Pearson", "kendall_tau_a": "Kendall tau-a", "rho_a": "rho-a",
+                "cosine": "cosine"}
+
+
 def _test_method(summary: dict, test: dict) -> str:
-    """How a site's RDM was compared with a reference (results written before tests named it: compare_method)."""
-    return test.get("method", summary["params"]["compare_method"])
+    """How a site's RDM was compared with a reference, by name (results written before tests named it:
+    compare_method)."""
+    method = test.get("method", summary["params"]["compare_method"])
+    return METHOD_NAMES.get(method, method)
 
 
 def _reference_chart(summary: dict) -> str | None:
