@@ -442,6 +442,12 @@ def _unit_vectors(xp, sides, method: str) -> list:
     return [v for v, _ in sides]
 
 
+def _tied_pairs(v: np.ndarray) -> float:
+    """Number of pairs of equal entries in a 1-D numpy vector."""
+    counts = np.unique(v, return_counts=True)[1].astype(np.float64)
+    return float(np.sum(counts * (counts - 1) / 2.0))
+
+
 def _kendall_tau_a(a: np.ndarray, b: np.ndarray) -> float:
     """Kendall tau-a of two 1-D numpy vectors (tau-b of scipy rescaled to the full pair count).
 
@@ -460,11 +466,7 @@ def _kendall_tau_a(a: np.ndarray, b: np.ndarray) -> float:
             r1 = float(np.sum(rankdata(x)[high]))
             return (2.0 * r1 - n1 * (n1 + 1.0) - n1 * (y.size - n1)) / total
 
-    def tied_pairs(x):
-        counts = np.unique(x, return_counts=True)[1].astype(np.float64)
-        return float(np.sum(counts * (counts - 1) / 2.0))
-
-    untied = (total - tied_pairs(a)) * (total - tied_pairs(b))
+    untied = (total - _tied_pairs(a)) * (total - _tied_pairs(b))
     if untied == 0.0:
         return 0.0
     return float(kendalltau(a, b).statistic) * math.sqrt(untied) / total
@@ -495,9 +497,7 @@ def kendall_tau_a_ceiling(B) -> float:
     fraction p of between-label entries among N, about 0.2 for 8 balanced labels."""
     xp = array_namespace(B)
     b = to_numpy(_rdm_vectors(xp, _as_float(xp, B, "B", (2,), "an (n, n) RDM"), "B"))[0]
-    counts = np.unique(b, return_counts=True)[1].astype(np.float64)
-    total = b.size * (b.size - 1) / 2.0
-    return 1.0 - float(np.sum(counts * (counts - 1) / 2.0)) / total
+    return 1.0 - _tied_pairs(b) / (b.size * (b.size - 1) / 2.0)
 
 
 def compare_rdms(A, B, method: str = "spearman"):
