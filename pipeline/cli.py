@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.errors import ConfigError, InputError
+from pipeline.errors import ConfigError, InputError, first_line
 
 
 def _spec(text: str) -> dict:
@@ -180,8 +180,9 @@ def _dispatch(args) -> int:
         except OSError as err:
             raise ConfigError(f"config file {args.config} cannot be read ({err.strerror}); check the path") from None
         except yaml.YAMLError as err:
-            problem = str(err).splitlines()[0]
-            raise ConfigError(f"config file {args.config} is not valid YAML ({problem}); fix its syntax") from None
+            raise ConfigError(
+                f"config file {args.config} is not valid YAML ({first_line(err)}); fix its syntax"
+            ) from None
         config = validate_config(raw)
         print(yaml.safe_dump(config, sort_keys=False))
     elif args.command == "show":

@@ -130,23 +130,18 @@ for _analysis in ("tca", "connectome"):
             )
 
 
-def trained_folders(wildcards):
+def trained_folders(model):
     """Checkpoint folders of a trained model's runs, named up front so that all runs train in parallel."""
-    entry = config["models"][wildcards.model]
+    entry = config["models"][model]
     if entry["source"] != "train":
         return []
-    return [str(layout.checkpoint_folder(OUT, wildcards.model, run)) for run in model_runs(entry)]
+    return [str(layout.checkpoint_folder(OUT, model, run)) for run in model_runs(entry)]
 
 
 def trained_run_folders():
     """Checkpoint folders of every trained run; ``all`` names them so that a run added to the config
     (a new seed or variant) is trained even though nothing downstream exists yet to ask for it."""
-    return [
-        str(layout.checkpoint_folder(OUT, model, run))
-        for model, entry in config["models"].items()
-        if entry["source"] == "train"
-        for run in model_runs(entry)
-    ]
+    return [folder for model in config["models"] for folder in trained_folders(model)]
 
 
 def model_results(wildcards):

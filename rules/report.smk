@@ -56,7 +56,7 @@ rule report_model:
     wildcard_constraints:
         model="|".join(re.escape(name) for name in config["models"]),  # not the comparisons page's folder
     input:
-        trained=trained_folders,
+        trained=lambda wc: trained_folders(wc.model),
         results=model_results,
         pages=lambda wc: checkpoint_pages(wc.model),
     output:
