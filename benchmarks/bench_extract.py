@@ -84,7 +84,7 @@ def folder_bytes(path: Path) -> int:
 
 def use_loaded(loaded) -> None:
     """Make ``extract`` reuse an already loaded model, so that its timing excludes loading."""
-    extract_module.load_for_spec = lambda spec, checkpoint, device: loaded
+    extract_module.load_for_spec = lambda spec, checkpoint, device, checkpoint_name=None: loaded
 
 
 def child_memory(sentences: str, out: str, device: str) -> None:

@@ -14,7 +14,6 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline import __version__
-from pipeline.checkpoints import checkpoint_step
 from pipeline.config import config_hash
 from pipeline.errors import SiteError, first_line
 from pipeline.hooks import record, resolve_sites
@@ -37,15 +36,18 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def load_for_spec(spec: dict, checkpoint: Path | None, device: torch.device) -> LoadedModel:
-    """Load the model an extraction spec names (see ``extract``)."""
+def load_for_spec(spec: dict, checkpoint: Path | None, device: torch.device,
+                  checkpoint_name: str | None = None) -> LoadedModel:
+    """Load the model an extraction spec names (see ``extract``); ``checkpoint_name`` gives a step to a
+    checkpoint without one in its metadata."""
     model = spec["model"]
     if model["source"] == "huggingface":
         return load_huggingface(spec["model_name"], model["path"], device)
     if checkpoint is None:
         raise ModelError(f"model {spec['model_name']!r} records from checkpoints; pass --checkpoint")
     params = model.get("params", {})
-    return load_from_checkpoint(spec["model_name"], model["architecture"], params, Path(checkpoint), device)
+    return load_from_checkpoint(spec["model_name"], model["architecture"], params, Path(checkpoint), device,
+                                checkpoint_name)
 
 
 class Inputs:
@@ -130,7 +132,8 @@ def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: boo
                          f"holds {kind} stimuli; pair it with a {task} stimulus set")
     stim = load_stimuli(spec["stimuli_name"], spec["stimuli"])
     device = torch_device(spec["device"])
-    loaded = load_for_spec(spec, checkpoint, device)
+    checkpoint_name = out.parent.name  # <output>/activations/<model>/<run>/<checkpoint>/<stimuli>.zarr
+    loaded = load_for_spec(spec, checkpoint, device, checkpoint_name)
     sites = resolve_sites(loaded.module, spec["model"]["sites"], repr(name))
     inputs = Inputs(loaded, stim, spec["stimuli"].get("max_length"))
     check_site_names(sites, inputs.coords, stim.name)
@@ -155,7 +158,7 @@ def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: boo
     attrs = {
         **prov,
         "run": spec["run"],
-        "checkpoint_name": out.parent.name,
+        "checkpoint_name": checkpoint_name,
         "stimulus_set": stim.name,
         "stimulus_kind": stim.kind,
         "stimulus_hash": stim.content_hash,
@@ -166,8 +169,6 @@ def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: boo
         "packages": package_versions(),
         "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    if checkpoint is not None:  # without a step in its metadata, a checkpoint's name gives its number
-        attrs["step"] = checkpoint_step(prov["checkpoint_metadata"], out.parent.name)
     # a partial store is resumed only by a run with the same inputs, device and package versions
     attrs["fingerprint"] = config_hash([attrs["config_hash"], prov.get("checkpoint_sha256"), stim.content_hash, sites,
                                         attrs["device"], attrs["packages"]])

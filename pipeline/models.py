@@ -82,8 +82,10 @@ def load_huggingface(name: str, path: str, device: torch.device) -> LoadedModel:
 
 
 def load_from_checkpoint(name: str, architecture: str, params: dict, checkpoint: Path,
-                         device: torch.device) -> LoadedModel:
-    """Build ``architecture`` with ``params`` and load the checkpoint's weights (no pickled code runs)."""
+                         device: torch.device, checkpoint_name: str | None = None) -> LoadedModel:
+    """Build ``architecture`` with ``params`` and load the checkpoint's weights (no pickled code runs).
+
+    The step is the checkpoint's metadata step, else the number in ``checkpoint_name``."""
     state, metadata = load_checkpoint(checkpoint)
     module = build_model(architecture, params)
     load_weights(module, state, str(checkpoint))
@@ -94,7 +96,7 @@ def load_from_checkpoint(name: str, architecture: str, params: dict, checkpoint:
         "architecture_params": params,
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": sha256_file(checkpoint),
-        "step": checkpoint_step(metadata),
+        "step": checkpoint_step(metadata, checkpoint_name),
         "checkpoint_metadata": metadata,
     }
     return LoadedModel(name, module.to(device).eval(), False, None, provenance)
