@@ -706,6 +706,14 @@ def cross_validated_error(
 STABLE_SIMILARITY = 0.9  # replicates matching the best fit this well (mean similarity) reproduce it
 
 
+def replicate_similarity(similarities) -> float | None:
+    """Mean similarity of the other replicates to the best one, from one rank's ``similarities``
+    (replicates,) of a RankEnsemble, whose first entry is the best model's to itself (1); None with a
+    single replicate."""
+    similarities = np.asarray(similarities)
+    return float(similarities[1:].mean()) if similarities.size > 1 else None
+
+
 def suggest_rank(ensemble=None, cv=None, error_tol=0.05, similarity_threshold=STABLE_SIMILARITY) -> int:
     """Suggest a CP rank from cross-validation or from replicate stability.
 
@@ -736,8 +744,7 @@ def suggest_rank(ensemble=None, cv=None, error_tol=0.05, similarity_threshold=ST
         raise ValueError("pass ensemble (from rank_ensemble) or cv (from cross_validated_error)")
     if any(len(ensemble.similarities[r]) < 2 for r in ensemble.ranks):
         raise ValueError("replicate stability needs at least 2 replicates per rank; refit with replicates >= 2")
-    # the first similarity is the best model's to itself (1): only the other replicates count
-    stable = [r for r in ensemble.ranks if np.mean(ensemble.similarities[r][1:]) >= similarity_threshold]
+    stable = [r for r in ensemble.ranks if replicate_similarity(ensemble.similarities[r]) >= similarity_threshold]
     if not stable:
         raise ValueError(f"no rank reaches mean similarity {similarity_threshold}; lower similarity_threshold")
     return max(stable)

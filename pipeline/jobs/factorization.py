@@ -12,6 +12,7 @@ import zarr
 
 from pipeline import layout
 from pipeline.analyses.connectome import affinity, communities
+from pipeline.analyses.factorization import replicate_similarity
 from pipeline.analyses.tca import TCAFit, fit_tca, scale_units, spread_indices, top_units, unit_variance
 from pipeline.backend import get_namespace, to_device, to_numpy
 from pipeline.errors import StoreError
@@ -82,18 +83,13 @@ def _tca_dataset(fit: TCAFit, dims: tuple[str, ...], coords: dict) -> Result:
                   {"rank": fit.rank, "nonneg": fit.nonneg, "rel_error": fit.model.rel_error})
 
 
-def _replicate_similarity(similarities: np.ndarray) -> float | None:
-    """Mean similarity of the other replicates to the best one (the first entry, 1, is left out)."""
-    return float(similarities[1:].mean()) if similarities.size > 1 else None
-
-
 def _tca_summary(fit: TCAFit, shape: tuple[int, ...], n_units: int, started: float) -> dict:
     ranks = fit.ensemble.ranks
     cv = None if fit.cv is None else [float(fit.cv.test_error[r][np.argmin(fit.cv.train_error[r])]) for r in ranks]
     return {"status": "ok", "shape": list(shape), "n_units_recorded": n_units, "nonneg": fit.nonneg,
             "rank": fit.rank, "rel_error": fit.model.rel_error, "ranks": ranks,
             "objective": [float(fit.ensemble.objectives[r].min()) for r in ranks],
-            "similarity": [_replicate_similarity(fit.ensemble.similarities[r]) for r in ranks],
+            "similarity": [replicate_similarity(fit.ensemble.similarities[r]) for r in ranks],
             "cv_test_error": cv, "runtime_seconds": round(time.perf_counter() - started, 3)}
 
 
@@ -233,7 +229,7 @@ def run_connectome(spec: dict, stores: list[Path], out: Path) -> None:
         sizes = np.bincount(found.assignment[found.assignment >= 0], minlength=found.weights.size)
         sites[site] = {"status": "ok", "n_units": int(units.size), "n_samples": int(rows.sum()),
                        "rank": int(found.weights.size), "rel_error": found.rel_error,
-                       "community_sizes": sizes.tolist(), "similarity": _replicate_similarity(found.similarities),
+                       "community_sizes": sizes.tolist(), "similarity": replicate_similarity(found.similarities),
                        "runtime_seconds": round(time.perf_counter() - t0, 3)}
         log.info("connectome %s: %d units, community sizes %s", site, units.size, sizes.tolist())
     write_result(out, Result(coords=_checkpoint_coords(series), attrs={"analysis": "connectome"}), groups)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.lines import Line2D
 
-from pipeline.analyses.factorization import STABLE_SIMILARITY
+from pipeline.analyses.factorization import STABLE_SIMILARITY, replicate_similarity
 from pipeline.report import figures
 from pipeline.report.context import CheckpointResults, ModelContext, finite
 from pipeline.results import ResultGroup
@@ -98,8 +98,8 @@ def diagnostics_figure(group: ResultGroup):
         ax.scatter(np.repeat(ranks, values.shape[1]), values.ravel(), s=10, color="#4c72b0", alpha=0.7)
         if name != "similarity":
             ax.plot(ranks, values.min(axis=1), color="#4c72b0")
-        elif values.shape[1] > 1:  # mean over the replicates other than the best (its own similarity is 1)
-            ax.plot(ranks, values[:, 1:].mean(axis=1), color="#4c72b0")
+        elif values.shape[1] > 1:
+            ax.plot(ranks, [replicate_similarity(v) for v in values], color="#4c72b0")
         if name == "cv_test_error":
             ax.plot(ranks, group["cv_train_error"].min(axis=1), color="#999", ls="--", label="train")
             ax.legend(fontsize=6, frameon=False)
