@@ -111,12 +111,17 @@ def provenance_order(provenance) -> tuple:
     return training_order(provenance.get("step"), provenance.get("checkpoint_name"))
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write strict JSON atomically (temporary file, then rename); non-finite numbers become null."""
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) atomically: a temporary file beside ``path``, then a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json_dumps(data, indent=1, sort_keys=True))
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write strict JSON atomically; non-finite numbers become null."""
+    write_text(path, json_dumps(data, indent=1, sort_keys=True))
 
 
 def run_train(spec: dict, out: Path) -> None:

@@ -19,7 +19,7 @@ import jinja2
 from pipeline import __version__, layout
 from pipeline.checkpoints import training_order
 from pipeline.errors import InputError
-from pipeline.jobs import json_dumps
+from pipeline.jobs import json_dumps, write_text
 from pipeline.report.context import (
     ExperimentContext,
     ModelContext,
@@ -72,14 +72,6 @@ def _sections(scope: str, ctx: ModelContext | ExperimentContext, page=None) -> t
     return rendered, errors
 
 
-def _write_page(out: Path, html: str) -> None:
-    """Write one page atomically (temporary file, then rename)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, out)
-
-
 def _run_report(ctx: ModelContext, run: str, stimuli: str) -> dict:
     """The parts of the model sections drawn from one run's across-checkpoint results, and what failed."""
     from pipeline.report.sections import SECTIONS
@@ -106,7 +98,7 @@ def write_run_report(spec: dict, out: Path) -> None:
         if key not in spec:
             raise ValueError(f"a run report spec needs {key!r}; add the run and its stimulus set to the spec")
     ctx = load_model_context(spec)
-    _write_page(out, json_dumps(_run_report(ctx, spec["run"], spec["stimuli"])))
+    write_text(out, json_dumps(_run_report(ctx, spec["run"], spec["stimuli"])))
 
 
 def write_model_report(spec: dict, out: Path) -> None:
@@ -136,7 +128,7 @@ def write_model_report(spec: dict, out: Path) -> None:
                   "stimulus sets": ", ".join(ctx.stimulus_sets), "sites": ", ".join(entry["sites"])},
         "parameters": yaml.safe_dump({"model": entry, "analyses": ctx.analyses}, sort_keys=False),
     }
-    _write_page(out, _environment().get_template("page.html").render(**page))
+    write_text(out, _environment().get_template("page.html").render(**page))
     checkpoints = sorted(({
         "label": f"{c.run}/{c.checkpoint} ({c.stimuli})", "run": c.run, "step": c.step,
         "href": layout.checkpoint_page(ctx.model_name, c.run, c.checkpoint, c.stimuli).as_posix(),
@@ -146,7 +138,7 @@ def write_model_report(spec: dict, out: Path) -> None:
         "n_checkpoints": n_checkpoints, "n_errors": len(errors),
         "checkpoints": checkpoints, "href": f"{ctx.model_name}/index.html",
     }
-    _write_page(layout.model_summary(out.parent.parent, ctx.model_name), json_dumps(summary, indent=1))
+    write_text(layout.model_summary(out.parent.parent, ctx.model_name), json_dumps(summary, indent=1))
 
 
 def write_checkpoint_report(spec: dict, out: Path) -> None:
@@ -162,7 +154,7 @@ def write_checkpoint_report(spec: dict, out: Path) -> None:
         "sections": sections, "errors": ctx.errors + section_errors,
         "intro": {"run": c.run, "checkpoint": c.checkpoint, "training step": c.step, "stimulus set": c.stimuli},
     })
-    _write_page(out, html)
+    write_text(out, html)
 
 
 def write_comparisons_report(spec: dict, out: Path) -> None:
@@ -179,9 +171,9 @@ def write_comparisons_report(spec: dict, out: Path) -> None:
         "intro": {"stimulus sets": ", ".join(sorted({stimuli for _, stimuli in ctx.summaries}))},
         "parameters": yaml.safe_dump({"analyses": ctx.analyses}, sort_keys=False),
     }
-    _write_page(out, _environment().get_template("page.html").render(**page))
+    write_text(out, _environment().get_template("page.html").render(**page))
     summary = {"href": f"{out.parent.name}/{out.name}", "n_errors": len(errors)}
-    _write_page(layout.comparisons_summary(out.parent.parent), json_dumps(summary))
+    write_text(layout.comparisons_summary(out.parent.parent), json_dumps(summary))
 
 
 def write_index(spec: dict, out: Path) -> None:
@@ -194,7 +186,7 @@ def write_index(spec: dict, out: Path) -> None:
     comparisons = spec.get("comparisons_summary")
     page = {**_common("Activation analysis report", ""), "sections": [], "errors": [], "models": models,
             "comparisons": json.loads(Path(comparisons).read_text()) if comparisons else None}
-    _write_page(out, _environment().get_template("index.html").render(**page))
+    write_text(out, _environment().get_template("index.html").render(**page))
 
 
 def write_bundle(report_dir: Path, pages: list[Path], out: Path) -> None:
