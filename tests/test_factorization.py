@@ -267,6 +267,28 @@ def test_float32_error_is_computed_from_the_residual():
     assert tk.rel_error == pytest.approx(np.linalg.norm(X - full) / np.linalg.norm(X), rel=0.05)
 
 
+@pytest.mark.filterwarnings("ignore:rank .* exceeds the smallest dimension")
+@pytest.mark.parametrize(("dtype", "floor"), [(np.float64, 1e-8), (np.float32, 1e-3)])
+def test_als_with_surplus_rank_on_exact_data_stays_exact(dtype, floor):
+    # an exact rank-3 tensor fitted with more components than it holds: the normal equations are
+    # (nearly) singular, and ALS must still not lose the exact fit
+    X, _ = planted(3, noise=0.0, seed=1, shape=(30, 20, 10))
+    for rank in (8, 12, 20, 40):
+        fit = cp(X.astype(dtype), rank, init="random", random_state=0)
+        assert np.all(np.isfinite(fit.weights)), rank
+        assert fit.rel_error < floor, rank
+        assert direct_error(X, fit) < floor, rank
+
+
+def test_float32_hals_does_not_stop_where_its_tracked_error_runs_out_of_digits():
+    # below about 3e-4 the float32 normal-equation error repeats itself from sweep to sweep;
+    # convergence must be judged on the residual there, not stop at the first repeat
+    X, truth = planted(3, nonneg=True, noise=0.0, shape=(30, 20, 10))
+    fit = cp(X.astype(np.float32), 3, nonneg=True)
+    assert direct_error(X, fit) < 1e-5
+    assert factor_similarity(fit, truth)[0] > 0.9999
+
+
 def test_factor_similarity_with_a_zero_component():
     X, _ = planted(2)
     fit = cp(X, 2, n_iter_max=20)
@@ -374,6 +396,12 @@ def test_bad_init_and_options():
         cp(X, 2, init="nmf")
     with pytest.raises(ValueError, match="init"):
         cp(X, 2, init=[np.ones((3, 2))] * 3)
+    with pytest.raises(ValueError, match=r"list of 3 factor matrices .*, got list of length 2$"):
+        cp(X, 2, init=[np.ones((24, 2)), np.ones((18, 2))])
+    with pytest.raises(ValueError, match="complex"):
+        cp(X + 1j, 2)
+    with pytest.raises(ValueError, match="mask has NaN"):
+        cp(X, 2, mask=np.where(X > 0, 1.0, np.nan))
     with pytest.raises(ValueError, match="n_iter_max"):
         cp(X, 2, n_iter_max=0)
     with pytest.raises(ValueError, match="ranks"):
@@ -384,6 +412,16 @@ def test_bad_init_and_options():
         cross_validated_error(X, [1], n_iter_max=0)
     with pytest.raises(ValueError, match="rank must be a positive integer"):
         rank_ensemble(X, 3.0)
+
+
+def test_array_likes_are_taken_as_numpy_arrays():
+    xarray = pytest.importorskip("xarray")
+    X, _ = planted(2)
+    reference = cp(X, 2)
+    for like in (X.tolist(), xarray.DataArray(X, dims=("unit", "position", "stimulus"))):
+        assert cp(like, 2).rel_error == pytest.approx(reference.rel_error, rel=1e-12)
+    assert cp(X, 2, mask=np.ones(X.shape).tolist()).rel_error == pytest.approx(reference.rel_error, rel=1e-9)
+    assert tucker(X.tolist(), 2).rel_error == pytest.approx(tucker(X, 2).rel_error, rel=1e-12)
 
 
 def test_tucker_nan_message_does_not_offer_a_mask():

@@ -40,14 +40,13 @@ class CPResult:
     factors : list of arrays, shape (I_n, rank)
         One factor matrix per mode, columns of unit norm (zero columns stay zero).
     rel_error : float
-        ``||X - X_hat||_F / ||X||_F`` over the observed entries (computed from the residual where
-        the tracked value below has too few digits left).
+        ``||X - X_hat||_F / ||X||_F`` over the observed entries (the last entry of ``loss_history``).
     n_iter : int
         Number of iterations run.
     loss_history : list of float
-        Relative error after each iteration, from the normal-equation terms without forming the
-        residual (in float32 these resolve errors down to about 3e-4 only; ``rel_error`` does not
-        have that limit).
+        Relative error after each iteration: from the normal-equation terms without forming the
+        residual, or from the residual once those have too few digits left (relative errors
+        below 0.03 in float32, 1.5e-6 in float64).
     """
 
     weights: Any
@@ -195,16 +194,22 @@ class _Data:
 
     def __init__(self, X, mask=None, takes_mask=True):
         xp = array_namespace(X, mask)
+        X = xp.asarray(X)  # lists, xarray and dask arrays become numpy arrays
         if X.ndim < 2:
             raise ValueError(f"X must have at least 2 dimensions, got shape {tuple(X.shape)}")
+        if xp.isdtype(X.dtype, "complex floating"):
+            raise ValueError(f"X is complex ({X.dtype}); factorize its real part, imaginary part or modulus")
         X = _as_float(X, xp)
         self.xp, self.dtype, self.shape = xp, X.dtype, tuple(int(d) for d in X.shape)
         if mask is None:
             self.W = None  # NaN shows in the norm below
         else:
+            mask = xp.asarray(mask)
             if tuple(mask.shape) != self.shape:
                 raise ValueError(f"mask has shape {tuple(mask.shape)} but X has shape {self.shape}; pass a mask like X")
-            observed = mask if mask.dtype in (getattr(xp, "bool", None), getattr(xp, "bool_", None)) else mask != 0
+            if xp.isdtype(mask.dtype, "real floating") and bool(xp.any(xp.isnan(mask))):
+                raise ValueError("mask has NaN; use 1 (or True) for observed entries and 0 (or False) for missing ones")
+            observed = mask if xp.isdtype(mask.dtype, "bool") else mask != 0
             if not bool(xp.any(observed)):
                 raise ValueError("mask marks no entry as observed; at least one entry of X must be observed")
             if bool(xp.any(xp.isnan(X) & observed)):
@@ -214,9 +219,10 @@ class _Data:
         # squared norms of the lines along the last mode and of the slices along it, as two
         # matrix-vector products of the squared entries (far faster than numpy's axis sums);
         # the total is summed in float64
-        squares = xp.reshape(X * X, (-1, self.shape[-1]))
-        lines = xp.matmul(squares, xp.ones(self.shape[-1], dtype=X.dtype))
-        last = xp.matmul(xp.ones(squares.shape[0], dtype=X.dtype), squares)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, in one line
+            squares = xp.reshape(X * X, (-1, self.shape[-1]))
+            lines = xp.matmul(squares, xp.ones(self.shape[-1], dtype=X.dtype))
+            last = xp.matmul(xp.ones(squares.shape[0], dtype=X.dtype), squares)
         del squares
         lines = xp.reshape(_astype(lines, xp.float64, xp), self.shape[:-1])
         self.norm2 = float(xp.sum(lines))
@@ -295,7 +301,7 @@ def _init_factors(data, rank, n_rep, init, nonneg, rng):
                 fill = xp.asarray(draw((d, rank - V.shape[1])), dtype=data.dtype)
                 V = (getattr(xp, "concat", None) or xp.concatenate)([V, fill], axis=1)
             U.append(xp.broadcast_to(V[:, None, :], (d, n_rep, rank)) * 1)
-    elif not isinstance(init, str) and len(init) == len(shape):
+    elif not isinstance(init, str) and hasattr(init, "__len__") and len(init) == len(shape):
         U = []
         for n, f in enumerate(init):
             f = xp.asarray(f, dtype=data.dtype)
@@ -305,7 +311,10 @@ def _init_factors(data, rank, n_rep, init, nonneg, rng):
                 raise ValueError(f"init[{n}] has negative entries; nonneg=True needs a non-negative start")
             U.append(xp.broadcast_to(f[:, None, :], (shape[n], n_rep, rank)) * 1)
     else:
-        raise ValueError(f"init must be 'svd', 'random' or a list of {len(shape)} factor matrices, got {init!r}")
+        listed = hasattr(init, "__len__") and not isinstance(init, str)
+        got = f"{type(init).__name__} of length {len(init)}" if listed else repr(init)
+        raise ValueError(f"init must be 'svd', 'random' or a list of {len(shape)} factor matrices (one per mode of X), "
+                         f"got {got}")
     full = _gram(U[0], xp)
     for u in U[1:]:
         full = full * _gram(u, xp)
@@ -330,11 +339,20 @@ def _ridge(G, xp):
 def _update_als(M, V, xp):
     """Least-squares factor: A = M V^-1 per replicate. M (I, B, R), V (B, R, R) -> (I, B, R).
 
-    V is a small symmetric positive (semi)definite Gram product; inverting it once and
-    multiplying costs a fraction of a solve with I right-hand sides.
+    V is a small symmetric positive (semi)definite Gram product. It is nearly singular when the
+    rank exceeds what the data hold; a solve stays accurate there, where multiplying by an
+    explicit inverse made the error grow between sweeps. Where it is singular to working
+    precision, the update is the least-norm solution.
     """
-    inverse = xp.linalg.inv(_ridge(V, xp))
-    return xp.permute_dims(xp.matmul(xp.permute_dims(M, (1, 0, 2)), inverse), (1, 0, 2))
+    V, Mt = _ridge(V, xp), xp.permute_dims(M, (1, 2, 0))  # Mt (B, R, I)
+    try:
+        solved = xp.linalg.solve(V, Mt)
+        singular = not bool(xp.all(xp.isfinite(solved)))  # CuPy returns non-finite values, numpy raises
+    except np.linalg.LinAlgError:
+        singular = True
+    if singular:
+        solved = xp.matmul(xp.linalg.pinv(V, rtol=V.shape[-1] * float(xp.finfo(V.dtype).eps)), Mt)
+    return xp.permute_dims(solved, (2, 0, 1))
 
 
 def _update_als_rows(M, G, xp):
@@ -444,8 +462,9 @@ def _move_scale(U, grams, n, xp):
 
 
 # The error the sweeps track loses about log10(1 / (rel_error^2 eps)) digits to cancellation; below
-# this many eps in rel_error^2 (rel_error 0.03 in float32, 1.5e-6 in float64) the final error is
-# computed from the residual instead (one more pass over the tensor).
+# this many eps in rel_error^2 (rel_error 0.03 in float32, 1.5e-6 in float64) each sweep's error
+# is computed from the residual instead (one more pass over the tensor), so that convergence is
+# judged on an error that still has digits.
 _RECOMPUTE_BELOW_EPS = 1e4
 
 
@@ -459,11 +478,7 @@ def _finish(data, U, b, errors):
         norms = xp.sqrt(xp.sum(f * f, axis=0))
         weights = norms if weights is None else weights * norms
         factors.append(f / xp.where(norms > 0, norms, xp.ones_like(norms))[None, :])
-    result = CPResult(weights=weights, factors=factors, rel_error=errors[-1], n_iter=len(errors), loss_history=errors)
-    if errors[-1] ** 2 < _RECOMPUTE_BELOW_EPS * float(xp.finfo(data.dtype).eps):
-        result.rel_error = _residual_error(data, reconstruct(result))
-    return result
-
+    return CPResult(weights=weights, factors=factors, rel_error=errors[-1], n_iter=len(errors), loss_history=errors)
 
 
 def _residual_error(data, full) -> float:
@@ -490,10 +505,13 @@ def _fit_batch(data, U, nonneg, n_iter_max, tol):
     active = list(range(B))
     grams = [_gram(u, xp) for u in U]
     sweep = _sweep_dense if data.W is None else _sweep_masked
+    floor = _RECOMPUTE_BELOW_EPS * float(xp.finfo(data.dtype).eps)
     for it in range(n_iter_max):
         inner, model2 = sweep(data, U, grams, nonneg)
         err2 = data.norm2 - 2 * _host_float(inner) + _host_float(model2)
         rel = np.sqrt(np.maximum(err2, 0.0) / data.norm2)
+        for j in np.flatnonzero(rel**2 < floor):
+            rel[j] = _residual_error(data, _full([u[:, j, :] for u in U], xp))
         keep = []
         for j, b in enumerate(active):
             history[b].append(float(rel[j]))
@@ -554,10 +572,13 @@ def cp(X, rank, nonneg=False, mask=None, n_iter_max=500, tol=1e-8, init="svd", r
 def reconstruct(result):
     """Full tensor of a CP model: ``sum_r w_r a_r^(0) o ... o a_r^(N-1)``; shape (I_0, ..., I_{N-1})."""
     xp = array_namespace(result.weights, *result.factors)
-    U = [f[:, None, :] for f in result.factors]
-    K = _khatri_rao(U[1:], xp)[:, 0, :]
-    full = xp.matmul(result.factors[0] * result.weights[None, :], K.T)
-    return xp.reshape(full, tuple(f.shape[0] for f in result.factors))
+    return _full([result.factors[0] * result.weights[None, :], *result.factors[1:]], xp)
+
+
+def _full(factors, xp):
+    """``sum_r a_r^(0) o ... o a_r^(N-1)`` of factor matrices (I_n, R); shape (I_0, ..., I_{N-1})."""
+    K = _khatri_rao([f[:, None, :] for f in factors[1:]], xp)[:, 0, :]
+    return xp.reshape(xp.matmul(factors[0], K.T), tuple(f.shape[0] for f in factors))
 
 
 def factor_similarity(a, b):
