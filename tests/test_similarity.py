@@ -609,8 +609,12 @@ def test_bad_inputs():
         S.procrustes_distance(X, Y[:9])
     with pytest.raises(ValueError, match="same number of stimuli"):
         S.compare_rdms(S.rdm(X), S.rdm(Y[:9]))
-    with pytest.raises(ValueError, match="^X .*constant"):
+    with pytest.raises(ValueError, match="^X .*constant.*; CKA is undefined"):
         S.cka(np.ones((10, 4)), Y)
+    with pytest.raises(ValueError, match="^X .*constant.*; the shape distance is undefined"):
+        S.procrustes_distance(np.ones((10, 4)), Y)
+    with pytest.raises(ValueError, match="constant.*; the shape distance is undefined"):
+        S.shape_distance_matrix([X, np.ones((10, 4))])
     with pytest.raises(ValueError, match="constant"):
         S.rdm(np.vstack([X[:9], np.full((1, 4), 2.0)]), "correlation")
     with_const_column = np.hstack([X, np.ones((10, 1))])

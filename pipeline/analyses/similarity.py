@@ -584,13 +584,14 @@ def _centred_kernel(xp, X, kernel: str, debiased: bool, sigma, name: str):
     return K if kernel == "linear" and not debiased else _center_gram(xp, K, debiased)
 
 
-def _check_representation(xp, X, name: str, min_n: int = 2):
+def _check_representation(xp, X, name: str, min_n: int = 2, measure: str = "CKA"):
     X = _as_float(xp, X, name, (2,), "a (stimuli, features) matrix")
     if X.shape[0] < min_n:
-        why = " (the debiased HSIC estimator needs n >= 4)" if min_n == 4 else ""
+        why = " for the debiased HSIC estimator" if min_n == 4 else ""
         raise ValueError(f"{name} needs at least {min_n} stimuli (rows){why}; got {X.shape[0]}")
     if not _varies(xp, X):
-        raise ValueError(f"{name} is constant across stimuli (every feature has zero variance); CKA is undefined")
+        raise ValueError(f"{name} is constant across stimuli (every feature has zero variance); "
+                         f"{measure} is undefined for it")
     return X
 
 
@@ -608,11 +609,11 @@ def varies_across_stimuli(X) -> bool:
 
 
 
-def _check_reps(xp, reps, min_n: int = 2) -> list:
+def _check_reps(xp, reps, min_n: int = 2, measure: str = "CKA") -> list:
     """Validated representations (n, d_i) of the same n stimuli, at least one."""
     if len(reps) < 1:
         raise ValueError("reps must hold at least one representation")
-    reps = [_check_representation(xp, R, f"reps[{i}]", min_n) for i, R in enumerate(reps)]
+    reps = [_check_representation(xp, R, f"reps[{i}]", min_n, measure) for i, R in enumerate(reps)]
     for i, R in enumerate(reps):
         _check_same_stimuli(reps[0].shape[0], R.shape[0], f"reps[0] and reps[{i}]")
     return reps
@@ -887,8 +888,8 @@ def procrustes_distance(X, Y, alpha: float = 1.0) -> float:
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1]; got {alpha}")
     xp = array_namespace(X, Y)
-    X = _check_representation(xp, X, "X")
-    Y = _check_representation(xp, Y, "Y")
+    X = _check_representation(xp, X, "X", measure="the shape distance")
+    Y = _check_representation(xp, Y, "Y", measure="the shape distance")
     _check_same_stimuli(X.shape[0], Y.shape[0], "X and Y")
     factors = [_whitened_factors(xp, X, alpha), _whitened_factors(xp, Y, alpha)]
     _warn_if_fully_whitened_alike(xp, factors, alpha, X.shape[0])
@@ -941,7 +942,7 @@ def shape_distance_matrix(reps, alpha: float = 1.0):
     if len(reps) < 1:
         raise ValueError("reps must hold at least one representation")
     xp = array_namespace(*reps)
-    reps = _check_reps(xp, reps)
+    reps = _check_reps(xp, reps, measure="the shape distance")
     factors = [_whitened_factors(xp, R, alpha) for R in reps]
     _warn_if_fully_whitened_alike(xp, factors, alpha, reps[0].shape[0])
     D = np.zeros((len(reps), len(reps)))
