@@ -25,6 +25,10 @@ def _spec(text: str) -> dict:
         raise argparse.ArgumentTypeError(f"not valid JSON ({err})") from None
 
 
+SPEC_HELP = ("the job's settings as JSON, built from the config by pipeline.jobs; "
+             "`snakemake -n -p <output>` prints the full command of the job that writes <output>")
+
+
 def _parser() -> argparse.ArgumentParser:
     # '@file' stands for the arguments in file, one per line (the workflow passes long lists so)
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0], fromfile_prefix_chars="@")
@@ -36,16 +40,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path)
 
     p = sub.add_parser("train", help="train one run of a built-in model into a checkpoint folder")
-    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--spec", type=_spec, required=True, help=SPEC_HELP)
     p.add_argument("--out", type=Path, required=True)
 
     p = sub.add_parser("extract", help="record activations into an activation store")
-    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--spec", type=_spec, required=True, help=SPEC_HELP)
     p.add_argument("--out", type=Path, required=True, help="store path (.zarr)")
     p.add_argument("--checkpoint", type=Path, help="checkpoint file (not for Hugging Face models)")
 
     p = sub.add_parser("stats", help="activation statistics of every site of a store")
-    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--spec", type=_spec, required=True, help=SPEC_HELP)
     p.add_argument("--store", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="result store path (.zarr); summary JSON beside it")
 
@@ -54,53 +58,53 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("results", type=Path, nargs="+", help="per-checkpoint result stores of 'stats'")
 
     p = sub.add_parser("similarity", help="representational similarity between the sites of a store")
-    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--spec", type=_spec, required=True, help=SPEC_HELP)
     p.add_argument("--store", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="result store path (.zarr); summary JSON beside it")
 
     p = sub.add_parser("similarity-across", help="similarity of each site between the checkpoints of a run")
-    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--spec", type=_spec, required=True, help=SPEC_HELP)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("results", type=Path, nargs="+", help="per-checkpoint result stores of 'similarity'")
 
     p = sub.add_parser("similarity-models", help="similarity between models' final checkpoints on one stimulus set")
-    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--spec", type=_spec, required=True, help=SPEC_HELP)
     p.add_argument("--out", type=Path, required=True, help="result store path (.zarr); summary JSON beside it")
     p.add_argument("results", type=Path, nargs="+", help="final-checkpoint result stores of 'similarity'")
 
     p = sub.add_parser("report-comparisons", help="write the report page comparing models")
-    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--spec", type=_spec, required=True, help=SPEC_HELP)
     p.add_argument("--out", type=Path, required=True)
 
     p = sub.add_parser("tca", help="tensor component analysis of a store's sites (unit x position x stimulus)")
-    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--spec", type=_spec, required=True, help=SPEC_HELP)
     p.add_argument("--store", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="result store path (.zarr); summary JSON beside it")
 
     p = sub.add_parser("tca-across", help="tensor component analysis of a run (unit x stimulus x checkpoint)")
-    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--spec", type=_spec, required=True, help=SPEC_HELP)
     p.add_argument("--out", type=Path, required=True, help="result store path (.zarr); summary JSON beside it")
     p.add_argument("stores", type=Path, nargs="+", help="the run's activation stores, one per checkpoint")
 
     p = sub.add_parser("connectome", help="communities of co-active units across a run's checkpoints")
-    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--spec", type=_spec, required=True, help=SPEC_HELP)
     p.add_argument("--out", type=Path, required=True, help="result store path (.zarr); summary JSON beside it")
     p.add_argument("stores", type=Path, nargs="+", help="the run's activation stores, one per checkpoint")
 
     p = sub.add_parser("report-model", help="write one model's report pages")
-    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--spec", type=_spec, required=True, help=SPEC_HELP)
     p.add_argument("--out", type=Path, required=True, help="the model's page (<report_dir>/<model>/index.html)")
 
     p = sub.add_parser("report-run", help="draw what a model's page shows of one run's across-checkpoint results")
-    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--spec", type=_spec, required=True, help=SPEC_HELP)
     p.add_argument("--out", type=Path, required=True, help="the run's report (JSON, figures embedded)")
 
     p = sub.add_parser("report-checkpoint", help="write the report page of one checkpoint and stimulus set")
-    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--spec", type=_spec, required=True, help=SPEC_HELP)
     p.add_argument("--out", type=Path, required=True, help="the page (.html)")
 
     p = sub.add_parser("report-index", help="write the report index page")
-    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--spec", type=_spec, required=True, help=SPEC_HELP)
     p.add_argument("--out", type=Path, required=True)
 
     p = sub.add_parser("report-bundle", help="gather the report pages into one folder for `snakemake --report`")
