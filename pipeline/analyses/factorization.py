@@ -468,6 +468,24 @@ def _move_scale(U, grams, n, xp):
 _RECOMPUTE_BELOW_EPS = 1e4
 
 
+# An error computed from the residual is exact to a few eps: a smaller change between sweeps is noise.
+_NOISE_EPS = 4
+
+
+def _error_floor(data) -> float:
+    """Squared relative error below which the tracked error is recomputed from the residual."""
+    return _RECOMPUTE_BELOW_EPS * float(data.xp.finfo(data.dtype).eps)
+
+
+def _converged(history: list[float], tol: float, eps: float) -> bool:
+    """Whether the relative error changed between the last two sweeps by less than ``tol`` relative,
+    or by no more than its own rounding noise (never with ``tol`` 0)."""
+    if tol == 0 or len(history) < 2:
+        return False
+    change = abs(history[-2] - history[-1])
+    return change < tol * history[-2] or change <= _NOISE_EPS * eps
+
+
 def _finish(data, U, b, errors):
     """CPResult of replicate b: unit-norm factor columns, weights = product of column norms; ``errors``
     is its loss history."""
@@ -505,7 +523,7 @@ def _fit_batch(data, U, nonneg, n_iter_max, tol):
     active = list(range(B))
     grams = [_gram(u, xp) for u in U]
     sweep = _sweep_dense if data.W is None else _sweep_masked
-    floor = _RECOMPUTE_BELOW_EPS * float(xp.finfo(data.dtype).eps)
+    floor, eps = _error_floor(data), float(xp.finfo(data.dtype).eps)
     for it in range(n_iter_max):
         inner, model2 = sweep(data, U, grams, nonneg)
         err2 = data.norm2 - 2 * _host_float(inner) + _host_float(model2)
@@ -516,8 +534,7 @@ def _fit_batch(data, U, nonneg, n_iter_max, tol):
         for j, b in enumerate(active):
             history[b].append(float(rel[j]))
             h = history[b]
-            converged = len(h) > 1 and abs(h[-2] - h[-1]) < tol * max(h[-2], np.finfo(np.float64).tiny)
-            if converged or it == n_iter_max - 1:
+            if _converged(h, tol, eps) or it == n_iter_max - 1:
                 done[b] = _finish(data, U, j, h)
             else:
                 keep.append(j)
@@ -543,14 +560,15 @@ def cp(X, rank, nonneg=False, mask=None, n_iter_max=500, tol=1e-8, init="svd", r
     rank : int
         Number of components R.
     nonneg : bool
-        Constrain all factors to be non-negative (HALS).
+        Constrain all factors to be non-negative (HALS). X may still hold negative entries; the
+        model then fits them as well as non-negative factors can.
     mask : array, shape X.shape, optional
         1 (or True) where X is observed; the fit ignores the other entries (NaN allowed there).
     n_iter_max : int
         Maximum number of sweeps over the modes.
     tol : float
-        Stop when the relative change of the relative error between sweeps is below ``tol``
-        (0 runs exactly ``n_iter_max`` sweeps).
+        Stop when the relative change of the relative error between sweeps is below ``tol``, or
+        the change is within that error's rounding noise (0 runs exactly ``n_iter_max`` sweeps).
     init : {"svd", "random"} or list of arrays of shape (I_n, R)
         Leading singular vectors of each unfolding (absolute values when ``nonneg``), random
         factors, or explicit starting factors.
@@ -850,7 +868,7 @@ def tucker(X, ranks, nonneg=False, n_iter_max=100, tol=1e-8, random_state=None) 
         core = _multi_dot(X, [u.T for u in U], xp)
     else:
         U = [_leading_vectors(_unfold(X, n, xp), r, xp) for n, r in enumerate(ranks)]
-    history = []
+    history, floor, eps = [], _error_floor(data), float(xp.finfo(data.dtype).eps)
     for _ in range(n_iter_max):
         if nonneg:
             for n in range(len(shape)):
@@ -877,8 +895,9 @@ def tucker(X, ranks, nonneg=False, n_iter_max=100, tol=1e-8, random_state=None) 
                 U[n] = _leading_vectors(_unfold(Y, n, xp), ranks[n], xp)
             core = _multi_dot(X, [u.T for u in U], xp)
             fit2 = data.norm2 - float(xp.sum(core * core))
-        history.append(math.sqrt(max(fit2, 0.0) / data.norm2))
-        if len(history) > 1 and abs(history[-2] - history[-1]) < tol * max(history[-2], np.finfo(np.float64).tiny):
+        rel = math.sqrt(max(fit2, 0.0) / data.norm2)
+        history.append(rel if rel**2 >= floor else _residual_error(data, _multi_dot(core, U, xp)))
+        if _converged(history, tol, eps):
             break
     error = _residual_error(data, _multi_dot(core, U, xp))
     return TuckerResult(core=core, factors=U, rel_error=error, n_iter=len(history), loss_history=history)
