@@ -77,7 +77,15 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"config error: {_describe(deepest)}")
     _expand_home(config)
     _check_references(config)
+    _check_analyses(config)
     return config
+
+
+def _check_analyses(config: dict) -> None:
+    tca = config["analyses"]["tca"]
+    if tca["holdout"] == 0 and tca["replicates"] < 2 and tca["max_rank"] > 1:
+        raise ConfigError("config error: analyses.tca.holdout 0 chooses the rank by replicate stability, which needs "
+                          "replicates >= 2; raise analyses.tca.replicates or set holdout > 0")
 
 
 def _expand_home(config: dict) -> None:

@@ -184,6 +184,17 @@ def test_bad_number():
     assert "batch_size: 0 is less than the minimum of 1" in config_error(config)
 
 
+def test_tca_rank_choice_needs_replicates_or_held_out_entries():
+    config = minimal_config()
+    config["analyses"] = {"tca": {"holdout": 0, "replicates": 1}}
+    message = config_error(config)
+    assert "analyses.tca.holdout 0" in message and "replicates >= 2" in message
+    config["analyses"]["tca"]["max_rank"] = 1  # one rank: nothing to choose
+    assert validate_config(config)["analyses"]["tca"]["replicates"] == 1
+    config["analyses"]["tca"] = {"holdout": 0.6}
+    assert "holdout: 0.6 is greater than the maximum of 0.5" in config_error(config)
+
+
 def test_checkpoint_folder_must_exist(tmp_path):
     config = minimal_config()
     missing = tmp_path / "no-such-run"

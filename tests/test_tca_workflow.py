@@ -11,6 +11,7 @@ import xarray as xr
 from pipeline import jobs, layout
 from pipeline.analyses.connectome import affinity
 from pipeline.analyses.factorization import CPResult, factor_similarity
+from pipeline.analyses.tca import fit_tca
 from pipeline.jobs import factorization as factorization_jobs
 from pipeline.store import StoreWriter
 
@@ -328,3 +329,12 @@ def test_report_cautions_at_the_largest_rank_fitted_and_for_unreproducible_compo
     top, _ = rank_cautions({"ranks": [1, 2, 3], "rank": 3, "similarity": [1.0, 0.97, 0.6]}, 6)  # 3 checkpoints
     assert "smallest dimension allows no more" in top
     assert rank_cautions({"ranks": [1, 2, 3], "rank": 1, "similarity": [None, 0.5, 0.4]}, 3) == []
+
+
+def test_a_single_rank_needs_no_rank_choice():
+    rng = np.random.default_rng(0)
+    T = np.einsum("i,j,k->ijk", rng.random(6), rng.random(5), rng.random(4)) + 0.01 * rng.random((6, 5, 4))
+    fit = fit_tca(T, 1, replicates=1, holdout=0)
+    assert fit.rank == 1 and fit.model.rank == 1 and fit.cv is None
+    with pytest.raises(ValueError, match="replicates >= 2"):
+        fit_tca(T, 2, replicates=1, holdout=0)

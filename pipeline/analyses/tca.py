@@ -205,7 +205,8 @@ def fit_tca(T, max_rank: int, replicates: int = 3, nonneg="auto", mask=None, n_i
         raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
     if not 0 <= holdout < 1:
         raise ValueError(f"holdout must be in [0, 1), got {holdout!r}")
-    if holdout == 0 and replicates < 2:
+    ranks = list(range(1, min(int(max_rank), min(T.shape)) + 1))
+    if holdout == 0 and replicates < 2 and len(ranks) > 1:
         raise ValueError("choosing the rank by replicate stability (holdout 0) needs replicates >= 2")
     xp = array_namespace(T, mask)
     negative = T < 0 if mask is None else (T < 0) & mask
@@ -215,7 +216,6 @@ def fit_tca(T, max_rank: int, replicates: int = 3, nonneg="auto", mask=None, n_i
     elif nonneg and has_negative:
         raise ValueError("nonneg=True needs non-negative activations but this tensor has negative values; "
                          "set nonneg to 'auto' or false")
-    ranks = list(range(1, min(int(max_rank), min(T.shape)) + 1))
     rng = np.random.default_rng(random_state)
     ensemble = rank_ensemble(T, ranks, replicates=replicates, nonneg=nonneg, mask=mask, n_iter_max=n_iter_max,
                              tol=tol, random_state=rng)
@@ -224,6 +224,8 @@ def fit_tca(T, max_rank: int, replicates: int = 3, nonneg="auto", mask=None, n_i
         cv = cross_validated_error(T, ranks, replicates=replicates, holdout=holdout, nonneg=nonneg, mask=mask,
                                    n_iter_max=n_iter_max, tol=tol, random_state=rng)
         rank = suggest_rank(cv=cv)
+    elif len(ranks) == 1:
+        rank = 1
     else:
         try:
             rank = suggest_rank(ensemble=ensemble)
