@@ -7,6 +7,23 @@ from pathlib import Path
 
 import numpy as np
 
+DIGITS_PIXELS, DIGITS_CLASSES = 64, 10
+FLIPFLOP_BITS = 3
+
+
+def model_params(task: str, params: dict, training: dict) -> dict:
+    """Architecture params of a model trained on a built-in task: ``params`` (the config's), with the
+    task's input and output sizes as ``n_in`` and ``n_out`` where they are not given.
+
+    ``training`` is the config's training settings (the flip-flop's ``n_bits`` sets both sizes).
+    """
+    if task == "flipflop":
+        n_bits = training.get("n_bits", FLIPFLOP_BITS)
+        sizes = {"n_in": n_bits, "n_out": n_bits}
+    else:
+        sizes = {"n_in": DIGITS_PIXELS, "n_out": DIGITS_CLASSES}
+    return {**sizes, **params}
+
 
 def _digits_file() -> Path:
     """The digits CSV that scikit-learn ships, found without importing scikit-learn (slow to import)."""
@@ -22,7 +39,7 @@ def digits_data(test_fraction: float = 0.25, seed: int = 0) -> dict:
     Parameters
     ----------
     test_fraction : float
-        Share of the images in the test split, in (0, 1).
+        Share of the images in the test split, in (0, 1); every class keeps at least one image in each split.
     seed : int
         Seed of the split.
 
@@ -38,8 +55,8 @@ def digits_data(test_fraction: float = 0.25, seed: int = 0) -> dict:
     X = (data[:, :-1] / 16.0).astype(np.float32)
     y = data[:, -1].astype(np.int64)
     rng = np.random.default_rng(seed)
-    test_index = np.concatenate([  # stratified: the test share of every digit class
-        rng.permutation(members)[: round(test_fraction * len(members))]
+    test_index = np.concatenate([  # stratified: the test share of every class, at least one image, not all
+        rng.permutation(members)[: min(max(round(test_fraction * len(members)), 1), len(members) - 1)]
         for members in (np.flatnonzero(y == label) for label in np.unique(y))
     ])
     split = np.full(len(y), "train")
@@ -47,7 +64,7 @@ def digits_data(test_fraction: float = 0.25, seed: int = 0) -> dict:
     return {"X": X, "y": y, "split": split}
 
 
-def flipflop_trials(n_trials: int, n_steps: int, n_bits: int = 3, pulse_prob: float = 0.04, seed=0) -> dict:
+def flipflop_trials(n_trials: int, n_steps: int, n_bits: int = FLIPFLOP_BITS, pulse_prob: float = 0.04, seed=0) -> dict:
     """Trials of the n-bit flip-flop task (Sussillo & Barak 2013).
 
     Each input channel carries brief pulses of +1 or -1; the target of each channel is the sign

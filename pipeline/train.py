@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from pipeline.architectures import build_model
 from pipeline.checkpoints import save_checkpoint
-from pipeline.tasks import digits_data, flipflop_trials
+from pipeline.tasks import FLIPFLOP_BITS, digits_data, flipflop_trials, model_params
 
 TASKS = ("digits", "flipflop")
 FLIPFLOP_TEST_TRIALS = 256
@@ -102,7 +102,7 @@ def train_digits_mlp(
         raise ValueError(f"checkpoint_epochs={checkpoint_epochs!r} must be a non-empty list of epochs in [0, {epochs}]")
     save_steps = sorted({round(e * steps_per_epoch) for e in checkpoint_epochs})
 
-    params = {"n_in": X_train.shape[1], "n_out": 10, **(params or {})}
+    params = model_params("digits", params or {}, {})
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     with torch_threads(threads):
         torch.manual_seed(seed)
@@ -162,7 +162,7 @@ def train_flipflop(
     lr: float = 1e-3,
     batch_size: int = 64,
     n_steps: int = 60,
-    n_bits: int = 3,
+    n_bits: int = FLIPFLOP_BITS,
     threads: int = 1,
 ) -> list[Path]:
     """Train a RecurrentNet on the flip-flop task with Adam and mean squared error.
@@ -199,7 +199,7 @@ def train_flipflop(
         raise ValueError(f"checkpoint_steps={checkpoint_steps!r} must be a non-empty list of integers in [0, {steps}]")
     save_steps = {int(s) for s in checkpoint_steps}
 
-    params = {"n_in": n_bits, "n_out": n_bits, **(params or {})}
+    params = model_params("flipflop", params or {}, {"n_bits": n_bits})
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     with torch_threads(threads):
         torch.manual_seed(seed)

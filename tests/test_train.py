@@ -9,6 +9,10 @@ from sklearn.datasets import load_digits
 
 from pipeline.architectures import MLP, RecurrentNet, build_model
 from pipeline.checkpoints import load_checkpoint, load_weights
+from pipeline.config import validate_config
+from pipeline.extract import extract
+from pipeline.jobs import extract_spec
+from pipeline.store import open_store
 from pipeline.tasks import digits_data, flipflop_trials
 from pipeline.train import train
 
@@ -66,6 +70,10 @@ def test_digits_data_is_scaled_and_split_stratified():
     assert not np.array_equal(split, digits_data(seed=1)["split"])
     with pytest.raises(ValueError, match="test_fraction"):
         digits_data(test_fraction=1.0)
+    for fraction in (0.001, 0.999):  # extreme fractions still leave every class in both splits
+        split = digits_data(test_fraction=fraction)["split"]
+        for label in range(10):
+            assert set(split[y == label]) == {"train", "test"}, (fraction, label)
 
 
 def _last_pulse_sign(pulses):
@@ -200,3 +208,19 @@ def test_training_restores_the_torch_thread_count(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_model_trained_with_other_task_sizes_is_rebuilt_for_extraction(tmp_path):
+    # the extraction spec of a trained model gives the architecture the sizes it was trained with
+    config = validate_config({
+        "stimuli": {"ff1": {"kind": "flipflop", "n_bits": 1, "n_trials": 4, "n_steps": 10}},
+        "models": {"rnn": {"source": "train", "task": "flipflop", "architecture": "recurrent",
+                           "params": {"n_hidden": 8}, "seeds": [0], "stimuli": ["ff1"], "sites": ["rnn"],
+                           "training": {"steps": 2, "checkpoint_steps": [2], "n_bits": 1, "n_steps": 10}}},
+    })
+    spec = extract_spec(config, "rnn", "base-seed0", "ff1")
+    assert spec["model"]["params"] == {"n_in": 1, "n_out": 1, "n_hidden": 8}
+    (path,) = train("flipflop", tmp_path / "base-seed0", params={"n_hidden": 8}, seed=0,
+                    **config["models"]["rnn"]["training"])
+    store = extract(spec, tmp_path / "activations" / "rnn" / "base-seed0" / path.stem / "ff1.zarr", checkpoint=path)
+    assert open_store(store)["rnn"].shape == (4, 10, 8)

@@ -22,6 +22,7 @@ from pipeline import layout
 from pipeline.checkpoints import training_order
 from pipeline.config import run_settings
 from pipeline.store import json_safe
+from pipeline.tasks import model_params
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,10 @@ EXTRACT_MODEL_KEYS = ("source", "path", "architecture", "task", "sites")
 def extract_spec(config: dict, model: str, run: str, stimuli: str) -> dict:
     entry = config["models"][model]
     recorded = {key: entry[key] for key in EXTRACT_MODEL_KEYS if key in entry}
-    if entry["source"] != "huggingface":  # the architecture's params for this run
-        recorded["params"] = run_settings(entry, run)[0] if entry["source"] == "train" else entry.get("params", {})
+    if entry["source"] == "train":  # the architecture's params for this run, as it was trained
+        recorded["params"] = model_params(entry["task"], run_settings(entry, run)[0], entry["training"])
+    elif entry["source"] == "checkpoints":
+        recorded["params"] = entry.get("params", {})
     return {"model_name": model, "model": recorded, "run": run, "stimuli_name": stimuli,
             "stimuli": config["stimuli"][stimuli], "device": config["device"], "dtype": config["dtype"],
             "batch_size": config["batch_size"]}
