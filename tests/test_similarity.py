@@ -73,7 +73,10 @@ def ref_tau_a(a, b):
 
 
 def ref_compare(A, B, method):
-    a, b = upper(A), upper(B)
+    return ref_compare_vectors(upper(A), upper(B), method)
+
+
+def ref_compare_vectors(a, b, method):
     if method == "spearman":
         return scipy.stats.spearmanr(a, b).statistic
     if method == "pearson":
@@ -576,12 +579,47 @@ def test_bootstrap_ci():
     g = rng(31)
     X = g.standard_normal((40, 6))
     A, B = S.rdm(X), S.rdm(X + 0.8 * g.standard_normal((40, 6)))
-    low, high = S.bootstrap_ci(A, B, "pearson", n_bootstrap=300, seed=0)
+    low, high, used = S.bootstrap_ci(A, B, "pearson", n_bootstrap=300, seed=0)
     observed = S.compare_rdms(A, B, "pearson")
-    assert low < observed < high and high - low < 0.5
-    assert S.bootstrap_ci(A, A, "spearman", n_bootstrap=50, seed=0) == pytest.approx((1.0, 1.0), abs=TOL)
-    small_low, small_high = S.bootstrap_ci(A[:12, :12], B[:12, :12], "pearson", n_bootstrap=300, seed=0)
+    assert low < observed < high and high - low < 0.5 and used == 300
+    assert S.bootstrap_ci(A, A, "spearman", n_bootstrap=50, seed=0) == pytest.approx((1.0, 1.0, 50), abs=TOL)
+    small_low, small_high, _ = S.bootstrap_ci(A[:12, :12], B[:12, :12], "pearson", n_bootstrap=300, seed=0)
     assert small_high - small_low > high - low
+
+
+def ref_bootstrap_values(A, B, method, n_bootstrap, seed):
+    """Similarities of the resamples (the draws of bootstrap_ci) whose sub-RDMs on the pairs of distinct draws both
+    vary; resamples where one of them is constant are left out."""
+    g = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_bootstrap):
+        draw = g.integers(0, A.shape[0], size=A.shape[0])
+        pairs = [(i, j) for i, j in itertools.combinations(draw, 2) if i != j]
+        a, b = np.array([A[p] for p in pairs]), np.array([B[p] for p in pairs])
+        if len(set(a)) > 1 and len(set(b)) > 1:
+            values.append(ref_compare_vectors(a, b, method))
+    return values
+
+
+@pytest.mark.parametrize("method", ["spearman", "kendall_tau_a"])
+def test_bootstrap_ci_leaves_out_resamples_with_a_constant_rdm(method):
+    g = rng(56)
+    A = S.rdm(g.standard_normal((5, 3)))
+    B = S.label_rdm([0, 0, 1, 1, 2]) if method == "kendall_tau_a" else S.rdm(g.standard_normal((5, 3)))
+    values = ref_bootstrap_values(A, B, method, 200, seed=0)
+    assert 100 <= len(values) < 200  # some resamples draw too few distinct stimuli (or labels) to order
+    low, high, used = S.bootstrap_ci(A, B, method, n_bootstrap=200, seed=0)
+    assert used == len(values)
+    assert (low, high) == pytest.approx(tuple(np.quantile(values, [0.025, 0.975])), abs=TOL)
+
+
+def test_bootstrap_ci_is_nan_when_most_resamples_are_undefined():
+    g = rng(57)
+    A, B = S.rdm(g.standard_normal((3, 2))), S.rdm(g.standard_normal((3, 2)))
+    values = ref_bootstrap_values(A, B, "spearman", 200, seed=0)
+    assert 0 < len(values) < 100  # all 3 stimuli drawn in about 2 resamples of 9
+    low, high, used = S.bootstrap_ci(A, B, "spearman", n_bootstrap=200, seed=0)
+    assert math.isnan(low) and math.isnan(high) and used == len(values)
 
 
 def test_split_half_noise_ceiling():

@@ -17,6 +17,7 @@ import xarray as xr
 from pipeline import jobs, layout
 from pipeline.analyses import similarity as S
 from pipeline.config import validate_config
+from pipeline.errors import StimulusError
 from pipeline.jobs import similarity as similarity_jobs
 from pipeline.report.build import write_comparisons_report
 from pipeline.store import StoreWriter
@@ -44,14 +45,16 @@ def labels():
     return np.repeat([f"class{k}" for k in range(N_LABELS)], PER_LABEL)
 
 
-def write_store(path, sites, mask=None, inputs=None, model="m", run="r", checkpoint="step-0", step=0):
-    """An activation store of sites (name -> (n, positions, units)) with labels and an optional input coordinate."""
+def write_store(path, sites, mask=None, inputs=None, model="m", run="r", checkpoint="step-0", step=0, extra=None):
+    """An activation store of sites (name -> (n, positions, units)) with labels, an optional input coordinate and
+    ``extra`` coordinates (name -> (dims, values)), which replace those of the same name."""
     n, positions = next(iter(sites.values())).shape[:2]
     coords = {"stimulus": (("stimulus",), np.array([f"s{i:03d}" for i in range(n)])),
               "label": (("stimulus",), labels()[:n]),
               "mask": (("stimulus", "position"), np.ones((n, positions), bool) if mask is None else mask)}
     if inputs is not None:
         coords["input"] = (("stimulus", "position", "bit"), inputs)
+    coords.update(extra or {})
     attrs = {"fingerprint": "test", "model_id": model, "run": run, "checkpoint_name": checkpoint, "step": step,
              "stimulus_set": "toy"}
     writer = StoreWriter(path, {s: v.shape[1:] for s, v in sites.items()}, coords, attrs, dtype="float64")
@@ -169,6 +172,82 @@ def test_site_constant_up_to_rounding_is_reported_not_fatal(tmp_path):
                          mask=mask)
     assert summary["sites"]["flat"]["status"] == "failed"
     assert summary["sites"]["good"]["status"] == "ok" and list(ds["site"].values) == ["good"]
+
+
+@pytest.mark.parametrize(("n", "debiased", "needed"), [(1, False, 3), (2, False, 3), (3, True, 4)])
+def test_too_few_stimuli_fail_with_one_input_error(tmp_path, n, debiased, needed):
+    store = write_store(tmp_path / "few.zarr", {"a": np.random.default_rng(n).standard_normal((n, 1, 4))})
+    with pytest.raises(StimulusError, match=rf"^stimulus set 'toy' has {n} stimuli; similarity needs at least {needed} "
+                       r"\(.+\): give the set more stimuli .+ or leave it out of the models' stimuli$"):
+        similarity_jobs.run_similarity(spec(cka_debiased=debiased), store, tmp_path / "out.zarr")
+
+
+def test_fewest_stimuli_keep_statistic_and_p_without_an_interval(tmp_path):
+    g = np.random.default_rng(10)
+    X, inputs = g.standard_normal((3, 4)), g.standard_normal((3, 1, 5))
+    test = run(tmp_path, "three", {"a": X[:, None]}, inputs=inputs)[2]["tests"]["a"]["input"]
+    assert test["statistic"] == pytest.approx(scipy.stats.spearmanr(
+        upper(literal_correlation_rdm(X)), upper(literal_correlation_rdm(inputs.reshape(3, -1))))[0], abs=1e-9)
+    assert 0.0 < test["pvalue"] <= 1.0
+    # only resamples that draw all 3 stimuli order their RDM entries: too few of them for an interval
+    draws = np.random.default_rng(spec()["seed"]).integers(0, 3, size=(spec()["n_bootstrap"], 3))
+    assert test["n_bootstrap_used"] == sum(len(set(d)) == 3 for d in draws) < spec()["n_bootstrap"] / 2
+    assert test["ci_low"] is None and test["ci_high"] is None
+
+
+def test_smallest_max_stimuli_keeps_the_reference_tests(tmp_path):
+    g = np.random.default_rng(11)
+    sites, inputs = {"a": g.standard_normal((N, 1, 4))}, g.standard_normal((N, 1, 5))
+    store = write_store(tmp_path / "all.zarr", sites, inputs=inputs)
+    similarity_jobs.run_similarity(spec(max_stimuli=4), store, tmp_path / "four.zarr")
+    test = json.loads(layout.summary_path(tmp_path / "four.zarr").read_text())["tests"]["a"]["input"]
+    keep = similarity_jobs.stimulus_subset(N, 4, spec()["seed"])
+    A = literal_correlation_rdm(sites["a"][keep, 0])
+    B = literal_correlation_rdm(inputs[keep].reshape(4, -1))
+    assert test["statistic"] == pytest.approx(scipy.stats.spearmanr(upper(A), upper(B))[0], abs=1e-9)
+    # a resample orders its RDM entries when it draws at least 3 distinct stimuli; only those count
+    draws = np.random.default_rng(spec()["seed"]).integers(0, 4, size=(spec()["n_bootstrap"], 4))
+    assert test["n_bootstrap_used"] == sum(len(set(d)) >= 3 for d in draws)
+    assert test["ci_low"] <= test["ci_high"] and 0.0 < test["pvalue"] <= 1.0
+
+
+@pytest.mark.parametrize(("names", "reason"), [(["same"] * 6, "the same label"),
+                                                ([f"own{i}" for i in range(6)], "a label of its own")])
+def test_constant_label_rdm_is_unavailable(tmp_path, names, reason):
+    g = np.random.default_rng(12)
+    _, ds, summary = run(tmp_path, "labels", {"a": g.standard_normal((6, 1, 4))},
+                         extra={"label": (("stimulus",), np.array(names))})
+    assert summary["references"]["label"] == {
+        "status": "unavailable",
+        "reason": f"every kept stimulus has {reason}, so all entries of the label RDM are equal and no RDM can be "
+                  "compared with it"}
+    assert "label" not in summary["tests"]["a"] and "reference" not in ds.coords
+
+
+def constant_site_error(tmp_path, inputs=None, extra=None):
+    g = np.random.default_rng(13)
+    sites = {"good": g.standard_normal((6, 2, 4)), "flat": np.ones((6, 2, 3))}
+    summary = run(tmp_path, "flat", sites, inputs=inputs, extra=extra)[2]
+    assert summary["sites"]["flat"]["status"] == "failed"
+    return summary["sites"]["flat"]["error"]
+
+
+def test_constant_site_error_names_texts_cut_to_the_same_tokens(tmp_path):
+    tokens = {"token_id": (("stimulus", "position"), np.tile([101, 102], (6, 1)))}
+    assert constant_site_error(tmp_path, extra=tokens) == (
+        "the pooled activations are the same for every stimulus, because every stimulus was recorded as the same 2 "
+        "tokens: the texts are identical up to there (if they differ later, raise the stimulus set's max_length)")
+    tokens["token_id"][1][3, 1] = 7
+    assert "although their inputs differ" in constant_site_error(tmp_path, extra=tokens)
+
+
+def test_constant_site_error_tells_same_from_different_inputs(tmp_path):
+    inputs = np.random.default_rng(14).standard_normal((6, 2, 1))
+    assert constant_site_error(tmp_path, inputs=inputs) == (
+        "the pooled activations are the same for every stimulus although their inputs differ: this site does not "
+        "respond to what tells them apart")
+    assert constant_site_error(tmp_path, inputs=np.ones((6, 2, 1))) == (
+        "the pooled activations are the same for every stimulus, because every stimulus has the same input")
 
 
 def test_max_stimuli_draws_the_same_subset(tmp_path):

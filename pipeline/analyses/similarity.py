@@ -1156,14 +1156,27 @@ def permutation_test(
     return PermutationResult(observed, pvalue, null)
 
 
+class BootstrapResult(NamedTuple):
+    """Percentile interval (NaN when too few resamples are defined) and how many resamples it is taken over."""
+
+    low: float
+    high: float
+    n_used: int
+
+
 def bootstrap_ci(
     A, B, method: str = "spearman", n_bootstrap: int = 1000, ci: float = 0.95, seed=None
-) -> tuple[float, float]:
+) -> BootstrapResult:
     """Percentile bootstrap interval of an RDM similarity, resampling stimuli.
 
     Each resample draws n stimuli with replacement and compares the sub-RDMs on the pairs of
     distinct draws (pairs of a stimulus with its own copy are left out: their entry is the
-    diagonal, not a dissimilarity).
+    diagonal, not a dissimilarity). A resample in which either sub-RDM has all its entries equal
+    (always so when it draws fewer than 3 distinct stimuli) orders no pair of entries, so it says
+    nothing about the similarity (Spearman and Pearson are 0/0 there, tau-a and rho-a a mere 0): it
+    is left out, whatever the method, and the interval is taken over the other resamples. When fewer
+    than half of the resamples are left, they are a minority selected for drawing enough distinct
+    stimuli, not a sample of resampling the stimuli: the interval is then NaN.
 
     Parameters
     ----------
@@ -1176,9 +1189,12 @@ def bootstrap_ci(
 
     Returns
     -------
-    (low, high) : floats
+    BootstrapResult
+        (low, high, n_used): the interval and the number of resamples it is taken over.
     """
     _check_choice(method, COMPARE_METHODS, "method")
+    if n_bootstrap < 1:
+        raise ValueError(f"n_bootstrap must be at least 1; got {n_bootstrap}")
     if not 0.0 < ci < 1.0:
         raise ValueError(f"ci must lie in (0, 1); got {ci}")
     xp = array_namespace(A, B)
@@ -1195,9 +1211,17 @@ def bootstrap_ci(
         i, j = draw[iu], draw[ju]
         where = xp.asarray((i * n + j)[i != j])
         va, vb = xp.take(fa, where)[None, :], xp.take(fb, where)[None, :]
-        values.append(float(_similarities(xp, va, vb, method)[0, 0]))
+        if va.shape[1] > 0 and not (_constant(xp, va) or _constant(xp, vb)):
+            values.append(float(_similarities(xp, va, vb, method)[0, 0]))
+    if 2 * len(values) < n_bootstrap:
+        return BootstrapResult(math.nan, math.nan, len(values))
     low, high = np.quantile(values, [(1.0 - ci) / 2.0, (1.0 + ci) / 2.0])
-    return float(low), float(high)
+    return BootstrapResult(float(low), float(high), len(values))
+
+
+def _constant(xp, v) -> bool:
+    """Whether every entry of a non-empty array is the same."""
+    return bool(xp.max(v) == xp.min(v))
 
 
 def split_half_noise_ceiling(

@@ -12,7 +12,7 @@ import zarr
 from pipeline import layout
 from pipeline.analyses import similarity as sim
 from pipeline.backend import get_namespace, to_device, to_numpy
-from pipeline.errors import StoreError
+from pipeline.errors import StimulusError, StoreError
 from pipeline.jobs import provenance_order, scalar_params, store_provenance, write_json
 from pipeline.results import Result, ResultGroup, dims, read, write_result
 from pipeline.store import open_group
@@ -29,12 +29,15 @@ def run_similarity(spec: dict, store: Path, out: Path) -> None:
     ``shape`` (angular shape distance), each site's ``rdm`` and pooled ``representation:<site>``,
     and each RDM's similarity to the reference RDMs (label; input where the stimuli have one) with
     a permutation p-value and a bootstrap interval.
+
+    Raises ``StimulusError`` when the stimulus set has too few stimuli for the analysis.
     """
     started = time.perf_counter()
     xp = get_namespace(spec["device"])
     group = open_group(store)
     attrs = group.attrs.asdict()
     ids = read(group, "stimulus")
+    _check_enough_stimuli(spec, attrs.get("stimulus_set"), len(ids))
     keep = stimulus_subset(len(ids), spec["max_stimuli"], spec["seed"])
     mask = to_device(read(group, "mask", keep).astype(bool), xp)
     sites, reps, rdms = {}, {}, {}
@@ -50,7 +53,7 @@ def run_similarity(spec: dict, store: Path, out: Path) -> None:
             sites[site] = {"status": "failed", "error": "the pooled activations hold NaN or infinite values"}
             continue
         if not sim.varies_across_stimuli(rep):
-            sites[site] = {"status": "failed", "error": "the pooled activations are the same for every stimulus"}
+            sites[site] = {"status": "failed", "error": _constant_site_error(group, keep)}
             continue
         reps[site] = rep
         sites[site] = {"status": "ok", "n_units": int(rep.shape[1])}
@@ -102,6 +105,37 @@ def representation_name(site: str) -> str:
     return f"representation:{site}"
 
 
+def _check_enough_stimuli(spec: dict, stimulus_set: str, n: int) -> None:
+    """Refuse a stimulus set of fewer stimuli than the analysis needs, naming the fix."""
+    needed, why = (3, "fewer give RDMs of one entry or none")
+    if spec["cka_debiased"]:
+        needed, why = 4, "the debiased CKA needs 4"
+    if n < needed:
+        raise StimulusError(
+            f"stimulus set {stimulus_set!r} has {n} stimuli; similarity needs at least {needed} ({why}): give the set "
+            "more stimuli (e.g. a larger limit or n_trials) or leave it out of the models' stimuli"
+        )
+
+
+def _constant_site_error(group: zarr.Group, keep: np.ndarray) -> str:
+    """Why a site's pooled activations can be the same for every kept stimulus, judged by the inputs the store
+    recorded (token ids of texts, numeric inputs otherwise)."""
+    error = "the pooled activations are the same for every stimulus"
+    mask = read(group, "mask", keep).astype(bool)
+    if "token_id" in group:
+        tokens = np.where(mask, read(group, "token_id", keep), -1)
+        if np.all(tokens == tokens[:1]):
+            return (f"{error}, because every stimulus was recorded as the same {int(mask[0].sum())} tokens: the texts "
+                    "are identical up to there (if they differ later, raise the stimulus set's max_length)")
+    elif "input" in group:
+        inputs = read(group, "input", keep)
+        if np.all(inputs == inputs[:1]):
+            return f"{error}, because every stimulus has the same input"
+    else:
+        return f"{error}: the stimuli are identical as recorded, or this site does not respond to what tells them apart"
+    return f"{error} although their inputs differ: this site does not respond to what tells them apart"
+
+
 def stimulus_subset(n: int, max_stimuli: int, seed: int) -> np.ndarray:
     """Sorted indices of at most ``max_stimuli`` of ``n`` stimuli, the same for equal (n, max_stimuli, seed)."""
     if n <= max_stimuli:
@@ -134,11 +168,14 @@ def _reference_rdms(spec: dict, xp, group: zarr.Group, keep: np.ndarray) -> tupl
     refs, status = {}, {}
     if "label" in group:
         codes = np.unique(read(group, "label", keep), return_inverse=True)[1]
-        if codes.max() > 0:
+        n_labels = int(codes.max()) + 1
+        if 1 < n_labels < codes.size:
             refs["label"] = to_numpy(sim.label_rdm(to_device(codes, xp)))
             status["label"] = {"status": "ok"}
         else:
-            status["label"] = {"status": "unavailable", "reason": "every kept stimulus has the same label"}
+            which = "the same label" if n_labels == 1 else "a label of its own"
+            status["label"] = {"status": "unavailable", "reason": f"every kept stimulus has {which}, so all entries "
+                               "of the label RDM are equal and no RDM can be compared with it"}
     else:
         status["label"] = {"status": "unavailable", "reason": "the store has no label coordinate"}
     if "input" not in group:
@@ -159,15 +196,17 @@ REFERENCE_METHOD = {"label": "kendall_tau_a"}
 
 
 def _reference_test(spec: dict, xp, D: np.ndarray, R: np.ndarray, method: str) -> dict:
-    """Similarity (by ``method``) of a site's RDM to a reference RDM, its permutation p-value and bootstrap interval."""
+    """Similarity (by ``method``) of a site's RDM to a reference RDM, its permutation p-value and bootstrap interval
+    (NaN where fewer than half the resamples are defined, see ``sim.bootstrap_ci``) with the resamples it uses."""
     seed = spec["seed"]
     A, B = to_device(D, xp), to_device(R, xp)
     try:
         test = sim.permutation_test(A, B, method, n_permutations=spec["n_permutations"], seed=seed)
-        low, high = sim.bootstrap_ci(A, B, method, n_bootstrap=spec["n_bootstrap"], seed=seed)
+        interval = sim.bootstrap_ci(A, B, method, n_bootstrap=spec["n_bootstrap"], seed=seed)
     except ValueError as err:
         return {"method": method, "error": str(err)}
-    result = {"method": method, "statistic": test.statistic, "pvalue": test.pvalue, "ci_low": low, "ci_high": high}
+    result = {"method": method, "statistic": test.statistic, "pvalue": test.pvalue, "ci_low": interval.low,
+              "ci_high": interval.high, "n_bootstrap_used": interval.n_used}
     if method == "kendall_tau_a":  # tau-a against an RDM with ties cannot reach 1
         result["ceiling"] = sim.kendall_tau_a_ceiling(B)
     return result
