@@ -75,6 +75,11 @@ def checkpoint_page(model_dir, run: str, checkpoint: str, stimuli: str) -> Path:
     return Path(model_dir) / run / stimuli / f"{checkpoint}.html"
 
 
+def checkpoint_summary(page: Path) -> Path:
+    """The errors of a checkpoint page, written beside it for its model's page."""
+    return Path(page).with_suffix(".json")
+
+
 def run_report(output_dir: str, model: str, run: str, stimuli: str) -> Path:
     """What a model's page shows of one run's across-checkpoint results (figures included), drawn by its own job."""
     return Path(output_dir) / "report-runs" / model / run / f"{stimuli}.report.json"

@@ -18,7 +18,10 @@ rule report_checkpoint:
     input:
         checkpoint_results,
     output:
-        layout.checkpoint_page(layout.model_page(REPORT_DIR, "{model}").parent, "{run}", "{checkpoint}", "{stimuli}"),
+        page=layout.checkpoint_page(layout.model_page(REPORT_DIR, "{model}").parent, "{run}", "{checkpoint}", "{stimuli}"),
+        errors=layout.checkpoint_summary(
+            layout.checkpoint_page(layout.model_page(REPORT_DIR, "{model}").parent, "{run}", "{checkpoint}", "{stimuli}")
+        ),
     params:
         spec=lambda wc, input: spec_arg(report_spec(wc.model, input)),
     log:
@@ -30,7 +33,7 @@ rule report_checkpoint:
         runtime=10,
     threads: 1
     shell:
-        "{PIPELINE} --log {log:q} --threads {threads} report-checkpoint --spec {params.spec} --out {output:q}"
+        "{PIPELINE} --log {log:q} --threads {threads} report-checkpoint --spec {params.spec} --out {output.page:q}"
 
 
 rule report_run:

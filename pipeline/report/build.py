@@ -59,6 +59,7 @@ def _sections(scope: str, ctx: ModelContext | ExperimentContext, page=None) -> t
     from pipeline.report.sections import SECTIONS
 
     single = scope == "model" and ctx.model.get("source") == "huggingface"  # one checkpoint, no series
+    where = f" for {page.run}/{page.checkpoint}/{page.stimuli}" if page else ""
     rendered, errors = [], []
     for section in SECTIONS:
         if section.scope != scope or (section.series and single):
@@ -67,13 +68,13 @@ def _sections(scope: str, ctx: ModelContext | ExperimentContext, page=None) -> t
             data = section.collect(ctx, page)
         except Exception as err:  # one broken section must not hide the rest of the report
             data = None
-            errors.append(f"section {section.title!r} could not be built: {type(err).__name__}: {err}")
+            errors.append(f"section {section.title!r} could not be built{where}: {type(err).__name__}: {err}")
         rendered.append({"id": section.id, "title": section.title, "data": data, "needs": section.needs})
     return rendered, errors
 
 
 def _run_report(ctx: ModelContext, run: str, stimuli: str) -> dict:
-    """The parts of the model sections drawn from one run's across-checkpoint results, and what failed."""
+    """The parts of the model sections drawn from one run's across-checkpoint results, and the sections that failed."""
     from pipeline.report.sections import SECTIONS
 
     parts, errors = {}, []
@@ -98,7 +99,8 @@ def write_run_report(spec: dict, out: Path) -> None:
         if key not in spec:
             raise ValueError(f"a run report spec needs {key!r}; add the run and its stimulus set to the spec")
     ctx = load_model_context(spec)
-    write_text(out, json_dumps(_run_report(ctx, spec["run"], spec["stimuli"])))
+    report = _run_report(ctx, spec["run"], spec["stimuli"])
+    write_text(out, json_dumps({**report, "errors": ctx.errors + report["errors"]}))  # failed sites too
 
 
 def write_model_report(spec: dict, out: Path) -> None:
@@ -117,7 +119,9 @@ def write_model_report(spec: dict, out: Path) -> None:
     entry = ctx.model
     sections, section_errors = _sections("model", ctx)
     run_errors = [e for _, report in sorted(ctx.run_reports.items()) for e in report["errors"]]
-    errors = ctx.errors + interrupted_extractions(spec) + run_errors + section_errors
+    # a checkpoint's failed sites show on its page and on this one: listed once
+    errors = list(dict.fromkeys(ctx.errors + interrupted_extractions(spec) + run_errors + section_errors
+                                + _checkpoint_page_errors(ctx, out.parent)))
     n_checkpoints = len({(c.run, c.checkpoint) for c in ctx.checkpoints})
     page = {
         **_common(f"Model {ctx.model_name}", "../"),
@@ -135,23 +139,37 @@ def write_model_report(spec: dict, out: Path) -> None:
     } for c in ctx.checkpoints), key=lambda c: (c["run"], training_order(c["step"], c["label"])))
     summary = {
         "name": ctx.model_name, "source": entry["source"], "runs": ctx.runs, "stimuli": ctx.stimulus_sets,
-        "n_checkpoints": n_checkpoints, "n_errors": len(errors),
+        "n_checkpoints": n_checkpoints, "n_errors": len(errors), "errors": errors,
         "checkpoints": checkpoints, "href": f"{ctx.model_name}/index.html",
     }
     write_text(layout.model_summary(out.parent.parent, ctx.model_name), json_dumps(summary, indent=1))
 
 
+def _checkpoint_page_errors(ctx: ModelContext, model_dir: Path) -> list[str]:
+    """The errors of the model's checkpoint pages, as their jobs recorded them beside the pages (none for pages
+    not written)."""
+    errors = []
+    for c in sorted(ctx.checkpoints, key=lambda c: (c.run, c.stimuli, training_order(c.step, c.checkpoint))):
+        summary = layout.checkpoint_summary(layout.checkpoint_page(model_dir, c.run, c.checkpoint, c.stimuli))
+        if summary.exists():
+            errors += json.loads(summary.read_text())["errors"]
+    return errors
+
+
 def write_checkpoint_report(spec: dict, out: Path) -> None:
-    """Write the page of one (run, checkpoint, stimulus set) from its result stores."""
+    """Write the page of one (run, checkpoint, stimulus set) from its result stores, and its errors beside it
+    for the model's page."""
     ctx = load_model_context(spec)
     if len(ctx.checkpoints) != 1:
         raise ValueError(f"a checkpoint page needs the results of exactly one checkpoint, got {len(ctx.checkpoints)}")
     c = ctx.checkpoints[0]
     sections, section_errors = _sections("checkpoint", ctx, c)
+    errors = ctx.errors + section_errors
+    write_text(layout.checkpoint_summary(out), json_dumps({"errors": errors}))
     html = _environment().get_template("page.html").render(**{
         **_common(f"{ctx.model_name} · {c.run} · {c.checkpoint} · {c.stimuli}", "../../../"),
         "model_href": "../../index.html", "model_name": ctx.model_name,
-        "sections": sections, "errors": ctx.errors + section_errors,
+        "sections": sections, "errors": errors,
         "intro": {"run": c.run, "checkpoint": c.checkpoint, "training step": c.step, "stimulus set": c.stimuli},
     })
     write_text(out, html)
@@ -172,7 +190,7 @@ def write_comparisons_report(spec: dict, out: Path) -> None:
         "parameters": yaml.safe_dump({"analyses": ctx.analyses}, sort_keys=False),
     }
     write_text(out, _environment().get_template("page.html").render(**page))
-    summary = {"href": f"{out.parent.name}/{out.name}", "n_errors": len(errors)}
+    summary = {"href": f"{out.parent.name}/{out.name}", "n_errors": len(errors), "errors": errors}
     write_text(layout.comparisons_summary(out.parent.parent), json_dumps(summary))
 
 
@@ -184,8 +202,15 @@ def write_index(spec: dict, out: Path) -> None:
     """
     models = [json.loads(Path(summary).read_text()) for summary in spec["model_summaries"]]
     comparisons = spec.get("comparisons_summary")
-    page = {**_common("Activation analysis report", ""), "sections": [], "errors": [], "models": models,
-            "comparisons": json.loads(Path(comparisons).read_text()) if comparisons else None}
+    comparisons = json.loads(Path(comparisons).read_text()) if comparisons else None
+    pages = [(f"Model {m['name']}", m) for m in models]
+    if comparisons:
+        pages.append(("Comparisons between models", comparisons))
+    # summaries written before they listed their errors only count them
+    failed = [{"title": title, "href": p["href"], "n_errors": p["n_errors"], "errors": p.get("errors", [])}
+              for title, p in pages if p["n_errors"]]
+    page = {**_common("Activation analysis report", ""), "sections": [], "errors": failed, "models": models,
+            "comparisons": comparisons}
     write_text(out, _environment().get_template("index.html").render(**page))
 
 

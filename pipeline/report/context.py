@@ -76,8 +76,14 @@ class ModelContext:
                 if (part := report["parts"].get(section_id)) is not None]
 
 
+# Across-checkpoint analyses whose sites fail on their own. The statistics across checkpoints repeat
+# each checkpoint's statuses, and the similarity across checkpoints leaves out sites it cannot compare.
+ACROSS_FAILURES = ("tca-across", "connectome")
+
+
 def load_model_context(spec: dict) -> ModelContext:
-    """Group the rule's input files (result stores, across-checkpoint JSON, run reports) by checkpoint and run."""
+    """Group the rule's input files (result stores, across-checkpoint JSON, run reports) by checkpoint and run,
+    and list the failures their summaries record."""
     by_key: dict[tuple[str, str, str], CheckpointResults] = {}
     across: dict[tuple[str, str, str], dict] = {}
     run_reports: dict[tuple[str, str], dict] = {}
@@ -103,15 +109,30 @@ def load_model_context(spec: dict) -> ModelContext:
         item = by_key.setdefault(key, CheckpointResults(*key, step=int(prov.get("step", -1)), provenance=prov))
         item.summaries[summary["analysis"]] = summary
         item.result_stores[summary["analysis"]] = path
-    ctx = ModelContext(spec["model_name"], spec["model"], spec.get("analyses", {}), list(by_key.values()), across,
-                       errors, run_reports)
-    for c in ctx.checkpoints:
-        for analysis, summary in c.summaries.items():
-            for site, result in summary.get("sites", {}).items():
-                if result.get("status") == "failed":
-                    ctx.errors.append(f"{analysis} failed for {c.run}/{c.checkpoint}/{c.stimuli} site {site}: "
-                                      f"{result.get('error')}")
-    return ctx
+    for item in by_key.values():
+        for analysis, summary in item.summaries.items():
+            errors += result_errors(analysis, f"{item.run}/{item.checkpoint}/{item.stimuli}", summary)
+    for (analysis, run, stimuli), data in sorted(across.items()):
+        if analysis in ACROSS_FAILURES:
+            errors += result_errors(analysis, f"{run}/{stimuli}", data)
+    return ModelContext(spec["model_name"], spec["model"], spec.get("analyses", {}), list(by_key.values()), across,
+                        errors, run_reports)
+
+
+def result_errors(analysis: str, where: str, summary: dict) -> list[str]:
+    """One error per failure a result summary records (pages show these beside the results): a failed site,
+    a site without an RDM and a failed test against a reference RDM."""
+    errors = []
+    for site, result in summary.get("sites", {}).items():
+        if result.get("status") != "ok":
+            errors.append(f"{analysis} failed for {where} site {site}: {result.get('error')}")
+        if result.get("rdm_error"):
+            errors.append(f"{analysis} has no RDM for {where} site {site}: {result['rdm_error']}")
+    for site, tests in summary.get("tests", {}).items():
+        for ref, test in tests.items():
+            if "error" in test:
+                errors.append(f"{analysis} against the {ref} RDM failed for {where} site {site}: {test['error']}")
+    return errors
 
 
 def interrupted_extractions(spec: dict) -> list[str]:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from pipeline import layout
@@ -189,8 +190,9 @@ def _similarity(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
                          "pvalue": t.get("pvalue"), "ci_low": t.get("ci_low"), "ci_high": t.get("ci_high"),
                          "ceiling": t.get("ceiling"),
                          "stars": stars(t.get("pvalue"))})
-    return {"figure": figure, "n_sites": len(sites), "rows": rows, "chart": _reference_chart(summary),
-            "params": summary["params"],
+    chart = _reference_chart(summary)
+    return {"figure": figure, "n_sites": len(sites), "rows": rows,
+            "chart": figures.to_data_uri(chart) if chart else None, "params": summary["params"],
             "references": summary["references"], "n_stimuli": summary["n_stimuli"],
             "n_stimuli_total": summary["n_stimuli_total"], "runtime": summary.get("runtime_seconds"),
             "skipped": {s: v.get("error") or v.get("rdm_error") for s, v in summary["sites"].items()
@@ -208,8 +210,9 @@ def _test_method(summary: dict, test: dict) -> str:
     return METHOD_NAMES.get(method, method)
 
 
-def _reference_chart(summary: dict) -> str | None:
-    """Bars of each site's similarity to each reference RDM, bootstrap intervals as error bars, stars above."""
+def _reference_chart(summary: dict) -> Figure | None:
+    """Bars of each site's similarity to each reference RDM, its bootstrap interval as a line from low to high
+    (a percentile interval need not hold the estimate), stars above."""
     sites = [s for s, tests in summary["tests"].items() if any("statistic" in t for t in tests.values())]
     refs = [r for r, v in summary["references"].items() if v.get("status") == "ok"]
     if not sites or not refs:
@@ -226,11 +229,11 @@ def _reference_chart(summary: dict) -> str | None:
         low = np.array(finite(t.get("ci_low") for t in tests))
         high = np.array(finite(t.get("ci_high") for t in tests))
         method = next((_test_method(summary, t) for t in tests if t), summary["params"]["compare_method"])
-        ax.bar(x, value, width, label=f"{ref} RDM ({method})", yerr=np.vstack([value - low, high - value]),
-               capsize=2)
-        for xi, hi, t in zip(x, high, tests):
-            if np.isfinite(hi):
-                ax.text(xi, hi, stars(t.get("pvalue")), ha="center", va="bottom", fontsize=8)
+        ax.bar(x, value, width, label=f"{ref} RDM ({method})")
+        ax.vlines(x, low, high, colors="black", lw=1)
+        for xi, top, t in zip(x, np.fmax(value, high), tests):
+            if np.isfinite(top):
+                ax.text(xi, top, stars(t.get("pvalue")), ha="center", va="bottom", fontsize=8)
         ceiling = np.array(finite(t.get("ceiling") for t in tests))
         if np.isfinite(ceiling).any():
             ax.hlines(ceiling, x - width / 2, x + width / 2, colors="black", linestyles="dashed", lw=0.8,
@@ -241,7 +244,7 @@ def _reference_chart(summary: dict) -> str | None:
     ax.set_ylim(low, high + 0.08 * (high - low))  # room for the stars above the tallest interval
     ax.set_ylabel("RDM similarity")
     ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.02), ncol=2, frameon=False)  # above the bars
-    return figures.to_data_uri(fig)
+    return fig
 
 
 def _similarity_across_run(ctx: ModelContext, run: str, stimuli: str) -> dict | None:
