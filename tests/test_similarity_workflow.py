@@ -19,7 +19,7 @@ from pipeline.analyses import similarity as S
 from pipeline.config import validate_config
 from pipeline.errors import StimulusError
 from pipeline.jobs import similarity as similarity_jobs
-from pipeline.report.build import write_comparisons_report
+from pipeline.report.build import write_checkpoint_report, write_comparisons_report
 from pipeline.store import StoreWriter
 
 N_LABELS, PER_LABEL = 6, 10
@@ -193,6 +193,10 @@ def test_fewest_stimuli_keep_statistic_and_p_without_an_interval(tmp_path):
     draws = np.random.default_rng(spec()["seed"]).integers(0, 3, size=(spec()["n_bootstrap"], 3))
     assert test["n_bootstrap_used"] == sum(len(set(d)) == 3 for d in draws) < spec()["n_bootstrap"] / 2
     assert test["ci_low"] is None and test["ci_high"] is None
+    page = tmp_path / "reports" / "page.html"
+    write_checkpoint_report({"model_name": "m", "model": {"source": "train", "sites": ["*"]}, "analyses": {},
+                             "output_dir": str(tmp_path), "inputs": [str(tmp_path / "sim" / "three.zarr")]}, page)
+    assert f"none: {test['n_bootstrap_used']} of {spec()['n_bootstrap']} resamples defined" in page.read_text()
 
 
 def test_smallest_max_stimuli_keeps_the_reference_tests(tmp_path):

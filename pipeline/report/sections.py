@@ -188,7 +188,7 @@ def _similarity(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
             rows.append({"site": site, "reference": ref, "method": _test_method(summary, t), "error": t.get("error"),
                          "statistic": t.get("statistic"),
                          "pvalue": t.get("pvalue"), "ci_low": t.get("ci_low"), "ci_high": t.get("ci_high"),
-                         "ceiling": t.get("ceiling"),
+                         "n_bootstrap_used": t.get("n_bootstrap_used"), "ceiling": t.get("ceiling"),
                          "stars": stars(t.get("pvalue"))})
     chart = _reference_chart(summary)
     return {"figure": figure, "n_sites": len(sites), "rows": rows,
