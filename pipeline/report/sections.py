@@ -218,8 +218,8 @@ def _reference_chart(summary: dict) -> Figure | None:
     if not sites or not refs:
         return None
     below = figures.SIN60 * figures.text_inches(sites, 7) + 0.2
+    left = max(0.7, figures.text_inches(sites[:1], 7) / 2 + 0.1)
     fig = figures.figure(max(5.0, 0.5 * len(sites) * len(refs) + 1.5), 2.2 + below)
-    figures.place(fig, left=max(0.7, figures.text_inches(sites[:1], 7) / 2 + 0.1), bottom=below, top=0.6)
     ax = fig.add_subplot()
     width = 0.8 / len(refs)
     for k, ref in enumerate(refs):
@@ -243,7 +243,12 @@ def _reference_chart(summary: dict) -> Figure | None:
     low, high = ax.get_ylim()
     ax.set_ylim(low, high + 0.08 * (high - low))  # room for the stars above the tallest interval
     ax.set_ylabel("RDM similarity")
-    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.02), ncol=2, frameon=False)  # above the bars
+    # the legend sits above the bars in two columns: the figure is made wide enough for them
+    labels = ax.get_legend_handles_labels()[1]
+    fig.set_size_inches(max(fig.get_figwidth(), left + 0.3 + 2 * (figures.text_inches(labels, 7) + 0.5)),
+                        fig.get_figheight())
+    figures.place(fig, left=left, bottom=below, top=0.6)
+    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.02), ncol=2, frameon=False)
     return fig
 
 
