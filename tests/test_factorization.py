@@ -11,6 +11,8 @@ from tensorly.decomposition import tucker as tl_tucker
 
 from pipeline.analyses.factorization import (
     CPResult,
+    _ridge,
+    _update_als,
     cp,
     cross_validated_error,
     factor_similarity,
@@ -465,3 +467,13 @@ def test_no_warning_on_clean_input():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cp(X, 2, n_iter_max=5)
+
+
+def test_als_update_is_least_norm_where_the_normal_equations_stay_singular():
+    # a ridge of half an ulp is lost on the unit diagonal, so this Gram product stays exactly singular
+    V = np.zeros((1, 4, 4))
+    V[0, :2, :2] = 1.0
+    M = np.random.default_rng(0).standard_normal((5, 1, 4))
+    A = _update_als(M, V, np)
+    assert np.all(np.isfinite(A))
+    np.testing.assert_allclose(A[:, 0, :], M[:, 0, :] @ np.linalg.pinv(_ridge(V, np)[0], rtol=4 * np.finfo(float).eps))

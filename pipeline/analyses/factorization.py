@@ -339,10 +339,11 @@ def _ridge(G, xp):
 def _update_als(M, V, xp):
     """Least-squares factor: A = M V^-1 per replicate. M (I, B, R), V (B, R, R) -> (I, B, R).
 
-    V is a small symmetric positive (semi)definite Gram product. It is nearly singular when the
-    rank exceeds what the data hold; a solve stays accurate there, where multiplying by an
-    explicit inverse made the error grow between sweeps. Where it is singular to working
-    precision, the update is the least-norm solution.
+    V is a small symmetric positive (semi)definite Gram product, loaded by a tiny ridge. It is
+    nearly singular when the rank exceeds what the data hold; a solve stays accurate there, where
+    multiplying by an explicit inverse made the error grow between sweeps. Where it is still
+    singular to working precision (the solve fails or returns non-finite values), the update is
+    the least-norm solution.
     """
     V, Mt = _ridge(V, xp), xp.permute_dims(M, (1, 2, 0))  # Mt (B, R, I)
     try:

@@ -1209,7 +1209,7 @@ def bootstrap_ci(
     for _ in range(n_bootstrap):
         draw = rng.integers(0, n, size=n)
         i, j = draw[iu], draw[ju]
-        where = xp.asarray((i * n + j)[i != j])
+        where = xp.asarray((np.minimum(i, j) * n + np.maximum(i, j))[i != j])  # upper triangle, as compared
         va, vb = xp.take(fa, where)[None, :], xp.take(fb, where)[None, :]
         if va.shape[1] > 0 and not (_constant(xp, va) or _constant(xp, vb)):
             values.append(float(_similarities(xp, va, vb, method)[0, 0]))

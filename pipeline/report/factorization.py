@@ -106,7 +106,7 @@ def diagnostics_figure(group: ResultGroup):
         ax.axvline(group.attrs["rank"], color="#c44e52", lw=1)
         ax.set_xticks(ranks)
         ax.set_xlabel("rank", fontsize=8)
-        ax.ticklabel_format(axis="y", useOffset=False)  # an offset label would sit on the title
+        ax.ticklabel_format(axis="y", style="plain", useOffset=False)  # an offset or x1e-6 would sit on the title
         ax.set_title(title, fontsize=9)
     return fig
 
