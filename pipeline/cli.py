@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         logging.getLogger("pipeline").error("%s", err)
         return 1
+    except KeyboardInterrupt:
+        logging.getLogger("pipeline").error("%s interrupted; run the workflow again to resume or redo it", args.command)
+        return 130
     except Exception:
         logging.getLogger("pipeline").exception("%s failed unexpectedly", args.command)
         return 2

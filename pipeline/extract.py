@@ -182,6 +182,8 @@ def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: boo
     writer = StoreWriter(out, shapes, inputs.coords, attrs, dtype, batch_size)
     if writer.n_written:
         log.info("resuming %s at stimulus %d of %d", out, writer.n_written, n)
+    else:
+        log.info("recording %d stimuli x %d sites of %s into %s", n, len(sites), name, out)
     starts = range(writer.n_written, n, batch_size)
     quiet = None if progress is None else not progress  # None: a bar on a terminal only, quiet in logs
     # One batch is written in a background thread while the next one runs through the model: at most

@@ -97,3 +97,13 @@ def test_show_prints_a_store(tmp_path, capsys, store_writer, restore_logging):
     assert main(["show", str(store)]) == 0
     out = capsys.readouterr().out
     assert "layer.0" in out and "stim-02" in out
+
+
+def test_an_interrupted_command_ends_with_one_line(tmp_path, capsys, restore_logging, monkeypatch):
+    def interrupted(_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pipeline.cli._dispatch", interrupted)
+    assert main(["show", str(tmp_path / "s.zarr")]) == 130
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.endswith("show interrupted; run the workflow again to resume or redo it")

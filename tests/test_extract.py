@@ -179,19 +179,23 @@ def assert_same_store(a, b):
         k: v for k, v in b.attrs.items() if k not in volatile}
 
 
-def test_interrupted_extraction_resumes_without_recomputing(tmp_path, monkeypatch):
+def test_interrupted_extraction_resumes_without_recomputing(tmp_path, monkeypatch, caplog):
     folder = tmp_path / "ckpts"
     checkpoint = make_checkpoint(folder, "step-1.safetensors", seed=1)
     spec = mlp_spec(folder)
     out = tmp_path / "resumed" / "step-1" / "digits.zarr"
     n_batches = math.ceil(1797 / BATCH)
 
+    caplog.set_level("INFO", logger="pipeline")
     with pytest.raises(RuntimeError, match="simulated crash"):
         counted_extract(monkeypatch, spec, out, checkpoint, fail_at=3)
     assert not out.exists()
     assert zarr.open_group(partial_path(out)).attrs["n_written"] == 2 * BATCH
+    # the log of a job killed half-way says what it was recording
+    assert f"recording 1797 stimuli x {len(HIDDEN) + 1} sites of mlp into {out}" in caplog.text
 
     assert counted_extract(monkeypatch, spec, out, checkpoint) == n_batches - 2
+    assert f"resuming {out} at stimulus {2 * BATCH} of 1797" in caplog.text
     assert not partial_path(out).exists()
     reference = tmp_path / "whole" / "step-1" / "digits.zarr"
     assert counted_extract(monkeypatch, spec, reference, checkpoint) == n_batches
