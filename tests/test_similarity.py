@@ -262,6 +262,15 @@ def test_kendall_tau_a_ceiling_is_reached_by_an_rdm_ordered_like_the_reference()
 
 
 @pytest.mark.parametrize("method", S.COMPARE_METHODS)
+def test_similarity_of_an_rdm_to_itself_is_one_and_never_more(method):
+    g = rng(40)
+    for n in range(5, 40, 3):  # float32 rounding carried some of these to 1 + 1e-7
+        D = S.rdm(g.standard_normal((n, 7)).astype(np.float32))
+        similarity = S.compare_rdms(D, D, method)
+        assert similarity <= 1.0 and similarity == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("method", S.COMPARE_METHODS)
 def test_compare_all_pairs_equals_loop(method):
     g = rng(9)
     As = S.rdm(g.standard_normal((4, 9, 5)))

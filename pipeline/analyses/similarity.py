@@ -485,9 +485,9 @@ def _similarities(xp, a, b, method: str, names=("A", "B"), paired: bool = False)
         ta = tb = _unit_vectors(xp, [(a, names[0])], method)[0]
     else:
         ta, tb = _unit_vectors(xp, [(a, names[0]), (b, names[1])], method)
-    if paired:
-        return xp.sum(ta * tb, axis=-1)
-    return xp.matmul(ta, _mT(xp, tb))
+    # products of unit vectors: rounding can carry them just past +-1 (1 + 1e-7 in float32)
+    out = xp.sum(ta * tb, axis=-1) if paired else xp.matmul(ta, _mT(xp, tb))
+    return xp.clip(out, -1.0, 1.0)
 
 
 def kendall_tau_a_ceiling(B) -> float:
