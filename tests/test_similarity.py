@@ -270,6 +270,17 @@ def test_similarity_of_an_rdm_to_itself_is_one_and_never_more(method):
         assert similarity <= 1.0 and similarity == pytest.approx(1.0, abs=1e-6)
 
 
+def test_biased_cka_of_a_representation_with_itself_is_one_and_never_more():
+    g = np.random.default_rng(0)
+    for _ in range(10):  # float32 rounding carried several of these to 1 + 1e-7
+        X = g.standard_normal((int(g.integers(5, 60)), int(g.integers(2, 30)))).astype(np.float32)
+        matrix = S.cka_matrix([X, X[:, ::-1].copy()])  # the same representation, its features reversed
+        assert np.all(matrix <= 1.0) and np.allclose(matrix, 1.0, atol=1e-6)
+        for kernel in ("linear", "rbf"):
+            value = S.cka(X, X, kernel=kernel)
+            assert value <= 1.0 and value == pytest.approx(1.0, abs=1e-6)
+
+
 @pytest.mark.parametrize("method", S.COMPARE_METHODS)
 def test_compare_all_pairs_equals_loop(method):
     g = rng(9)

@@ -618,13 +618,15 @@ def _check_reps(xp, reps, min_n: int = 2, measure: str = "CKA") -> list:
         _check_same_stimuli(reps[0].shape[0], R.shape[0], f"reps[0] and reps[{i}]")
     return reps
 
-def _ratio(hxy: float, hxx: float, hyy: float) -> float:
+def _ratio(hxy: float, hxx: float, hyy: float, debiased: bool) -> float:
+    """CKA from HSIC terms; the biased one is at most 1 (Cauchy-Schwarz), where rounding could carry it past."""
     if hxx <= 0.0 or hyy <= 0.0:
         raise ValueError(
             "the self-similarity HSIC of X or Y is not positive (too few stimuli for the debiased estimator); "
             "use more stimuli or debiased=False"
         )
-    return hxy / math.sqrt(hxx * hyy)
+    value = hxy / math.sqrt(hxx * hyy)
+    return value if debiased else min(value, 1.0)
 
 
 def _linear_hsic_feature_space(xp, X, Y, debiased: bool):
@@ -689,7 +691,7 @@ def cka(X, Y, kernel: str = "linear", debiased: bool = False, sigma: float | Non
         d x d cross-product form, whichever costs fewer operations.
     """
     xp, X, Y = _cka_args(X, Y, kernel, debiased, sigma)
-    return _ratio(*_hsic_terms(xp, X, Y, kernel, debiased, sigma))
+    return _ratio(*_hsic_terms(xp, X, Y, kernel, debiased, sigma), debiased)
 
 
 def cka_matrix(reps, kernel: str = "linear", debiased: bool = False, sigma: float | None = None):
@@ -730,7 +732,8 @@ def cka_matrix(reps, kernel: str = "linear", debiased: bool = False, sigma: floa
     d = xp.sum(H * xp.eye(r, dtype=H.dtype), axis=-1)
     if bool(xp.any(d <= 0.0)):
         raise ValueError("a representation in reps has non-positive self-HSIC (too few stimuli for debiased=True)")
-    return H / xp.sqrt(d[:, None] * d[None, :])
+    C = H / xp.sqrt(d[:, None] * d[None, :])
+    return C if debiased else xp.clip(C, None, 1.0)  # as in _ratio
 
 
 def _linear_hsic_matrix_feature_space(xp, reps, debiased: bool):
@@ -827,7 +830,7 @@ class MinibatchCKA:
         """CKA from the accumulated HSIC averages."""
         if self.n_batches_ == 0:
             raise ValueError("no minibatch was added; call update(X, Y) first")
-        return _ratio(*(s / self.n_batches_ for s in self._sums))
+        return _ratio(*(s / self.n_batches_ for s in self._sums), self.debiased)
 
 
 def minibatch_cka(
