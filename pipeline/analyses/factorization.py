@@ -468,7 +468,6 @@ def _move_scale(U, grams, n, xp):
 # judged on an error that still has digits.
 _RECOMPUTE_BELOW_EPS = 1e4
 
-
 # An error computed from the residual is exact to a few eps: a smaller change between sweeps is noise.
 _NOISE_EPS = 4
 
@@ -897,8 +896,9 @@ def tucker(X, ranks, nonneg=False, n_iter_max=100, tol=1e-8, random_state=None) 
             core = _multi_dot(X, [u.T for u in U], xp)
             fit2 = data.norm2 - float(xp.sum(core * core))
         rel = math.sqrt(max(fit2, 0.0) / data.norm2)
-        history.append(rel if rel**2 >= floor else _residual_error(data, _multi_dot(core, U, xp)))
+        residual = rel**2 < floor  # the last entry already comes from the residual
+        history.append(_residual_error(data, _multi_dot(core, U, xp)) if residual else rel)
         if _converged(history, tol, eps):
             break
-    error = _residual_error(data, _multi_dot(core, U, xp))
+    error = history[-1] if residual else _residual_error(data, _multi_dot(core, U, xp))
     return TuckerResult(core=core, factors=U, rel_error=error, n_iter=len(history), loss_history=history)
