@@ -1,6 +1,6 @@
 """Command line: ``pipeline <command>``; the workflow's rules call these, people can too.
 
-Every command takes its settings as a JSON *spec* (built by ``pipeline.jobs``); errors in the
+The commands that rules call take their settings as a JSON *spec* (built by ``pipeline.jobs``); errors in the
 input (config, checkpoint, store, stimuli, sites) end the command with one line on stderr. An
 argument ``@file`` stands for the arguments in that file, one per line.
 """
@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="result store path (.zarr); summary JSON beside it")
     p.add_argument("stores", type=Path, nargs="+", help="the run's activation stores, one per checkpoint")
 
-    p = sub.add_parser("report-model", help="write one model's report pages")
+    p = sub.add_parser("report-model", help="write one model's page and its summary for the index")
     p.add_argument("--spec", type=_spec, required=True, help=SPEC_HELP)
     p.add_argument("--out", type=Path, required=True, help="the model's page (<report_dir>/<model>/index.html)")
 
@@ -195,7 +195,10 @@ def _dispatch(args) -> int:
     elif args.command == "show":
         from pipeline.store import open_store
 
-        print(open_store(args.store))
+        ds = open_store(args.store)
+        print(ds)
+        print("\nprovenance:")
+        print(json.dumps(dict(ds.attrs), indent=1, default=str))
     else:
         module, function, names = JOBS[args.command]
         getattr(importlib.import_module(module), function)(*(getattr(args, name) for name in names))

@@ -93,10 +93,12 @@ def test_show_missing_store_fails_with_one_line(tmp_path, capsys, restore_loggin
 
 
 def test_show_prints_a_store(tmp_path, capsys, store_writer, restore_logging):
-    store = store_writer(tmp_path / "s.zarr", {"layer.0": np.zeros((3, 2, 4))}, np.ones((3, 2), bool))
+    store = store_writer(tmp_path / "s.zarr", {"layer.0": np.zeros((3, 2, 4))}, np.ones((3, 2), bool),
+                         **{f"extra_{i}": i for i in range(30)}, checkpoint_sha256="f" * 64)
     assert main(["show", str(store)]) == 0
     out = capsys.readouterr().out
     assert "layer.0" in out and "stim-02" in out
+    assert '"extra_29": 29' in out and "f" * 64 in out  # every attribute, not xarray's shortened list
 
 
 def test_an_interrupted_command_ends_with_one_line(tmp_path, capsys, restore_logging, monkeypatch):
