@@ -45,9 +45,10 @@ def labels():
     return np.repeat([f"class{k}" for k in range(N_LABELS)], PER_LABEL)
 
 
-def write_store(path, sites, mask=None, inputs=None, model="m", run="r", checkpoint="step-0", step=0, extra=None):
-    """An activation store of sites (name -> (n, positions, units)) with labels, an optional input coordinate and
-    ``extra`` coordinates (name -> (dims, values)), which replace those of the same name."""
+def write_store(path, sites, mask=None, inputs=None, model="m", run="r", checkpoint="step-0", step=0, extra=None,
+                attrs=None):
+    """An activation store of sites (name -> (n, positions, units)) with labels, an optional input coordinate,
+    ``extra`` coordinates (name -> (dims, values)), which replace those of the same name, and ``attrs``."""
     n, positions = next(iter(sites.values())).shape[:2]
     coords = {"stimulus": (("stimulus",), np.array([f"s{i:03d}" for i in range(n)])),
               "label": (("stimulus",), labels()[:n]),
@@ -56,17 +57,17 @@ def write_store(path, sites, mask=None, inputs=None, model="m", run="r", checkpo
         coords["input"] = (("stimulus", "position", "bit"), inputs)
     coords.update(extra or {})
     attrs = {"fingerprint": "test", "model_id": model, "run": run, "checkpoint_name": checkpoint, "step": step,
-             "stimulus_set": "toy"}
+             "stimulus_set": "toy", **(attrs or {})}
     writer = StoreWriter(path, {s: v.shape[1:] for s, v in sites.items()}, coords, attrs, dtype="float64")
     writer.write(sites)
     return writer.finish()
 
 
-def run(tmp_path, name, sites, **kwargs):
+def run(tmp_path, name, sites, job_spec=None, **kwargs):
     """Write a store and run the per-checkpoint job on it; returns (result path, dataset, summary)."""
     store = write_store(tmp_path / "act" / f"{name}.zarr", sites, **kwargs)
     out = tmp_path / "sim" / f"{name}.zarr"
-    similarity_jobs.run_similarity(spec(), store, out)
+    similarity_jobs.run_similarity(job_spec or spec(), store, out)
     ds = xr.open_zarr(out, consolidated=False, zarr_format=3)
     return out, ds, json.loads(layout.summary_path(out).read_text())
 
@@ -151,6 +152,43 @@ def test_masked_padding_does_not_change_representations(tmp_path):
     for name in ("cka", "rsa", "shape"):
         np.testing.assert_allclose(ds_a[name].values, ds_b[name].values, atol=1e-9)
     assert sum_a["tests"]["seq"]["label"]["statistic"] == pytest.approx(sum_b["tests"]["seq"]["label"]["statistic"])
+
+
+def flipflop_like_trials(g, n, steps, units):
+    """Trials of different lengths whose final state holds the label and whose earlier states are label-free
+    noise ten times larger: (values (n, steps, units), mask (n, steps), final states (n, units))."""
+    lengths = g.integers(steps // 2, steps + 1, size=n)
+    mask = np.arange(steps)[None, :] < lengths[:, None]
+    onehot = (labels()[:n, None] == np.unique(labels())[None, :]).astype(float)
+    final = onehot @ g.standard_normal((N_LABELS, units))
+    values = np.where(mask[:, :, None], 10 * g.standard_normal((n, steps, units)), np.nan)
+    values[np.arange(n), lengths - 1] = final
+    return values, mask, final
+
+
+def test_flipflop_trials_are_pooled_at_their_last_step(tmp_path):
+    values, mask, final = flipflop_like_trials(np.random.default_rng(11), N, 12, 6)
+    kind = {"stimulus_kind": "flipflop"}
+    _, ds, summary = run(tmp_path, "auto", {"h": values}, mask=mask, attrs=kind)
+    assert summary["pool"] == "last" and "last real position" in summary["representation"]
+    np.testing.assert_allclose(ds["representation:h"].values, final, atol=1e-12)
+    assert summary["tests"]["h"]["label"]["pvalue"] < 0.05
+    _, ds, summary = run(tmp_path, "mean", {"h": values}, mask=mask, attrs=kind, job_spec=spec(pool="mean"))
+    assert summary["pool"] == "mean"
+    expected = np.stack([v[m].mean(axis=0) for v, m in zip(values, mask, strict=True)])
+    np.testing.assert_allclose(ds["representation:h"].values, expected, atol=1e-12)
+    _, _, summary = run(tmp_path, "text", {"h": values}, mask=mask, attrs={"stimulus_kind": "sentences"})
+    assert summary["pool"] == "mean"
+
+
+def test_stimuli_are_drawn_from_the_test_split(tmp_path):
+    g = np.random.default_rng(12)
+    split = np.where(np.arange(N) % 3 == 0, "test", "train")
+    _, ds, summary = run(tmp_path, "split", {"a": g.standard_normal((N, 1, 5))},
+                         extra={"split": (("stimulus",), split)})
+    test_ids = [f"s{i:03d}" for i in range(N) if i % 3 == 0]
+    assert ds["stimulus"].values.tolist() == test_ids
+    assert summary["n_stimuli"] == len(test_ids) and summary["stimuli_from"] == "the test split"
 
 
 def test_unusable_site_is_reported_not_fatal(tmp_path):
@@ -371,6 +409,21 @@ def test_pool_positions_needs_a_real_position():
     mask = np.array([[True, False, False], [False, False, False]])
     with pytest.raises(ValueError, match="without any real position"):
         S.pool_positions(values, mask)
+
+
+def test_pool_positions_last_is_the_last_real_position_in_every_namespace():
+    g = np.random.default_rng(13)
+    values = g.standard_normal((4, 5, 3))
+    mask = np.array([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 0, 0]], bool)
+    values[~mask] = np.nan
+    expected = values[np.arange(4), [1, 4, 0, 2]]
+    np.testing.assert_array_equal(S.pool_positions(values, mask, "last"), expected)
+    xs = pytest.importorskip("array_api_strict")
+    out = S.pool_positions(xs.asarray(values), xs.asarray(mask), "last")
+    assert type(out).__module__.startswith("array_api_strict")
+    np.testing.assert_array_equal(np.asarray(out), expected)
+    with pytest.raises(ValueError, match="'first' is not a pooling; use one of mean, last"):
+        S.pool_positions(values, mask, "first")
 
 
 def test_permutation_null_with_tied_rdm_is_spearman_of_relabelled_rdms():

@@ -238,23 +238,29 @@ def input_rdm(inputs, metric: str = "correlation"):
     return rdm(xp.reshape(inputs, (inputs.shape[0], -1)), metric=metric)
 
 
-def pool_positions(values, mask):
-    """One pattern per stimulus: the mean over its real (unpadded) positions.
+POOLING = ("mean", "last")
 
-    For token sequences this is the mean over the tokens of a sentence; for a recurrent network
-    run over a trial it is the time-averaged hidden state. Padded positions (mask False) do not
-    enter, whatever values they hold.
+
+def pool_positions(values, mask, how="mean"):
+    """One pattern per stimulus from its real (unpadded) positions: their mean, or the last one.
+
+    For token sequences the mean is the mean over the tokens of a sentence; for a recurrent
+    network run over a trial it is the time-averaged hidden state, and ``"last"`` is the state the
+    trial ends in. Padded positions (mask False) do not enter, whatever values they hold.
 
     Parameters
     ----------
     values : array, shape (n, positions, d)
     mask : array of bool, shape (n, positions)
         True on real positions; every stimulus needs at least one.
+    how : "mean" or "last"
 
     Returns
     -------
     array, shape (n, d)
     """
+    if how not in POOLING:
+        raise ValueError(f"how={how!r} is not a pooling; use one of {', '.join(POOLING)}")
     xp = array_namespace(values, mask)
     values = xp.asarray(values)
     mask = xp.asarray(mask)
@@ -268,8 +274,11 @@ def pool_positions(values, mask):
     counts = xp.sum(xp.astype(mask, values.dtype), axis=1)
     if bool(xp.any(counts == 0)):
         raise ValueError("mask has a stimulus without any real position; drop that stimulus before pooling")
-    weights = xp.astype(mask, values.dtype)[:, :, None]
-    total = xp.sum(xp.where(weights > 0, values, xp.zeros_like(values)), axis=1)  # padding may hold NaN
+    if how == "last":
+        positions = xp.arange(mask.shape[1])[None, :]
+        last = xp.max(xp.where(mask, positions, xp.zeros_like(positions)), axis=1)  # (n,)
+        return xp.sum(xp.where(positions[:, :, None] == last[:, None, None], values, xp.zeros_like(values)), axis=1)
+    total = xp.sum(xp.where(mask[:, :, None], values, xp.zeros_like(values)), axis=1)  # padding may hold NaN
     return total / counts[:, None]
 
 

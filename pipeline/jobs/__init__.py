@@ -21,6 +21,7 @@ import numpy as np
 from pipeline import layout
 from pipeline.checkpoints import training_order
 from pipeline.config import run_settings
+from pipeline.results import read
 from pipeline.store import json_safe
 from pipeline.tasks import model_params
 
@@ -190,6 +191,17 @@ def run_stats(spec: dict, store: Path, out: Path) -> None:
 
 def scalar_params(d: dict) -> dict:
     return {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool))}
+
+
+def analysed_stimuli(group) -> tuple[np.ndarray, str]:
+    """Indices of the stimuli of an activation store that analyses draw from: the test split where the
+    set has one (held-out inputs), else all; with a phrase saying which."""
+    index = np.arange(group["stimulus"].shape[0])
+    if "split" in group:
+        test = read(group, "split") == "test"
+        if test.any():
+            return index[test], "the test split"
+    return index, "all stimuli"
 
 
 def store_provenance(attrs: dict) -> dict:

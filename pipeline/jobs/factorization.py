@@ -16,7 +16,7 @@ from pipeline.analyses.factorization import replicate_similarity
 from pipeline.analyses.tca import TCAFit, fit_tca, scale_units, spread_indices, top_units, unit_variance
 from pipeline.backend import get_namespace, to_device, to_numpy
 from pipeline.errors import StoreError
-from pipeline.jobs import SEQUENCE_MODES, provenance_order, store_provenance, write_json
+from pipeline.jobs import SEQUENCE_MODES, analysed_stimuli, provenance_order, store_provenance, write_json
 from pipeline.results import Result, read, write_result
 from pipeline.store import open_group
 
@@ -29,10 +29,7 @@ def _matching_sites(group: zarr.Group, patterns: list[str]) -> list[str]:
 
 def _factor_stimuli(group: zarr.Group, max_stimuli: int) -> np.ndarray:
     """Stimuli a factorization uses: the test split when the set has one, spread evenly up to ``max_stimuli``."""
-    index = np.arange(group["stimulus"].shape[0])
-    if "split" in group:
-        test = read(group, "split") == "test"
-        index = index[test] if test.any() else index
+    index, _ = analysed_stimuli(group)
     return index[spread_indices(len(index), max_stimuli)]
 
 

@@ -13,7 +13,7 @@ from pipeline import layout
 from pipeline.analyses import similarity as sim
 from pipeline.backend import get_namespace, to_device, to_numpy
 from pipeline.errors import StimulusError, StoreError
-from pipeline.jobs import provenance_order, scalar_params, store_provenance, write_json
+from pipeline.jobs import analysed_stimuli, provenance_order, scalar_params, store_provenance, write_json
 from pipeline.results import Result, ResultGroup, dims, read, write_result
 from pipeline.store import open_group
 
@@ -21,10 +21,10 @@ from pipeline.store import open_group
 def run_similarity(spec: dict, store: Path, out: Path) -> None:
     """Representational similarity of the sites of one store: result store ``out`` and summary JSON beside it.
 
-    Each site is reduced to one pattern per stimulus, the mean over its real (unpadded) positions
-    (the tokens of a sentence; the time steps of a flip-flop trial, i.e. the time-averaged hidden
-    state), on at most ``max_stimuli`` stimuli drawn with ``seed`` (the same draw for every store
-    of a stimulus set, so checkpoints and models are compared on the same stimuli). Writes the
+    Each site is reduced to one pattern per stimulus by ``pooling`` its real (unpadded) positions,
+    on at most ``max_stimuli`` stimuli of the test split where the set has one, drawn with ``seed``
+    (the same draw for every store of a stimulus set, so checkpoints and models are compared on the
+    same stimuli). Writes the
     layer x layer matrices ``cka``, ``rsa`` (``compare_method`` of the ``rdm_metric`` RDMs) and
     ``shape`` (angular shape distance), each site's ``rdm`` and pooled ``representation:<site>``,
     and each RDM's similarity to the reference RDMs (label; input where the stimuli have one) with
@@ -38,13 +38,15 @@ def run_similarity(spec: dict, store: Path, out: Path) -> None:
     attrs = group.attrs.asdict()
     ids = read(group, "stimulus")
     _check_enough_stimuli(spec, attrs.get("stimulus_set"), len(ids))
-    keep = stimulus_subset(len(ids), spec["max_stimuli"], spec["seed"])
+    candidates, drawn_from = analysed_stimuli(group)
+    keep = candidates[stimulus_subset(len(candidates), spec["max_stimuli"], spec["seed"])]
+    how = pooling(spec, attrs)
     mask = to_device(read(group, "mask", keep).astype(bool), xp)
     sites, reps, rdms = {}, {}, {}
     for site in attrs["sites"]:
         values = read(group, site, keep)
         try:
-            pooled = sim.pool_positions(to_device(values, xp), mask)
+            pooled = sim.pool_positions(to_device(values, xp), mask, how)
             rep = to_numpy(pooled)
         except ValueError as err:
             sites[site] = {"status": "failed", "error": str(err)}
@@ -90,14 +92,30 @@ def run_similarity(spec: dict, store: Path, out: Path) -> None:
         "analysis": "similarity",
         "params": spec,
         "provenance": store_provenance(attrs),
-        "representation": "mean over real (unpadded) positions of each stimulus",
+        "pool": how,
+        "representation": POOL_TEXT[how],
         "n_stimuli": n,
         "n_stimuli_total": len(ids),
+        "stimuli_from": drawn_from,
         "sites": sites,
         "references": ref_status,
         "tests": tests,
         "runtime_seconds": round(time.perf_counter() - started, 3),
     })
+
+
+POOL_TEXT = {
+    "mean": "the mean over its real (unpadded) positions (the tokens of a sentence; a trial's time-averaged state)",
+    "last": "its last real position (the state a recurrent network ends a trial in)",
+}
+
+
+def pooling(spec: dict, attrs: dict) -> str:
+    """How the positions of a store's stimuli are pooled: the spec's ``pool``; ``auto`` is ``last`` for flip-flop
+    trials (whose label is the bits held at the end) and ``mean`` otherwise."""
+    if spec["pool"] != "auto":
+        return spec["pool"]
+    return "last" if attrs.get("stimulus_kind") == "flipflop" else "mean"
 
 
 def representation_name(site: str) -> str:
