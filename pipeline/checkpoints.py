@@ -32,7 +32,7 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SAFETENSORS_SUFFIX = ".safetensors"
 _STATE_DICT_KEYS = ("state_dict", "model")
 _SHOWN_KEYS = 5
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # (Distributed)DataParallel, torch.compile
+_STEP_KEYS = ("step", "global_step", "epoch")  # global_step: PyTorch Lightning
 
 
 def save_checkpoint(path, state_dict: dict[str, torch.Tensor], metadata: dict) -> None:
@@ -143,9 +143,12 @@ def _load_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         # the weights-only unpickler words every failure alike; only an unsupported global is code
         if "unsupported global" not in str(err).lower():
             raise _corrupt(path) from err
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"a {found.group(1)} object" if found else "objects"
         raise CheckpointError(
-            f"checkpoint {path} contains non-tensor objects that would need code execution to load; "
-            "re-save it as a state dict (torch.save(model.state_dict(), path)) or as safetensors"
+            f"checkpoint {path} holds {what} that would need code execution to load; keep only the weights and plain "
+            "values in it (numbers, strings, lists, dicts; numpy numbers converted with float() or int()), e.g. "
+            "{'state_dict': model.state_dict(), 'step': 100}, or save it as safetensors"
         ) from err
     except (EOFError, OSError, RuntimeError, ValueError) as err:
         raise _corrupt(path) from err
@@ -206,11 +209,12 @@ def last_integer(text: str) -> int | None:
 
 
 def checkpoint_step(metadata: dict, name: str | None = None) -> int:
-    """A checkpoint's training step: ``metadata["step"]``, else ``metadata["epoch"]`` (when a whole
-    number), else the last integer in its ``name``, else -1."""
-    step = metadata.get("step", metadata.get("epoch"))
-    if not isinstance(step, bool) and isinstance(step, (int, float)) and float(step).is_integer():
-        return int(step)
+    """A checkpoint's training step: the first whole number among ``metadata``'s ``step``,
+    ``global_step`` and ``epoch``, else the last integer in its ``name``, else -1."""
+    for key in _STEP_KEYS:
+        step = metadata.get(key)
+        if not isinstance(step, bool) and isinstance(step, (int, float)) and float(step).is_integer():
+            return int(step)
     number = None if name is None else last_integer(name)
     return -1 if number is None else number
 
@@ -269,8 +273,9 @@ def name_checkpoints(folder, files) -> dict[str, Path]:
 def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source) -> None:
     """Load ``state_dict`` into ``model`` strictly, with a one-line error naming what does not fit.
 
-    A prefix that (Distributed)DataParallel (``module.``) or torch.compile (``_orig_mod.``) put on
-    every key is removed when more keys then fit the model.
+    A prefix that every key shares is removed when more keys then fit the model: the ``module.``
+    of (Distributed)DataParallel, the ``_orig_mod.`` of torch.compile, the attribute that held the
+    model in a PyTorch Lightning module (``model.``), or several of these.
 
     Parameters
     ----------
@@ -303,12 +308,14 @@ def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], so
 
 
 def _unwrap(state_dict: dict[str, torch.Tensor], expected: dict, source) -> dict[str, torch.Tensor]:
-    """``state_dict`` with the wrapper prefixes that all its keys share removed, as far as that fits more keys."""
+    """``state_dict`` with the leading key components that all its keys share removed, one at a time, as far as
+    that fits the most keys of ``expected``."""
     best, candidate, removed, best_removed = state_dict, state_dict, "", ""
-    while candidate:
-        prefix = next((p for p in _WRAPPER_PREFIXES if all(name.startswith(p) for name in candidate)), None)
-        if prefix is None:
+    while candidate and all("." in name for name in candidate):
+        heads = {name.split(".", 1)[0] for name in candidate}
+        if len(heads) != 1:
             break
+        prefix = heads.pop() + "."
         candidate = {name.removeprefix(prefix): tensor for name, tensor in candidate.items()}
         removed += prefix
         if len(candidate.keys() & expected.keys()) > len(best.keys() & expected.keys()):

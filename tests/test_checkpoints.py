@@ -1,9 +1,11 @@
 """Checkpoint files: round trips, refusals with clear errors, ordering of a series, weight loading."""
 
+import argparse
 import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -113,11 +115,39 @@ def test_torch_wrapped_state_dict_keeps_plain_keys_as_metadata(tmp_path, key):
     assert meta == {"step": 300, "epoch": 3, "tag": "run-a"}
 
 
+def test_lightning_checkpoint_loads_with_its_global_step(tmp_path):
+    """The layout PyTorch Lightning saves: the module's attribute prefixes every key, the step is global_step."""
+    source = MLP(hidden=(8, 4))
+    path = tmp_path / "epoch=3-step=300.ckpt"
+    torch.save({"epoch": 3, "global_step": 300, "pytorch-lightning_version": "2.4.0",
+                "state_dict": {f"model.{k}": v for k, v in source.state_dict().items()},
+                "optimizer_states": [{"state": {0: {"exp_avg": torch.ones(2)}}, "param_groups": [{"lr": 0.1}]}],
+                "hyper_parameters": {"hidden": [8, 4], "lr": 0.1}}, path)
+    state, meta = load_checkpoint(path)
+    assert checkpoint_step(meta) == 300
+    target = MLP(hidden=(8, 4))
+    load_weights(target, state, path)
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(target.state_dict()[name], tensor)
+
+
+@pytest.mark.parametrize("value, name", [(argparse.Namespace(lr=0.1), "argparse.Namespace"),
+                                         (np.float64(0.9), "numpy")])
+def test_metadata_object_is_named_with_the_fix(tmp_path, value, name):
+    path = tmp_path / "run.pt"
+    torch.save({"state_dict": _state_dict(), "step": 100, "extra": value}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert f"checkpoint {path} holds a {name}" in message and "\n" not in message
+    assert "plain values in it (numbers, strings, lists, dicts; numpy numbers converted with float() or int())" in message
+
+
 def test_pickled_object_is_refused_without_running_its_code(tmp_path):
     marker = tmp_path / "marker.txt"
     path = tmp_path / "unsafe.pt"
     torch.save({"weights": torch.ones(2), "extra": _Sneaky(marker)}, path)
-    with pytest.raises(CheckpointError, match="non-tensor objects") as info:
+    with pytest.raises(CheckpointError, match="that would need code execution to load") as info:
         load_checkpoint(path)
     assert str(path) in str(info.value) and "safetensors" in str(info.value)
     assert not marker.exists()
@@ -235,12 +265,12 @@ def test_load_weights_names_missing_and_unexpected_keys():
 
 
 def test_load_weights_with_other_key_names_says_so():
-    renamed = {f"net.{k}": v for k, v in MLP(hidden=(8, 4)).state_dict().items()}
+    renamed = {k.replace("linear", "dense"): v for k, v in MLP(hidden=(8, 4)).state_dict().items()}
     with pytest.raises(CheckpointError) as info:
         load_weights(MLP(hidden=(8, 4)), renamed, "y.pt")
     message = str(info.value)
     assert "missing keys [hidden.0.linear.weight, hidden.0.linear.bias, hidden.1.linear.weight, " in message
-    assert "unexpected keys [net.hidden.0.linear.weight, net.hidden.0.linear.bias, " in message
+    assert "unexpected keys [hidden.0.dense.weight, hidden.0.dense.bias, " in message
     assert message.endswith("its key names differ from the model's; check that the architecture is the class "
                             "that saved it")
 
@@ -253,7 +283,7 @@ class _Wrapper(torch.nn.Module):
         self.module = MLP(hidden=(8, 4))
 
 
-@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod.", "model.", "module.net."])
 def test_load_weights_removes_the_prefix_of_wrapped_models(prefix, caplog):
     source = MLP(hidden=(8, 4))
     target = MLP(hidden=(8, 4))
