@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from pipeline import __version__
 from pipeline.config import config_hash
-from pipeline.errors import SiteError, first_line
+from pipeline.errors import SiteError, StimulusError, first_line
 from pipeline.hooks import record, resolve_sites
 from pipeline.models import LoadedModel, ModelError, load_from_checkpoint, load_huggingface, torch_device
 from pipeline.stimuli import StimulusSet, load_stimuli
@@ -50,6 +50,16 @@ def load_for_spec(spec: dict, checkpoint: Path | None, device: torch.device,
                                 checkpoint_name)
 
 
+def _check_positions(loaded: LoadedModel, stim: StimulusSet, n_tokens: int) -> None:
+    """Refuse texts tokenized longer than the model has positions for, naming the largest max_length that fits."""
+    limits = [getattr(loaded.module.config, "max_position_embeddings", None),
+              getattr(loaded.tokenizer, "model_max_length", None)]
+    limits = [int(n) for n in limits if isinstance(n, int) and 0 < n < 1_000_000]
+    if limits and n_tokens > min(limits):
+        raise StimulusError(f"stimulus set {stim.name!r}: its texts take {n_tokens} tokens but model {loaded.name!r} "
+                            f"has {min(limits)} positions; set stimuli.{stim.name}.max_length to {min(limits)} or less")
+
+
 class Inputs:
     """Model inputs for a stimulus set, served in batches, plus the coordinates they add.
 
@@ -66,6 +76,7 @@ class Inputs:
             # padded to the longest (truncated) text of the whole set, not of a batch
             encoded = loaded.tokenizer(stim.texts, padding="longest", truncation=True, max_length=max_length,
                                        return_tensors="pt")
+            _check_positions(loaded, stim, encoded["input_ids"].shape[1])
             self.tensors = {k: v for k, v in encoded.items()}
             self.coords["token_id"] = (("stimulus", "position"), encoded["input_ids"].numpy().astype(np.int32))
             self.coords["token"] = (("stimulus", "position"), np.array(

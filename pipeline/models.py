@@ -64,6 +64,10 @@ def load_huggingface(name: str, path: str, device: torch.device) -> LoadedModel:
     except Exception as err:  # missing files, damaged weights (SafetensorError), unknown classes, ...
         raise ModelError(f"model {name!r}: cannot load {folder}: {first_line(err)}; "
                          "check or re-download the model folder") from None
+    vocab_size = getattr(module.config, "vocab_size", None)
+    if vocab_size and len(tokenizer) < vocab_size // 2:  # transformers builds a stub when the files are missing
+        raise ModelError(f"model {name!r}: the tokenizer in {folder} knows {len(tokenizer)} tokens of the model's "
+                         f"{vocab_size}; save the tokenizer into the folder too (tokenizer.save_pretrained)")
     if tokenizer.pad_token is None:  # GPT-2 style tokenizers; the attention mask still marks the padding
         if tokenizer.eos_token is None:
             raise ModelError(f"model {name!r}: the tokenizer in {folder} has neither a pad nor an end-of-text token; "

@@ -85,15 +85,18 @@ def _sentences(name: str, spec: dict) -> StimulusSet:
                 f"stimulus set {name!r}: {path} lacks column(s) {', '.join(sorted(missing))}; "
                 "it must be tab-separated with a header id, category, text"
             )
-        rows, blank = [], []
+        rows, blank = [], {"id": [], "category": [], "text": []}
         for r in reader:
             rows.append(r)
-            if not (r["text"] or "").strip():
-                blank.append(f"id {r['id']!r} on line {reader.line_num}")
-    if blank:
-        more = f", ... (+{len(blank) - 5} more)" if len(blank) > 5 else ""
-        raise StimulusError(f"stimulus set {name!r}: {path} has rows with blank text ({', '.join(blank[:5])}{more}); "
-                            "fill in their text or delete them")
+            for column, lines in blank.items():
+                if not (r[column] or "").strip():
+                    lines.append(f"id {r['id']!r} on line {reader.line_num}" if column != "id" else
+                                 f"line {reader.line_num}")
+    for column, lines in blank.items():
+        if lines:
+            more = f", ... (+{len(lines) - 5} more)" if len(lines) > 5 else ""
+            raise StimulusError(f"stimulus set {name!r}: {path} has rows with blank {column} ({', '.join(lines[:5])}"
+                                f"{more}); fill in their {column} or delete them")
     if not rows:
         raise StimulusError(f"stimulus set {name!r} is empty: {path} has no rows below its header")
     if spec.get("limit"):

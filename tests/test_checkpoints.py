@@ -140,7 +140,8 @@ def test_metadata_object_is_named_with_the_fix(tmp_path, value, name):
         load_checkpoint(path)
     message = str(info.value)
     assert f"checkpoint {path} holds a {name}" in message and "\n" not in message
-    assert "plain values in it (numbers, strings, lists, dicts; numpy numbers converted with float() or int())" in message
+    assert "plain values in it (numbers, strings, lists, dicts; numpy numbers converted with float() or int())" \
+        in message
 
 
 def test_pickled_object_is_refused_without_running_its_code(tmp_path):

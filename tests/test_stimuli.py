@@ -77,3 +77,13 @@ def test_text_set_hash_follows_its_definition():
     for text in texts:
         h.update(text.encode())
     assert stim.content_hash == h.hexdigest()
+
+
+def test_rows_with_blank_category_or_id_are_named(tmp_path):
+    path = tmp_path / "s.tsv"
+    with pytest.raises(StimulusError) as info:
+        sentences(path, [*ROWS[:2], ("b-1", " ", "a text")])
+    assert str(info.value) == (f"stimulus set 's': {path} has rows with blank category (id 'b-1' on line 4); "
+                               "fill in their category or delete them")
+    with pytest.raises(StimulusError, match=r"has rows with blank id \(line 3\); fill in their id or delete them$"):
+        sentences(path, [ROWS[0], ("", "x", "a text")])
