@@ -37,15 +37,31 @@ wildcard_constraints:
 
 
 def check_named_files():
-    """The sentence files and checkpoint series the config names exist (one clear line each, before any
-    job runs); config validation already checked the checkpoint folders."""
+    """The sentence files the config names exist and its checkpoint series are usable (one clear line each,
+    before any job runs); config validation already checked the checkpoint folders."""
     for name, entry in config["stimuli"].items():
         path = entry.get("path", "builtin")
         if path != "builtin" and not Path(path).is_file():
             raise WorkflowError(f"stimulus set {name!r}: file {path} does not exist; fix its 'path'")
     for model, entry in config["models"].items():
-        if entry["source"] == "checkpoints":
+        if entry["source"] == "checkpoints" and model not in WAITING:
             model_checkpoints(model, None)
+
+
+def waiting_models():
+    """Checkpoint series whose folder holds no matching file yet (a training run that has not saved one):
+    model -> why. They are left out of this run, with a warning, and join it once a checkpoint arrives."""
+    waiting = {}
+    for model, entry in config["models"].items():
+        if entry["source"] == "checkpoints" and not discover_checkpoints(entry["folder"], entry["glob"]):
+            waiting[model] = f"no file in {entry['folder']} matches {entry['glob']!r} yet"
+    if waiting and len(waiting) == len(config["models"]):
+        raise WorkflowError(f"no model has checkpoints to record: {'; '.join(waiting.values())}; "
+                            "fix 'glob' or add checkpoints to the folder")
+    for model, why in waiting.items():
+        print(f"warning: model {model!r} is left out of this run: {why} (fix 'glob' if it should match)",
+              file=sys.stderr)
+    return waiting
 
 
 def model_checkpoints(model, run):
@@ -70,6 +86,8 @@ def model_checkpoints(model, run):
         raise WorkflowError(f"model {model!r}: {err}") from None
 
 
+WAITING = waiting_models()
+MODELS = [model for model in config["models"] if model not in WAITING]  # the models this run records
 check_named_files()
 
 
@@ -102,7 +120,8 @@ def run_across_results(model, run, stimuli):
 def final_similarity_results(stimuli):
     """Similarity results of the final checkpoint of every (model, run) recorded on one stimulus set."""
     files = []
-    for model, entry in config["models"].items():
+    for model in MODELS:
+        entry = config["models"][model]
         if stimuli in entry["stimuli"]:
             for run in model_runs(entry):
                 final = list(model_checkpoints(model, run))[-1]
@@ -112,7 +131,7 @@ def final_similarity_results(stimuli):
 
 def comparison_results():
     """Model comparisons of every stimulus set that some model records."""
-    recorded = dict.fromkeys(s for entry in config["models"].values() for s in entry["stimuli"])
+    recorded = dict.fromkeys(s for model in MODELS for s in config["models"][model]["stimuli"])
     return [str(layout.comparison_result(OUT, "similarity", stimuli)) for stimuli in recorded]
 
 
@@ -183,7 +202,7 @@ def checkpoint_pages(model):
 def report_pages():
     """Every page of the report except the index: checkpoint pages, model pages, the comparisons page."""
     pages = [str(layout.comparisons_report(REPORT_DIR))]
-    for model in config["models"]:
+    for model in MODELS:
         pages.append(str(layout.model_page(REPORT_DIR, model)))
         pages.extend(checkpoint_pages(model))
     return pages

@@ -57,7 +57,7 @@ rule report_run:
 
 rule report_model:
     wildcard_constraints:
-        model="|".join(re.escape(name) for name in config["models"]),  # not the comparisons page's folder
+        model="|".join(re.escape(name) for name in MODELS),  # not the comparisons page's folder
     input:
         trained=lambda wc: trained_folders(wc.model),
         results=model_results,
@@ -100,14 +100,14 @@ rule report_comparisons:
 
 rule report_index:
     input:
-        models=[layout.model_summary(REPORT_DIR, m) for m in config["models"]],
+        models=[layout.model_summary(REPORT_DIR, m) for m in MODELS],
         comparisons=layout.comparisons_summary(REPORT_DIR),
     output:
         layout.report_index(REPORT_DIR),
     params:
         spec=lambda wc, input: spec_arg(
             {
-                "models": list(config["models"]),
+                "models": MODELS,
                 "model_summaries": list(input.models),
                 "comparisons_summary": input.comparisons,
             }
