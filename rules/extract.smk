@@ -20,6 +20,18 @@ def extract_inputs(wildcards):
     return files
 
 
+def file_stamps(files):
+    """Size and modification time (ns) of each file of ``extract_inputs``. As a parameter, it re-records a
+    store whose checkpoint or sentence file was replaced by one with an older time (cp -p, rsync -a, tar),
+    which Snakemake's comparison of times alone misses."""
+    paths = [p for value in files.values() for p in ([value] if isinstance(value, str) else value)]
+    stamps = []
+    for path in sorted(paths):
+        stat = Path(path).stat() if Path(path).exists() else None
+        stamps.append(f"{path} {stat.st_size} {stat.st_mtime_ns}" if stat else f"{path} absent")
+    return "; ".join(stamps)
+
+
 rule extract:
     input:
         unpack(extract_inputs),
@@ -28,6 +40,7 @@ rule extract:
     params:
         spec=lambda wc: spec_arg(jobs.extract_spec(config, wc.model, wc.run, wc.stimuli)),
         checkpoint=lambda wc, input: f"--checkpoint {shlex.quote(input.checkpoint)}" if "checkpoint" in input.keys() else "",
+        file_stamps=lambda wc: file_stamps(extract_inputs(wc)),  # of wildcards: Snakemake ignores params of input
     log:
         layout.log_file(OUT, "extract", "{model}", "{run}", "{checkpoint}", "{stimuli}"),
     benchmark:

@@ -280,6 +280,22 @@ def test_edited_sentence_file_re_records_its_stores(workflow):
         result = snakemake(root, "-n")
     finally:
         sentences.write_bytes(original)
-        os.utime(sentences, (stat.st_atime, stat.st_mtime))
+        os.utime(sentences, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert result.returncode == 0, result.stderr[-3000:]
     assert job_counts(result.stdout + result.stderr).get("extract") == 1  # the minilm store of that file
+
+
+def test_checkpoint_replaced_by_an_older_file_is_re_recorded(workflow):
+    """cp -p, rsync -a and tar keep a file's old time: a replaced checkpoint can be older than its store."""
+    root, spare = workflow
+    checkpoint = sorted((root / "watch").glob("*.safetensors"))[0]
+    original, stat = checkpoint.read_bytes(), checkpoint.stat()
+    try:
+        checkpoint.write_bytes(spare.read_bytes())
+        os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns - 10**9))
+        result = snakemake(root, "-n")
+    finally:
+        checkpoint.write_bytes(original)
+        os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert job_counts(result.stdout + result.stderr).get("extract") == 1
