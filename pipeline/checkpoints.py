@@ -16,7 +16,6 @@ import math
 import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,10 +55,12 @@ def save_checkpoint(path, state_dict: dict[str, torch.Tensor], metadata: dict) -
         raise ValueError(f"metadata for {path} is not JSON-serializable ({err}); pass plain Python values") from err
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     try:
         save_file(tensors, tmp, metadata=header)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # save_file writes mode 0600; make it readable as the user's other files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

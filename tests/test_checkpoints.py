@@ -3,6 +3,7 @@
 import argparse
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,9 @@ def test_safetensors_round_trip_keeps_tensors_and_metadata(tmp_path):
     _assert_same(loaded, state)
     assert meta == metadata
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # readable as the user's other files are
 
 
 def test_safetensors_plain_header_keys_are_the_metadata(tmp_path):

@@ -207,8 +207,8 @@ def test_series_without_checkpoints_yet_is_left_out_with_a_warning(workflow, tmp
         result = snakemake(root, *args, config=more)
         output = result.stderr + result.stdout
         assert result.returncode == 0, output[-3000:]
-        assert (f"warning: model 'waiting' is left out of this run: no file in {root / 'empty'} matches '*.safetensors' yet "
-                "(fix 'glob' if it should match)") in output
+        assert (f"warning: model 'waiting' is left out of this run: no file in {root / 'empty'} matches "
+                "'*.safetensors' yet (fix 'glob' if it should match)") in output
     dry = snakemake(root, "-n", config=more)
     counts = job_counts(dry.stdout + dry.stderr)
     assert "extract" not in counts and "report_model" not in counts, counts  # nothing new for the other models
