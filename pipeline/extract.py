@@ -6,35 +6,21 @@ import datetime
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline import __version__
 from pipeline.config import config_hash
 from pipeline.errors import SiteError, StimulusError, first_line
 from pipeline.hooks import record, resolve_sites
 from pipeline.models import LoadedModel, ModelError, load_from_checkpoint, load_huggingface, torch_device
+from pipeline.software import package_versions
 from pipeline.stimuli import StimulusSet, load_stimuli
 from pipeline.store import StoreWriter, resumable_shapes
 
 log = logging.getLogger(__name__)
-
-TRACKED_PACKAGES = ("torch", "transformers", "numpy", "zarr", "xarray")
-
-
-def package_versions() -> dict[str, str]:
-    versions = {"pipeline": __version__}
-    for name in TRACKED_PACKAGES:
-        try:
-            versions[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            continue
-    return versions
-
 
 def load_for_spec(spec: dict, checkpoint: Path | None, device: torch.device,
                   checkpoint_name: str | None = None) -> LoadedModel:

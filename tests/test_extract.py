@@ -239,6 +239,7 @@ def test_partial_store_from_other_package_versions_is_rewritten(tmp_path, monkey
     with pytest.raises(RuntimeError):
         counted_extract(monkeypatch, spec, out, checkpoint, fail_at=3)
     versions = extract_module.package_versions()
+    assert len(versions["pipeline_source"]) == 64
     monkeypatch.setattr(extract_module, "package_versions", lambda: {**versions, "torch": "0.0-other"})
     assert counted_extract(monkeypatch, spec, out, checkpoint) == math.ceil(1797 / BATCH)  # not resumed
     assert open_store(out).attrs["packages"]["torch"] == "0.0-other"

@@ -22,6 +22,7 @@ from pipeline import layout
 from pipeline.checkpoints import training_order
 from pipeline.config import run_settings
 from pipeline.results import read
+from pipeline.software import package_versions
 from pipeline.store import json_safe
 from pipeline.tasks import model_params
 
@@ -124,8 +125,9 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write strict JSON atomically; non-finite numbers become null."""
-    write_text(path, json_dumps(data, indent=1, sort_keys=True))
+    """Write a job's summary as strict JSON, atomically, with the ``software`` that made it (package versions,
+    source fingerprint); non-finite numbers become null."""
+    write_text(path, json_dumps({**data, "software": package_versions()}, indent=1, sort_keys=True))
 
 
 def run_train(spec: dict, out: Path) -> None:
