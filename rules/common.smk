@@ -13,7 +13,8 @@ from snakemake.utils import min_version, validate
 from pipeline import jobs, layout
 from pipeline.checkpoints import discover_checkpoints, name_checkpoints
 from pipeline.config import SCHEMA_PATH, ConfigError, model_runs, validate_config
-from pipeline.errors import CheckpointError
+from pipeline.errors import CheckpointError, StimulusError
+from pipeline.stimuli import load_stimuli
 
 min_version("8.20")
 
@@ -37,12 +38,18 @@ wildcard_constraints:
 
 
 def check_named_files():
-    """The sentence files the config names exist and its checkpoint series are usable (one clear line each,
-    before any job runs); config validation already checked the checkpoint folders."""
+    """The sentence files the config names exist and read as stimulus sets, and its checkpoint series are
+    usable (one clear line each, before any job runs); config validation already checked the checkpoint
+    folders."""
     for name, entry in config["stimuli"].items():
         path = entry.get("path", "builtin")
         if path != "builtin" and not Path(path).is_file():
             raise WorkflowError(f"stimulus set {name!r}: file {path} does not exist; fix its 'path'")
+        if path != "builtin" and entry["kind"] == "sentences":
+            try:  # a user's sentence file is read now, so that its errors show before any job runs
+                load_stimuli(name, entry)
+            except StimulusError as err:
+                raise WorkflowError(str(err)) from None
     for model, entry in config["models"].items():
         if entry["source"] == "checkpoints" and model not in WAITING:
             model_checkpoints(model, None)

@@ -182,6 +182,8 @@ def test_mistyped_config_key_fails_with_one_clear_line(workflow, tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     (lambda c: c["stimuli"]["sentences"].update(path="missing.tsv"), "stimulus set 'sentences': file missing.tsv "),
+    (lambda c: c["stimuli"]["sentences"].update(path=str(DATA / "sentences_bad_header.tsv")),
+     "stimulus set 'sentences': " + str(DATA / "sentences_bad_header.tsv") + " lacks column(s) category; "),
 ])
 def test_missing_files_named_by_the_config_fail_with_one_clear_line(workflow, tmp_path, change, message):
     root, _ = workflow
