@@ -13,8 +13,10 @@ from pipeline.analyses.factorization import (
     CPResult,
     _ridge,
     _update_als,
+    congruence,
     cp,
     cross_validated_error,
+    degenerate_pairs,
     factor_similarity,
     rank_ensemble,
     reconstruct,
@@ -210,6 +212,27 @@ def test_factor_similarity_definition():
     score, perm = factor_similarity(a, c)
     assert list(perm) == [0, 1]
     assert score == pytest.approx((expected_0 + expected_1) / 2)
+
+
+def test_congruence_is_the_product_of_the_cosines():
+    rng = np.random.default_rng(21)
+    model = CPResult(np.ones(3), [rng.standard_normal((d, 3)) for d in (6, 5, 4)], 0, 0, [])
+    cos = [(f / np.linalg.norm(f, axis=0)).T @ (f / np.linalg.norm(f, axis=0)) for f in model.factors]
+    np.testing.assert_allclose(congruence(model), cos[0] * cos[1] * cos[2], atol=1e-12)
+    assert degenerate_pairs(model) == []
+
+
+def test_rank_two_fit_of_a_border_rank_two_tensor_is_a_degenerate_pair():
+    """a o b o c' + a o b' o c + a' o b o c has rank 3 but is a limit of rank-2 tensors (de Silva and Lim 2008):
+    a rank-2 fit has two components that cancel, with congruence near -1 (Kruskal, Harshman and Lundy 1989)."""
+    rng = np.random.default_rng(0)
+    (a, a2), (b, b2), (c, c2) = [np.linalg.qr(rng.standard_normal((d, 2)))[0].T for d in (6, 5, 4)]
+    X = (np.einsum("i,j,k->ijk", a, b, c2) + np.einsum("i,j,k->ijk", a, b2, c)
+         + np.einsum("i,j,k->ijk", a2, b, c))
+    fit = cp(X, 2, n_iter_max=3000, tol=0, init="random", random_state=0)
+    pairs = degenerate_pairs(fit)
+    assert len(pairs) == 1 and pairs[0][:2] == (0, 1) and pairs[0][2] < -0.9
+    assert np.all(fit.weights > 3 * np.linalg.norm(X))  # the cancelling weights outgrow the data
 
 
 def test_factor_similarity_of_unrelated_models_is_low():

@@ -16,8 +16,8 @@ from pipeline.jobs import factorization as factorization_jobs
 from pipeline.store import StoreWriter
 
 TCA_SPEC = {"sites": ["rnn", "hidden.*"], "max_rank": 4, "replicates": 2, "n_iter_max": 150, "tol": 1e-6,
-            "nonneg": "auto", "normalize": False, "max_units": 64, "max_stimuli": 200, "holdout": 0.1, "seed": 0,
-            "device": "cpu", "dtype": "float64"}
+            "nonneg": "auto", "normalize": False, "max_units": 64, "max_stimuli": 200, "min_position_coverage": 0.0,
+            "holdout": 0.1, "seed": 0, "device": "cpu", "dtype": "float64"}
 CONNECTOME_SPEC = {"sites": ["hidden.*"], "affinity": "abs_correlation", "rank": 3, "replicates": 3,
                    "n_iter_max": 300, "tol": 1e-7, "max_units": 64, "max_stimuli": 500, "seed": 0,
                    "device": "cpu", "dtype": "float64"}
@@ -106,6 +106,21 @@ def test_tca_ignores_padding_and_keeps_high_variance_units(tmp_path):
     truth = planted([A / scale[:, None], B[:12], C])
     score, _ = factor_similarity(stored_model(first, ("unit", "position", "stimulus")), truth)
     assert first.attrs["rank"] == 2 and score >= 0.9
+
+
+def test_tca_leaves_out_positions_few_stimuli_reach(tmp_path):
+    rng = np.random.default_rng(4)
+    n_stim, n_pos = 40, 14
+    lengths = np.where(np.arange(n_stim) < 2, 14, 8)  # two long stimuli reach positions 8-13
+    mask = np.arange(n_pos)[None, :] < lengths[:, None]
+    X = np.where(mask[:, :, None], rng.random((n_stim, n_pos, 6)), 0.0)
+    store = write_store(tmp_path / "s.zarr", {"hidden.0": X}, {"mask": (("stimulus", "position"), mask)},
+                        kind="sentences")
+    out = tmp_path / "tca" / "s.zarr"
+    factorization_jobs.run_tca({**TCA_SPEC, "max_rank": 2, "min_position_coverage": 0.1}, store, out)
+    assert list(open_group(out, "hidden.0")["position"].values) == list(range(8))
+    summary = json.loads(layout.summary_path(out).read_text())
+    assert summary["rare_positions_left_out"] == 6 and summary["sites"]["hidden.0"]["degenerate_pairs"] == []
 
 
 def test_tca_across_checkpoints_recovers_training_time_courses(tmp_path):

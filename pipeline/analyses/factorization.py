@@ -638,6 +638,40 @@ def factor_similarity(a, b):
     return float(np.clip(score[rows, cols].sum() / max(wa.size, wb.size), 0.0, 1.0)), perm
 
 
+# Two components whose congruence is this negative or more cancel each other: a diverging
+# ("degenerate") pair whose weights grow without bound as the fit goes on (Kruskal, Harshman and
+# Lundy 1989); -0.85 is a usual cut-off.
+DEGENERATE_CONGRUENCE = -0.85
+
+
+def congruence(result) -> np.ndarray:
+    """Congruence of every pair of components of a CP model: ``prod_n cos(a_r^(n), a_s^(n))``, signs kept.
+
+    Parameters
+    ----------
+    result : CPResult-like with ``factors`` [(I_n, R)]
+
+    Returns
+    -------
+    ndarray, shape (R, R), ones on the diagonal (for nonzero columns)
+    """
+    C = None
+    for f in result.factors:
+        f = _host_float(f)
+        norms = np.linalg.norm(f, axis=0)
+        f = f / np.where(norms > 0, norms, 1.0)
+        C = f.T @ f if C is None else C * (f.T @ f)
+    return C
+
+
+def degenerate_pairs(result, threshold=DEGENERATE_CONGRUENCE) -> list[tuple[int, int, float]]:
+    """Pairs of components (r, s, congruence), r < s, whose congruence is at most ``threshold``: they cancel
+    each other, and their weights and factors say nothing on their own."""
+    C = congruence(result)
+    return [(r, s, float(C[r, s])) for r in range(C.shape[0]) for s in range(r + 1, C.shape[0])
+            if C[r, s] <= threshold]
+
+
 # ----------------------------------------------------------------------------- rank diagnostics
 
 

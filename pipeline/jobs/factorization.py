@@ -12,7 +12,7 @@ import zarr
 
 from pipeline import layout
 from pipeline.analyses.connectome import affinity, communities
-from pipeline.analyses.factorization import replicate_similarity
+from pipeline.analyses.factorization import degenerate_pairs, replicate_similarity
 from pipeline.analyses.tca import TCAFit, fit_tca, scale_units, spread_indices, top_units, unit_variance
 from pipeline.backend import get_namespace, to_device, to_numpy
 from pipeline.errors import StoreError
@@ -87,13 +87,16 @@ def _tca_summary(fit: TCAFit, shape: tuple[int, ...], n_units: int, started: flo
             "rank": fit.rank, "rel_error": fit.model.rel_error, "ranks": ranks,
             "objective": [float(fit.ensemble.objectives[r].min()) for r in ranks],
             "similarity": [replicate_similarity(fit.ensemble.similarities[r]) for r in ranks],
-            "cv_test_error": cv, "runtime_seconds": round(time.perf_counter() - started, 3)}
+            "cv_test_error": cv, "degenerate_pairs": [list(p) for p in degenerate_pairs(fit.model)],
+            "runtime_seconds": round(time.perf_counter() - started, 3)}
 
 
 def run_tca(spec: dict, store: Path, out: Path) -> None:
     """TCA of one checkpoint: a (unit x position x stimulus) tensor per selected site, padding masked out.
 
-    Keeps the ``max_units`` units of highest variance and up to ``max_stimuli`` stimuli; writes
+    Keeps the ``max_units`` units of highest variance, up to ``max_stimuli`` stimuli and the positions
+    real in at least ``min_position_coverage`` of them (a position only a few long stimuli reach
+    lets components fit those few alone); writes
     the factors and rank diagnostics (result store ``out``, one group per site) and a summary JSON.
     """
     started = time.perf_counter()
@@ -101,8 +104,9 @@ def run_tca(spec: dict, store: Path, out: Path) -> None:
     attrs = group.attrs.asdict()
     index = _factor_stimuli(group, spec["max_stimuli"])
     mask = read(group, "mask", index).astype(bool)
-    observed = np.flatnonzero(mask.any(axis=0))
-    positions = np.arange(observed.max() + 1 if observed.size else mask.shape[1])  # drop all-padding positions
+    coverage = mask.mean(axis=0)  # share of the stimuli for which each position is real
+    positions = np.flatnonzero((coverage > 0) & (coverage >= spec["min_position_coverage"]))
+    rare = int(np.count_nonzero((coverage > 0) & (coverage < spec["min_position_coverage"])))
     mask = mask[:, positions]
     modes = SEQUENCE_MODES.get(attrs.get("stimulus_kind"), ("unit", "position", "stimulus"))
     stim_coords = _stimulus_coords(group, index)
@@ -126,6 +130,7 @@ def run_tca(spec: dict, store: Path, out: Path) -> None:
     write_json(layout.summary_path(out), {
         "analysis": "tca", "params": spec, "provenance": store_provenance(attrs),
         "modes": ["unit", "position", "stimulus"], "mode_labels": list(modes), "sites": sites,
+        "rare_positions_left_out": rare,
         "runtime_seconds": round(time.perf_counter() - started, 3),
     })
 
