@@ -340,7 +340,8 @@ def test_report_cautions_at_the_largest_rank_fitted_and_for_unreproducible_compo
 
     assert rank_cautions({"ranks": [1, 2, 3], "rank": 2, "similarity": [1.0, 0.97, 0.6]}, 3) == []
     top, unstable = rank_cautions({"ranks": [1, 2, 3], "rank": 3, "similarity": [1.0, 0.97, 0.6]}, 3)
-    assert "largest fitted (3)" in top and "raise max_rank" in top and "mean similarity 0.60" in unstable
+    assert "largest rank tried (3)" in top and "raise analyses.tca.max_rank" in top
+    assert "mean similarity 0.60" in unstable
     top, _ = rank_cautions({"ranks": [1, 2, 3], "rank": 3, "similarity": [1.0, 0.97, 0.6]}, 6)  # 3 checkpoints
     assert "smallest dimension allows no more" in top
     assert rank_cautions({"ranks": [1, 2, 3], "rank": 1, "similarity": [None, 0.5, 0.4]}, 3) == []

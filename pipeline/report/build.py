@@ -26,6 +26,7 @@ from pipeline.report.context import (
     interrupted_extractions,
     load_experiment_context,
     load_model_context,
+    step_label,
 )
 
 
@@ -170,7 +171,8 @@ def write_checkpoint_report(spec: dict, out: Path) -> None:
         **_common(f"{ctx.model_name} · {c.run} · {c.checkpoint} · {c.stimuli}", "../../../"),
         "model_href": "../../index.html", "model_name": ctx.model_name,
         "sections": sections, "errors": errors,
-        "intro": {"run": c.run, "checkpoint": c.checkpoint, "training step": c.step, "stimulus set": c.stimuli},
+        "intro": {"run": c.run, "checkpoint": c.checkpoint, "training step": step_label(c.step, ctx.model["source"]),
+                  "stimulus set": c.stimuli},
     })
     write_text(out, html)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,6 +141,33 @@ def interrupted_extractions(spec: dict) -> list[str]:
     folder = Path(spec["output_dir"]) / "activations" / spec["model_name"]
     partials = sorted(folder.glob("*/*/*.zarr.partial")) if folder.is_dir() else []
     return [f"incomplete activation store {p} (an extraction was interrupted; re-run to finish)" for p in partials]
+
+
+def _site_key(site: str) -> tuple:
+    """Sort key of a site name: numbers in it compared as numbers, and a module after its submodules."""
+    parts = tuple((0, tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", part)))
+                  for part in str(site).split("."))
+    return (*parts, (1,))
+
+
+def site_order(sites) -> list[str]:
+    """``sites`` in the order a forward pass reaches them, as far as their names tell: numbered layers in
+    number order ("layers.2" before "layers.10"), a module after its submodules ("encoder.layer.0.intermediate"
+    before "encoder.layer.0", whose output is computed from it). Summaries list their sites alphabetically."""
+    return sorted(sites, key=_site_key)
+
+
+def by_site(mapping: dict) -> dict:
+    """``mapping`` (site -> value) in ``site_order``."""
+    return {site: mapping[site] for site in site_order(mapping)}
+
+
+def step_label(step, source: str) -> str:
+    """A checkpoint's training step as text; a step below 0 means none is known (a pretrained model, or a
+    checkpoint that records none)."""
+    if step is not None and int(step) >= 0:
+        return str(int(step))
+    return "n/a (pretrained)" if source == "huggingface" else "n/a (not recorded)"
 
 
 def finite(values) -> list[float]:

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from pipeline.analyses.factorization import STABLE_SIMILARITY, replicate_similarity
 from pipeline.report import figures
-from pipeline.report.context import CheckpointResults, ModelContext, finite
+from pipeline.report.context import CheckpointResults, ModelContext, by_site, finite, site_order
 from pipeline.results import ResultGroup
 
 MAX_LEGEND = 12  # more distinct labels than this are coloured without a legend
@@ -27,15 +28,15 @@ def _across_store(data: dict) -> Path:
 
 
 def factor_figure(group: ResultGroup, modes: list[str], mode_labels: list[str]):
-    """One panel per mode with one row per component: bars for units, lines over positions and checkpoints
-    (against training step), and dots per stimulus coloured by its label (stimuli sorted by label).
+    """One panel per mode with one row per component, labelled #1, #2, ... in the stored order (largest first by
+    size on the fitted entries): bars for units, lines over positions and checkpoints (against training step),
+    and dots per stimulus coloured by its label (stimuli sorted by label).
 
     Each row is scaled to its largest magnitude (a CP factor's scale is carried by its weight) around
     a grey zero line, every other row shaded; stacking the rows in one panel per mode draws several times faster than a
     panel per (component, mode).
     """
-    weights = group["weight"]
-    rank = weights.shape[0]
+    rank = group["weight"].shape[0]
     labels = group["label"] if "label" in group else None
     if labels is not None:
         by_label = np.argsort(labels, kind="stable")
@@ -71,8 +72,7 @@ def factor_figure(group: ResultGroup, modes: list[str], mode_labels: list[str]):
             for r in range(rank):
                 ax.plot(x, scaled[:, r], **style)
         ax.set_ylim(rows[-1] - 0.5, 0.5)
-        ax.set_yticks(rows, [f"#{r + 1} (w={w:.3g})" for r, w in enumerate(weights)] if col == 0 else [],
-                      fontsize=7)
+        ax.set_yticks(rows, [f"#{r + 1}" for r in range(rank)] if col == 0 else [], fontsize=7)
         ax.set_title(title, fontsize=9)
         if mode != "checkpoint":  # training_axis labelled it
             ax.tick_params(axis="x", labelsize=6)
@@ -86,33 +86,47 @@ def factor_figure(group: ResultGroup, modes: list[str], mode_labels: list[str]):
     return fig
 
 
+DIAGNOSTIC_PANELS = (("objective", "relative error (train)"), ("similarity", "similarity to best replicate"),
+                     ("cv_test_error", "held-out relative error"))
+
+
 def diagnostics_figure(group: ResultGroup):
-    """Objective, replicate similarity and held-out error against rank; the chosen rank marked."""
+    """Objective, replicate similarity and held-out error against rank, with a legend beside the panels: the
+    replicates, the lowest error over replicates, their mean similarity to the best one with the stability
+    threshold, the training error of the held-out fits, and the chosen rank."""
     ranks = group["rank"]
-    panels = [("objective", "relative error (train)"), ("similarity", "similarity to best replicate")]
-    if "cv_test_error" in group:
-        panels.append(("cv_test_error", "held-out relative error"))
-    fig, axes = figures.small_multiples(len(panels), ncols=3, panel_size=(2.4, 1.5))
+    rank = int(group.attrs["rank"])
+    panels = [(name, title) for name, title in DIAGNOSTIC_PANELS if name in group]
+    labels = ["replicates (random starts)", "lowest error over replicates", "mean similarity to the best replicate",
+              f"stability threshold ({STABLE_SIMILARITY})", "train error (held-out fits)", f"chosen rank ({rank})"]
+    fig, axes = figures.small_multiples(len(panels), ncols=3, panel_size=(2.4, 1.5),
+                                        right=figures.legend_room(labels))
     for ax, (name, title) in zip(axes, panels):
         values = group[name]
-        ax.scatter(np.repeat(ranks, values.shape[1]), values.ravel(), s=10, color="#4c72b0", alpha=0.7)
+        ax.scatter(np.repeat(ranks, values.shape[1]), values.ravel(), s=10, color="#4c72b0", alpha=0.7,
+                   label=labels[0])
         if name != "similarity":
-            ax.plot(ranks, values.min(axis=1), color="#4c72b0")
-        elif values.shape[1] > 1:
-            ax.plot(ranks, [replicate_similarity(v) for v in values], color="#4c72b0")
+            ax.plot(ranks, values.min(axis=1), color="#4c72b0", label=labels[1])
+        else:
+            if values.shape[1] > 1:
+                ax.plot(ranks, [replicate_similarity(v) for v in values], color="#55a868", label=labels[2])
+            ax.axhline(STABLE_SIMILARITY, color="black", ls=":", lw=0.8, label=labels[3])
         if name == "cv_test_error":
-            ax.plot(ranks, group["cv_train_error"].min(axis=1), color="#999", ls="--", label="train")
-            ax.legend(fontsize=6, frameon=False)
-        ax.axvline(group.attrs["rank"], color="#c44e52", lw=1)
+            ax.plot(ranks, group["cv_train_error"].min(axis=1), color="#999", ls="--", label=labels[4])
+        ax.axvline(rank, color="#c44e52", lw=1, label=labels[5])
         ax.set_xticks(ranks)
         ax.set_xlabel("rank", fontsize=8)
         ax.ticklabel_format(axis="y", style="plain", useOffset=False)  # an offset or x1e-6 would sit on the title
         ax.set_title(title, fontsize=9)
+    shown = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
+    figures.side_legend(fig, [shown[label] for label in labels if label in shown],
+                        [label for label in labels if label in shown])
     return fig
 
 
 def _failed(summary: dict) -> list[dict]:
-    return [{"site": site, "error": r.get("error")} for site, r in summary["sites"].items() if r.get("status") != "ok"]
+    return [{"site": site, "error": r.get("error")} for site, r in by_site(summary["sites"]).items()
+            if r.get("status") != "ok"]
 
 
 def rank_cautions(result: dict, max_rank: int) -> list[str]:
@@ -122,8 +136,12 @@ def rank_cautions(result: dict, max_rank: int) -> list[str]:
     cautions = []
     ranks, rank = result["ranks"], result["rank"]
     if rank == max(ranks) and len(ranks) > 1:
-        more = "raise max_rank" if max(ranks) >= max_rank else "the tensor's smallest dimension allows no more"
-        cautions.append(f"the chosen rank is the largest fitted ({rank}): the data may hold more components ({more})")
+        if max(ranks) >= max_rank:
+            cautions.append(f"the chosen rank is the largest rank tried ({rank}); the data may hold more components "
+                            "(raise analyses.tca.max_rank)")
+        else:
+            cautions.append(f"the chosen rank is the largest fitted ({rank}): the data may hold more components "
+                            "(the tensor's smallest dimension allows no more)")
     similarity = result["similarity"][ranks.index(rank)] if rank in ranks else None
     if similarity is not None and similarity < STABLE_SIMILARITY:
         cautions.append(f"at this rank the other random starts match the best fit with mean similarity "
@@ -134,12 +152,12 @@ def rank_cautions(result: dict, max_rank: int) -> list[str]:
 
 def _site_blocks(path: Path, summary: dict, modes: list[str], mode_labels: list[str]) -> list[dict]:
     blocks = []
-    for site, result in summary["sites"].items():
+    for site, result in by_site(summary["sites"]).items():
         if result.get("status") != "ok":
             continue
         group = ResultGroup(path, site)
         cautions = rank_cautions(result, summary["params"]["max_rank"])
-        blocks.append({"site": site, "result": result, "cautions": cautions,
+        blocks.append({"site": site, "result": result, "cautions": cautions, "weights": group["weight"].tolist(),
                        "factors": figures.to_data_uri(factor_figure(group, modes, mode_labels)),
                        "diagnostics": figures.to_data_uri(diagnostics_figure(group))})
     return blocks
@@ -158,30 +176,42 @@ def collect_tca(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
 
 
 def _over_training(ctx: ModelContext) -> dict | None:
-    """Suggested rank and relative error of per-checkpoint TCA against training step, per (run, site)."""
-    lines = {}
+    """Suggested rank and relative error of per-checkpoint TCA against training step, per (run, site), the
+    largest rank tried drawn, and how many fits chose it."""
+    lines, max_rank, at_max, n_fits = {}, 0, 0, 0
     for c in ctx.checkpoints:
-        for site, result in c.summaries.get("tca", {}).get("sites", {}).items():
+        summary = c.summaries.get("tca", {})
+        for site, result in summary.get("sites", {}).items():
             if result.get("status") == "ok":
                 lines.setdefault((c.run, c.stimuli, site), {})[c.checkpoint] = (result["rank"], result["rel_error"])
+                max_rank = max(max_rank, summary["params"]["max_rank"])
+                at_max += result["rank"] >= summary["params"]["max_rank"]
+                n_fits += 1
     if not any(len(points) > 1 for points in lines.values()):
         return None
     series = {(run, stimuli): ctx.series(run, stimuli) for run, stimuli, _ in lines}
     rooms = [figures.name_room([c.step for c in s], [c.checkpoint for c in s]) for s in series.values()]
     in_order = len(series) > 1 and max(rooms) > 0  # runs without steps among several: numbered in order
     room = 0.0 if in_order else max(rooms)
-    fig, axes = figures.small_multiples(2, ncols=2, bottom=0.45 + room)
-    for (run, stimuli, site), points in sorted(lines.items()):
+    order = {site: k for k, site in enumerate(site_order({site for _, _, site in lines}))}
+    keys = sorted(lines, key=lambda key: (key[0], key[1], order[key[2]]))
+    labels = [f"{run} {site}" for run, _, site in keys] + ["largest rank tried"]
+    fig, axes = figures.small_multiples(2, ncols=2, bottom=0.45 + room, right=figures.legend_room(labels))
+    for run, stimuli, site in keys:
+        points = lines[(run, stimuli, site)]
         run_series = series[(run, stimuli)]  # every checkpoint of the run: a site's gaps keep their places
         for k, ax in enumerate(axes):
             x = figures.training_axis(ax, [c.step for c in run_series], [c.checkpoint for c in run_series],
                                       in_order=in_order)
             done = [(xi, points[c.checkpoint][k]) for c, xi in zip(run_series, x) if c.checkpoint in points]
             ax.plot([d[0] for d in done], finite(d[1] for d in done), marker="o", ms=3, label=f"{run} {site}")
+    axes[0].axhline(max_rank, color="black", ls=":", lw=0.8, label=labels[-1])
+    axes[0].set_ylim(0.5, max_rank + 0.5)
+    axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_title("suggested rank", fontsize=9)
     axes[1].set_title("relative error at that rank", fontsize=9)
-    axes[0].legend(fontsize=6)
-    return {"figure": figures.to_data_uri(fig)}
+    figures.side_legend(fig, *axes[0].get_legend_handles_labels())
+    return {"figure": figures.to_data_uri(fig), "max_rank": max_rank, "at_max": at_max, "n_fits": n_fits}
 
 
 def tca_across_run(ctx: ModelContext, run: str, stimuli: str) -> dict | None:
@@ -207,16 +237,21 @@ def collect_tca_across(ctx: ModelContext, _page=None) -> dict | None:
 
 
 def connectome_figure(group: ResultGroup):
-    """Affinity at the first and last checkpoint with units sorted by community, and community time courses."""
+    """Affinity at the first and last checkpoint with units sorted by community, and community time courses
+    (a one-unit community dashed: it has no within-community affinity, the diagonal being masked)."""
     community = group["community"]
     order = np.lexsort((-group["loading"].max(axis=1), community))
     edges = np.flatnonzero(np.diff(community[order])) + 0.5
     A = group["affinity"]
     steps, names = group["step"].tolist(), group["checkpoint"].tolist()
     labels = figures.checkpoint_labels(steps, names)[0]
-    bottom = 0.45 + figures.name_room(steps, names)
-    fig = figures.figure(11, 2.85 + bottom)
-    figures.place(fig, left=0.2, bottom=bottom, top=0.3, ncols=3, wgap=0.95)  # room for the colour bar's ticks
+    course = group["checkpoint_factor"] * group["weight"]
+    sizes = np.bincount(community[community >= 0], minlength=course.shape[1])
+    legend = [f"community {r + 1} ({n} unit{'s' if n != 1 else ''})" for r, n in enumerate(sizes)]
+    bottom = 0.6 + figures.name_room(steps, names)
+    fig = figures.figure(10.5 + figures.legend_room(legend), 2.85 + bottom)
+    figures.place(fig, left=0.35, bottom=bottom, top=0.3, right=figures.legend_room(legend), ncols=3,
+                  wgap=1.3)  # room for the colour bar with its label, and the activity axis label
     axes = fig.subplots(1, 3)
     for ax, k, name in ((axes[0], 0, "first"), (axes[1], A.shape[2] - 1, "last")):
         image = ax.imshow(A[np.ix_(order, order, [k])][:, :, 0], cmap="magma", vmin=0, vmax=1, interpolation="nearest")
@@ -226,15 +261,18 @@ def connectome_figure(group: ResultGroup):
         ax.set_title(f"affinity, {name} checkpoint ({labels[k]})", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(image, ax=axes[1], fraction=0.046)
-    course = group["checkpoint_factor"] * group["weight"]
-    sizes = np.bincount(community[community >= 0], minlength=course.shape[1])
-    x = figures.training_axis(axes[2], steps, names)
+        ax.set_xlabel("units, sorted by community", fontsize=8)
+        ax.set_ylabel("units, sorted by community", fontsize=8)
+    colorbar = fig.colorbar(image, cax=axes[1].inset_axes([1.04, 0.0, 0.05, 1.0]))
+    colorbar.set_label("affinity", fontsize=8)
+    colorbar.ax.tick_params(labelsize=7)
+    x = figures.training_axis(axes[2], steps, names, fontsize=8)
     for r in range(course.shape[1]):
-        units = f"{sizes[r]} unit" + ("s" if sizes[r] != 1 else "")
-        axes[2].plot(x, course[:, r], marker="o", ms=3, label=f"community {r + 1} ({units})")
+        axes[2].plot(x, course[:, r], marker="o", ms=3, ls="--" if sizes[r] == 1 else "-", label=legend[r])
     axes[2].set_title("community activity over training", fontsize=9)
-    axes[2].legend(fontsize=6, frameon=False)
+    axes[2].set_ylabel("weight × checkpoint factor (a.u.)", fontsize=8)
+    axes[2].tick_params(labelsize=7)
+    figures.side_legend(fig, *axes[2].get_legend_handles_labels())
     return fig
 
 
@@ -244,11 +282,13 @@ def connectome_run(ctx: ModelContext, run: str, stimuli: str) -> dict | None:
     if data is None:
         return None
     blocks = []
-    for site, result in data["sites"].items():
+    for site, result in by_site(data["sites"]).items():
         if result.get("status") != "ok":
             continue
         group = ResultGroup(_across_store(data), site)
-        blocks.append({"site": site, "result": result, "figure": figures.to_data_uri(connectome_figure(group))})
+        single = [r + 1 for r, n in enumerate(result["community_sizes"]) if n == 1]
+        blocks.append({"site": site, "result": result, "single": single,
+                       "figure": figures.to_data_uri(connectome_figure(group))})
     if not blocks and not _failed(data):
         return None
     return {"run": run, "stimuli": stimuli, "blocks": blocks, "failed": _failed(data), "params": data["params"]}

@@ -134,14 +134,25 @@ def bar_chart(labels: list[str], values: list[float | None], title: str, ylabel:
 
 
 def heatmap_grid(n_panels: int, ncols: int, panel: float, labels: list[str]):
-    """A grid of square heatmap panels of ``panel`` inches, with room for the labels and colour bars.
+    """A grid of square heatmap panels of ``panel`` inches, with room for the labels and labelled colour bars.
 
     Row labels are written on the first column only (``heatmap(..., row_labels=...)``). Returns (fig, axes).
     """
     below = SIN60 * text_inches(labels, 6) + 0.15
     left = max(text_inches(labels, 6) + 0.2, text_inches(labels[:1], 6) / 2 + 0.1)
     return small_multiples(n_panels, ncols, panel_size=(panel * 1.15, panel), left=left, bottom=below,
-                           wgap=0.55, hgap=below + 0.3, top=0.3, right=0.55)
+                           wgap=0.75, hgap=below + 0.3, top=0.3, right=0.75)
+
+
+def legend_room(labels, fontsize: float = 6) -> float:
+    """Inches a legend of ``labels`` at ``fontsize`` takes beside the panels (``side_legend``)."""
+    return text_inches(labels, fontsize) + 0.7
+
+
+def side_legend(fig: Figure, handles, labels, fontsize: float = 6, title: str | None = None):
+    """A legend in the figure's right margin, beside the panels (leave ``legend_room(labels)`` there)."""
+    return fig.legend(handles, labels, loc="upper right", fontsize=fontsize, frameon=False, borderaxespad=0.5,
+                      title=title, title_fontsize=fontsize + 1, alignment="left")
 
 
 def label_colours(labels) -> tuple[list, list[tuple[str, tuple]]]:
@@ -153,8 +164,9 @@ def label_colours(labels) -> tuple[list, list[tuple[str, tuple]]]:
 
 
 def heatmap(ax, matrix, labels: list[str], title: str, cmap: str = "viridis", vmin=None, vmax=None,
-            row_labels: bool = True):
-    """Draw a labelled square matrix on ``ax`` with a colour bar; values written in cells when few.
+            row_labels: bool = True, colorbar_label: str = ""):
+    """Draw a labelled square matrix on ``ax`` with a colour bar (labelled ``colorbar_label``); values
+    written in cells when few.
 
     NaN (or None) cells are left blank. ``row_labels=False`` leaves the rows unlabelled (a panel beside one
     that names them). Cell values are written in black or white, whichever stands out from the cell.
@@ -169,7 +181,9 @@ def heatmap(ax, matrix, labels: list[str], title: str, cmap: str = "viridis", vm
         ax.set_yticks(range(len(labels)))
         ax.tick_params(labelleft=False)
     ax.set_title(title, fontsize=9)
-    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+    colorbar = ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    colorbar.ax.tick_params(labelsize=6)
+    colorbar.set_label(colorbar_label, fontsize=7)
     if matrix.size <= MAX_ANNOTATED:
         rgba = image.to_rgba(np.nan_to_num(matrix))
         light = rgba[..., :3] @ np.array([0.299, 0.587, 0.114]) > 0.5

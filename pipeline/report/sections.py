@@ -15,17 +15,29 @@ its run; ``collect`` then finds the shares of all runs in ``ctx.run_parts(sectio
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from pipeline import layout
 from pipeline.checkpoints import training_order
+from pipeline.config import TRAINING_KEYS
 from pipeline.report import figures
-from pipeline.report.context import CheckpointResults, ExperimentContext, ModelContext, finite
+from pipeline.report.context import (
+    CheckpointResults,
+    ExperimentContext,
+    ModelContext,
+    by_site,
+    finite,
+    site_order,
+    step_label,
+)
 from pipeline.report.factorization import (
     collect_connectome,
     collect_tca,
@@ -64,14 +76,15 @@ def _training(ctx: ModelContext, _page=None) -> dict | None:
     rooms = [figures.name_room([c.step for c in s], [c.checkpoint for c in s]) for s in runs]
     in_order = len(runs) > 1 and max(rooms) > 0  # runs without steps among several: numbered in order
     room = 0.0 if in_order else max(rooms)
-    fig, axes = figures.small_multiples(len(metrics), ncols=3, bottom=0.45 + room, hgap=0.65 + room)
+    fig, axes = figures.small_multiples(len(metrics), ncols=3, bottom=0.45 + room, hgap=0.65 + room,
+                                        right=figures.legend_room(ctx.runs))
     for ax, metric in zip(axes, metrics):
         for run, series in zip(ctx.runs, runs):
             x = figures.training_axis(ax, [c.step for c in series], [c.checkpoint for c in series], in_order=in_order)
             ax.plot(x, finite(c.provenance["checkpoint_metadata"].get(metric) for c in series),
                     marker="o", ms=3, label=run)
         ax.set_title(metric, fontsize=9)
-    axes[0].legend(fontsize=7)
+    figures.side_legend(fig, *axes[0].get_legend_handles_labels(), title="run")
     return {"figure": figures.to_data_uri(fig), "metrics": metrics}
 
 
@@ -88,10 +101,12 @@ def _stats_across_run(ctx: ModelContext, run: str, stimuli: str) -> dict | None:
     if data is None or len(data["steps"]) < 2:
         return None
     room = figures.name_room(data["steps"], data["checkpoints"])
-    fig, axes = figures.small_multiples(len(ACROSS_PLOTS), ncols=3, bottom=0.45 + room, hgap=0.65 + room)
+    sites = by_site(data["sites"])
+    fig, axes = figures.small_multiples(len(ACROSS_PLOTS), ncols=3, bottom=0.45 + room, hgap=0.65 + room,
+                                        right=figures.legend_room(sites))
     for ax, (key, label) in zip(axes, ACROSS_PLOTS):
         x = figures.training_axis(ax, data["steps"], data["checkpoints"])
-        for site, series in data["sites"].items():
+        for site, series in sites.items():
             ax.plot(x, finite(series[key]), marker=".", ms=3, label=site)
         if key == "zero_fraction":
             ax.set_ylim(-0.05 * FRACTION_TOP, max(FRACTION_TOP, ax.get_ylim()[1]))
@@ -100,7 +115,7 @@ def _stats_across_run(ctx: ModelContext, run: str, stimuli: str) -> dict | None:
             top = max(1.0, ax.get_ylim()[1])
             ax.set_ylim(-0.05 * top, top)  # a line at 0 stays visible above the axis
         ax.set_title(label, fontsize=9)
-    axes[0].legend(fontsize=6)
+    figures.side_legend(fig, *axes[0].get_legend_handles_labels(), title="site")
     return {"run": run, "stimuli": stimuli, "figure": figures.to_data_uri(fig)}
 
 
@@ -111,12 +126,14 @@ def _stats_across(ctx: ModelContext, _page=None) -> dict | None:
 
 
 def _checkpoint_list(ctx: ModelContext, _page=None) -> dict | None:
+    """One row per checkpoint: its step, the sites its activation statistics flag and why, its metadata."""
     rows = []
     for c in sorted(ctx.checkpoints, key=lambda c: (c.run, c.stimuli, training_order(c.step, c.checkpoint))):
-        flags = [f for s in c.summaries.get("stats", {}).get("sites", {}).values() for f in s.get("flags", [])]
+        sites = by_site(c.summaries.get("stats", {}).get("sites", {}))
+        flagged = {site: "; ".join(s["flags"]) for site, s in sites.items() if s.get("flags")}
         href = layout.checkpoint_page("", c.run, c.checkpoint, c.stimuli).as_posix()
-        rows.append({"run": c.run, "checkpoint": c.checkpoint, "stimuli": c.stimuli, "step": c.step,
-                     "href": href, "n_flags": len(flags),
+        rows.append({"run": c.run, "checkpoint": c.checkpoint, "stimuli": c.stimuli,
+                     "step": step_label(c.step, ctx.model["source"]), "href": href, "flagged": flagged,
                      "metadata": {k: v for k, v in c.provenance.get("checkpoint_metadata", {}).items()
                                   if (v is None or isinstance(v, (int, float, str))) and k != "params"}})
     return {"rows": rows} if rows else None
@@ -127,20 +144,46 @@ def _stats(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
     summary = page.summaries.get("stats")
     if summary is None:
         return None
-    sites = summary["sites"]
+    sites = by_site(summary["sites"])
     ok = {name: s for name, s in sites.items() if s.get("status") == "ok"}
     chart = figures.bar_chart(list(ok), [s["zero_fraction"] for s in ok.values()],
                               "fraction of zero activations per site", "fraction") if ok else None
     if chart is not None:
         chart.axes[0].set_ylim(0.0, max(FRACTION_TOP, chart.axes[0].get_ylim()[1]))
-    massive = [{**m, "site": name} for name, s in ok.items() for m in s["top_massive"]]
-    massive.sort(key=lambda m: -abs(m["value"]))
-    texts = {row["id"]: row.get("text", "") for row in page.stimulus_table(limit=10**6)} if massive else {}
-    for m in massive:
-        m["text"] = texts.get(m.get("stimulus_id"), "")
+    massive, more = _massive_units(page, ok)
     return {"sites": sites, "columns": STATS_COLUMNS, "params": summary["params"],
-            "chart": figures.to_data_uri(chart) if chart else None, "massive": massive[:30],
+            "chart": figures.to_data_uri(chart) if chart else None, "massive": massive, "more_units": more,
+            "units_per_site": MASSIVE_UNITS, "n_listed": max((len(s["top_massive"]) for s in ok.values()), default=0),
             "runtime": summary.get("runtime_seconds")}
+
+
+MASSIVE_UNITS = 5  # units listed per site in the table of massive activations, most massive values first
+
+
+def _massive_units(page: CheckpointResults, sites: dict) -> tuple[list[dict], dict[str, int]]:
+    """One row per (site, unit) with massive activations: how many, the largest of them among the values the
+    analysis lists (its ``top_massive``, largest first per site) and where those occur. Returns the rows and,
+    per site, how many more units have massive activations than are listed."""
+    rows, more = [], {}
+    with_massive = {site: s for site, s in sites.items() if s["massive_count"]}
+    if not with_massive:
+        return rows, more
+    group = ResultGroup(page.result_stores["stats"])
+    texts = {row["id"]: row.get("text", "") for row in page.stimulus_table(limit=10**6)}
+    for site, s in with_massive.items():
+        counts = group[f"{site}:massive_count"]
+        units = np.flatnonzero(counts)
+        units = units[np.argsort(-counts[units], kind="stable")]
+        more[site] = max(0, units.size - MASSIVE_UNITS)
+        for unit in units[:MASSIVE_UNITS].tolist():
+            listed = [m for m in s["top_massive"] if m["unit"] == unit]
+            largest = max(listed, key=lambda m: abs(m["value"]), default=None)
+            places = Counter((m["position"], m.get("token", "")) for m in listed).most_common(3)
+            rows.append({"site": site, "unit": unit, "count": int(counts[unit]), "n_rows": s["n_rows"],
+                         "largest": largest, "where": [{"position": p, "token": t, "n": n} for (p, t), n in places],
+                         "elsewhere": len(listed) - sum(n for _, n in places),
+                         "text": texts.get(largest["stimulus_id"], "") if largest else ""})
+    return rows, {site: n for site, n in more.items() if n}
 
 
 def _stimuli(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
@@ -149,24 +192,71 @@ def _stimuli(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
             "set": page.stimuli} if rows else None
 
 
-def _provenance(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
+def _provenance(ctx: ModelContext, page: CheckpointResults) -> dict | None:
     prov = dict(page.provenance)
     packages = prov.pop("packages", {})
-    metadata = {k: "-" if v is None else v for k, v in prov.pop("checkpoint_metadata", {}).items()}  # null: NaN metric
+    metadata = prov.pop("checkpoint_metadata", {})  # null: a NaN metric, shown as "-"
+    if "step" in prov:
+        prov["step"] = step_label(prov["step"], ctx.model["source"])
     return {"items": prov, "packages": packages, "metadata": metadata}
 
 
 SHAPE_MAX = math.pi / 2  # the angular shape distance lies in [0, pi/2]: one colour scale for every figure
-SIMILARITY_MATRICES = (("cka", "linear CKA", "viridis", 0.0, 1.0),
-                       ("rsa", "RSA (RDM similarity)", "viridis", None, 1.0),
-                       ("shape", "angular shape distance (rad)", "magma_r", 0.0, SHAPE_MAX))
+METHOD_NAMES = {"spearman": "Spearman", "pearson": "Pearson", "kendall_tau_a": "Kendall tau-a", "rho_a": "rho-a",
+                "cosine": "cosine"}
+
+
+def similarity_panels(method: str) -> list[tuple]:
+    """(matrix, title, colour map, vmin, vmax, colour bar label) of the CKA, RSA and shape-distance heatmaps.
+
+    Each has a fixed scale, the same on every page: CKA from 0 to 1, RSA (a correlation of RDMs, which
+    can be negative) from -1 to 1 on a diverging map, the shape distance from 0 to pi/2."""
+    name = METHOD_NAMES.get(method, method)
+    return [("cka", "linear CKA", "viridis", 0.0, 1.0, "CKA"),
+            ("rsa", f"RSA ({name})", "RdBu_r", -1.0, 1.0, f"{name} correlation of RDMs"),
+            ("shape", "angular shape distance", "magma_r", 0.0, SHAPE_MAX, "radians")]
+
+
+def similarity_figure(blocks: list[tuple[str, dict, list[str]]], method: str) -> Figure:
+    """One row of CKA, RSA and shape-distance heatmaps per block ``(title prefix, matrices, labels)``, where
+    ``matrices`` maps "cka", "rsa" and "shape" to square matrices over ``labels``; RSA by ``method``."""
+    panels = similarity_panels(method)
+    labels = [label for _, _, names in blocks for label in names]
+    size = max(2.3, 0.13 * max(len(names) for _, _, names in blocks))
+    fig, axes = figures.heatmap_grid(len(panels) * len(blocks), len(panels), size, labels)
+    for row, (prefix, matrices, names) in enumerate(blocks):
+        for k, (name, title, cmap, vmin, vmax, label) in enumerate(panels):
+            figures.heatmap(axes[row * len(panels) + k], matrices[name], names, prefix + title, cmap=cmap,
+                            vmin=vmin, vmax=vmax, row_labels=k == 0, colorbar_label=label)
+    return fig
+
+
+STARS = ((0.001, "***"), (0.01, "**"), (0.05, "*"))
 
 
 def stars(pvalue) -> str:
     """Significance marks of a p-value: * < 0.05, ** < 0.01, *** < 0.001."""
     if pvalue is None or not np.isfinite(pvalue):
         return ""
-    return "***" if pvalue < 0.001 else "**" if pvalue < 0.01 else "*" if pvalue < 0.05 else ""
+    return next((mark for level, mark in STARS if pvalue < level), "")
+
+
+def star_legend(n_permutations: int) -> str:
+    """What the marks mean, for the levels a permutation test of ``n_permutations`` can reach (its smallest
+    p is 1/(n_permutations + 1))."""
+    floor = 1.0 / (n_permutations + 1)
+    levels = [f"{mark} p < {level:g}" for level, mark in reversed(STARS) if level > floor]
+    return ", ".join(levels) if levels else f"with {n_permutations} permutations no p falls below 0.05"
+
+
+def p_label(pvalue, n_permutations: int) -> str:
+    """A permutation p-value as text: "≤ 1/(n + 1)" at the smallest value the test can give, else 4 significant
+    digits."""
+    if pvalue is None:
+        return "-"
+    if pvalue <= (1.0 + 1e-9) / (n_permutations + 1):
+        return f"≤ 1/{n_permutations + 1}"
+    return f"{pvalue:.4g}"
 
 
 def _similarity(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
@@ -175,32 +265,41 @@ def _similarity(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
     if summary is None:
         return None
     result = ResultGroup(page.result_stores["similarity"])
-    sites = result["site"].tolist()
+    stored = result["site"].tolist()
+    sites = site_order(stored)
     figure = None
     if len(sites) > 1:  # one site compared with itself says nothing
-        fig, axes = figures.heatmap_grid(3, 3, max(2.2, 0.13 * len(sites)), sites)
-        for k, (ax, (name, title, cmap, vmin, vmax)) in enumerate(zip(axes, SIMILARITY_MATRICES)):
-            figures.heatmap(ax, result[name], sites, title, cmap=cmap, vmin=vmin, vmax=vmax, row_labels=k == 0)
-        figure = figures.to_data_uri(fig)
+        index = np.ix_(*[[stored.index(s) for s in sites]] * 2)
+        matrices = {name: result[name][index] for name in ("cka", "rsa", "shape")}
+        figure = figures.to_data_uri(similarity_figure([("", matrices, sites)], summary["params"]["compare_method"]))
+    n_permutations = summary["params"]["n_permutations"]
     rows = []
-    for site, tests in summary["tests"].items():
+    for site, tests in by_site(summary["tests"]).items():
         for ref, t in tests.items():
             rows.append({"site": site, "reference": ref, "method": _test_method(summary, t), "error": t.get("error"),
-                         "statistic": t.get("statistic"),
-                         "pvalue": t.get("pvalue"), "ci_low": t.get("ci_low"), "ci_high": t.get("ci_high"),
+                         "statistic": t.get("statistic"), "p": p_label(t.get("pvalue"), n_permutations),
+                         "ci_low": t.get("ci_low"), "ci_high": t.get("ci_high"),
                          "n_bootstrap_used": t.get("n_bootstrap_used"), "ceiling": t.get("ceiling"),
                          "stars": stars(t.get("pvalue"))})
     chart = _reference_chart(summary)
     return {"figure": figure, "n_sites": len(sites), "rows": rows,
             "chart": figures.to_data_uri(chart) if chart else None, "params": summary["params"],
             "references": summary["references"], "n_stimuli": summary["n_stimuli"],
+            "representation": summary["representation"], "stimuli_from": summary.get("stimuli_from"),
             "n_stimuli_total": summary["n_stimuli_total"], "runtime": summary.get("runtime_seconds"),
-            "skipped": {s: v.get("error") or v.get("rdm_error") for s, v in summary["sites"].items()
+            "label_ceiling": _label_ceiling(summary), "star_legend": star_legend(n_permutations),
+            "skipped": {s: v.get("error") or v.get("rdm_error") for s, v in by_site(summary["sites"]).items()
                         if v.get("status") != "ok" or v.get("rdm_error")}}
 
 
-METHOD_NAMES = {"spearman": "Spearman", "pearson": "Pearson", "kendall_tau_a": "Kendall tau-a", "rho_a": "rho-a",
-                "cosine": "cosine"}
+def _label_ceiling(summary: dict) -> str | None:
+    """The largest tau-a any RDM can reach against the label RDM, as text (one value: every site is compared on
+    the same stimuli); None without a label test."""
+    values = sorted({round(t["ceiling"], 3) for tests in summary["tests"].values()
+                     if (t := tests.get("label", {})).get("ceiling") is not None})
+    if not values:
+        return None
+    return f"{values[0]:.3g}" if len(values) == 1 else f"{values[0]:.3g} to {values[-1]:.3g}"
 
 
 def _test_method(summary: dict, test: dict) -> str:
@@ -213,7 +312,7 @@ def _test_method(summary: dict, test: dict) -> str:
 def _reference_chart(summary: dict) -> Figure | None:
     """Bars of each site's similarity to each reference RDM, its bootstrap interval as a line from low to high
     (a percentile interval need not hold the estimate), stars above."""
-    sites = [s for s, tests in summary["tests"].items() if any("statistic" in t for t in tests.values())]
+    sites = [s for s, tests in by_site(summary["tests"]).items() if any("statistic" in t for t in tests.values())]
     refs = [r for r, v in summary["references"].items() if v.get("status") == "ok"]
     if not sites or not refs:
         return None
@@ -255,16 +354,16 @@ def _reference_chart(summary: dict) -> Figure | None:
 def _similarity_across_run(ctx: ModelContext, run: str, stimuli: str) -> dict | None:
     """One run's checkpoint x checkpoint CKA (top row) and shape distance (bottom row), one column per site."""
     data = ctx.across.get(("similarity", run, stimuli))
-    sites = {s: v for s, v in data["sites"].items() if len(v["steps"]) >= 2} if data else {}
+    sites = {s: v for s, v in by_site(data["sites"]).items() if len(v["steps"]) >= 2} if data else {}
     if not sites:
         return None
     ticks = {site: figures.checkpoint_labels(v["steps"], v["checkpoints"])[0] for site, v in sites.items()}
     fig, axes = figures.heatmap_grid(2 * len(sites), len(sites), 2.4, [t for site in sites for t in ticks[site]])
     for col, (site, v) in enumerate(sites.items()):
         figures.heatmap(axes[col], v["cka"], ticks[site], f"{site}: CKA", vmin=0.0, vmax=1.0,
-                        row_labels=col == 0)
-        figures.heatmap(axes[len(sites) + col], v["shape"], ticks[site], f"{site}: shape distance (rad)",
-                        cmap="magma_r", vmin=0.0, vmax=SHAPE_MAX, row_labels=col == 0)
+                        row_labels=col == 0, colorbar_label="CKA")
+        figures.heatmap(axes[len(sites) + col], v["shape"], ticks[site], f"{site}: shape distance",
+                        cmap="magma_r", vmin=0.0, vmax=SHAPE_MAX, row_labels=col == 0, colorbar_label="radians")
     return {"run": run, "stimuli": stimuli, "figure": figures.to_data_uri(fig),
             "final": [{"site": s, "cka": v["cka"][-1], "checkpoints": ticks[s]} for s, v in sites.items()]}
 
@@ -275,28 +374,74 @@ def _similarity_across(ctx: ModelContext, _page=None) -> dict | None:
     return {"blocks": blocks} if blocks else None
 
 
+TRAINING_SETTINGS = {key for keys in TRAINING_KEYS.values() for group in keys for key in group}
+
+
+def _test_metrics(summary: dict) -> tuple[list[str], list[dict]]:
+    """The test metrics (``test_*`` numbers other than training settings: accuracy, loss, MSE) in the metadata
+    of each compared checkpoint: (metric names, one row per entry with its label, checkpoint and metrics)."""
+    rows = []
+    for entry, prov in zip(summary["entries"], summary["provenance"]["entries"]):
+        metadata = prov.get("checkpoint_metadata") or {}
+        rows.append({"label": entry["label"], "checkpoint": entry["checkpoint"],
+                     "metrics": {k: v for k, v in metadata.items()
+                                 if k.startswith("test_") and k not in TRAINING_SETTINGS
+                                 and (v is None or isinstance(v, (int, float)))}})
+    names = sorted({name for row in rows for name in row["metrics"]})
+    return names, rows
+
+
 def _similarity_models(ctx: ExperimentContext, _page=None) -> dict | None:
-    """Model x model CKA and shape distance per site at the final checkpoints, per stimulus set."""
+    """Model x model CKA, RSA and shape distance per site at the final checkpoints, per stimulus set, with the
+    test metrics of those checkpoints."""
     blocks = []
     for (analysis, stimuli), summary in sorted(ctx.summaries.items()):
         if analysis != "similarity":
             continue
-        comparisons = summary["comparisons"]
+        comparisons = by_site(summary["comparisons"])
         figure = None
         if comparisons:
-            entries = [e for c in comparisons.values() for e in c["entries"]]
-            ncols = min(4, 2 * len(comparisons))
-            size = max(2.4, 0.13 * max(len(c["entries"]) for c in comparisons.values()))
-            fig, axes = figures.heatmap_grid(2 * len(comparisons), ncols, size, entries)
-            for k, (site, c) in enumerate(comparisons.items()):
-                figures.heatmap(axes[2 * k], c["cka"], c["entries"], f"{site}: CKA", vmin=0.0, vmax=1.0,
-                                row_labels=2 * k % ncols == 0)
-                figures.heatmap(axes[2 * k + 1], c["shape"], c["entries"], f"{site}: shape distance (rad)",
-                                cmap="magma_r", vmin=0.0, vmax=SHAPE_MAX, row_labels=False)
+            fig = similarity_figure([(f"{site}: ", c, c["entries"]) for site, c in comparisons.items()],
+                                    summary["params"]["compare_method"])
             figure = figures.to_data_uri(fig)
-        blocks.append({"stimuli": stimuli, "entries": summary["entries"], "figure": figure,
-                       "n_sites": len(comparisons)})
+        metrics, rows = _test_metrics(summary)
+        blocks.append({"stimuli": stimuli, "rows": rows, "metrics": metrics, "figure": figure,
+                       "n_sites": len(comparisons), "params": summary["params"],
+                       "n_stimuli": summary.get("n_stimuli"), "n_stimuli_total": summary.get("n_stimuli_total"),
+                       "stimuli_from": summary.get("stimuli_from")})
     return {"blocks": blocks} if blocks else None
+
+
+MDS_MARKERS = "osD^vPX*ph<>"
+
+
+def mds_figure(coords: np.ndarray, entries: np.ndarray, sites: np.ndarray, title: str) -> Figure:
+    """Map of representations ``coords`` (points, 2): one marker shape per entry (run), one colour per site
+    running along ``site_order`` (dark: first), named in a legend beside the map."""
+    names = list(dict.fromkeys(entries.tolist()))
+    ordered = site_order(set(sites.tolist()))
+    colours = {site: tuple(c) for site, c in zip(ordered, colormaps["viridis"](np.linspace(0.0, 0.92, len(ordered))))}
+    markers = {name: MDS_MARKERS[k % len(MDS_MARKERS)] for k, name in enumerate(names)}
+    handles = [Line2D([], [], ls="")] + [Line2D([], [], ls="", marker=markers[n], color="#555", ms=5) for n in names]
+    handles += [Line2D([], [], ls="")] + [Line2D([], [], ls="", marker="o", color=colours[s], ms=5) for s in ordered]
+    labels = ["run", *names, "site", *ordered]
+    fig = figures.figure(5.2 + figures.legend_room(labels, 7), max(5.0, 0.18 * len(labels) + 0.6))
+    figures.place(fig, left=0.8, bottom=0.5, right=figures.legend_room(labels, 7))
+    ax = fig.add_subplot()
+    for name in names:
+        for site in ordered:
+            points = coords[(entries == name) & (sites == site)]
+            ax.scatter(*points.T, marker=markers[name], color=colours[site], s=30, edgecolors="black",
+                       linewidths=0.3)
+    ax.set_aspect("equal", adjustable="datalim")  # distances on the map read the same in both directions
+    ax.margins(0.08)
+    ax.set_xlabel("MDS 1")
+    ax.set_ylabel("MDS 2")
+    ax.set_title(title, fontsize=10)
+    legend = figures.side_legend(fig, handles, labels, fontsize=7)
+    for heading in (0, len(names) + 1):  # "run" and "site"
+        legend.get_texts()[heading].set_fontweight("bold")
+    return fig
 
 
 def _similarity_mds(ctx: ExperimentContext, _page=None) -> dict | None:
@@ -306,22 +451,8 @@ def _similarity_mds(ctx: ExperimentContext, _page=None) -> dict | None:
         if analysis != "similarity" or summary["mds"]["n_points"] < 3:
             continue
         result = ResultGroup(ctx.result_stores[(analysis, stimuli)])
-        coords = result["mds"]
-        entries = result["point_entry"]
-        sites = result["point_site"]
-        fig = figures.figure(6.5, 5.0)
-        figures.place(fig, left=0.8, bottom=0.5)
-        ax = fig.add_subplot()
-        for entry in dict.fromkeys(entries):
-            ax.scatter(*coords[entries == entry].T, label=entry, s=25)
-        for (x, y), site in zip(coords, sites):
-            ax.annotate(site, (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
-        ax.set_aspect("equal", adjustable="datalim")  # distances on the map read the same in both directions
-        ax.margins(x=0.15, y=0.08)  # room for the site names beside the outermost points
-        ax.set_xlabel("MDS 1")
-        ax.set_ylabel("MDS 2")
-        ax.set_title(f"{stimuli}: representations under the angular shape distance", fontsize=10)
-        ax.legend(fontsize=7)
+        fig = mds_figure(result["mds"], result["point_entry"], result["point_site"],
+                         f"{stimuli}: representations under the angular shape distance")
         blocks.append({"stimuli": stimuli, "figure": figures.to_data_uri(fig), "n_points": summary["mds"]["n_points"],
                        "explained": summary["mds"]["explained"]})
     return {"blocks": blocks} if blocks else None

@@ -1,0 +1,255 @@
+"""What report pages and figures show: fixed colour scales, p-values at their floor, the label ceiling,
+test metrics, readable maps and legends, site order, steps of pretrained models, grouped massive activations."""
+
+import json
+
+import numpy as np
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+from pipeline import jobs, layout
+from pipeline.analyses.factorization import STABLE_SIMILARITY
+from pipeline.config import validate_config
+from pipeline.jobs import run_stats
+from pipeline.jobs.similarity import run_similarity
+from pipeline.report import factorization, sections
+from pipeline.report.build import _environment, write_checkpoint_report, write_comparisons_report
+from pipeline.report.context import CheckpointResults, ModelContext, site_order, step_label
+
+STATS_SPEC = {"zero_threshold": 1e-6, "massive_ratio": 100, "massive_min": 1.0}
+
+
+class Group(dict):
+    """A stand-in for a result group: arrays by name, and ``attrs``."""
+
+    def __init__(self, arrays, **attrs):
+        super().__init__(arrays)
+        self.attrs = attrs
+
+
+def drawn(fig):
+    """The figure drawn once, and its renderer (for the extents of its artists)."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def render(section: str, data: dict) -> str:
+    return _environment().get_template(f"sections/{section}.html").render(data=data)
+
+
+def similarity_spec(**overrides) -> dict:
+    config = validate_config({
+        "device": "cpu",
+        "stimuli": {"toy": {"kind": "flipflop"}},
+        "models": {"m": {"source": "huggingface", "path": "unused", "stimuli": ["toy"], "sites": ["x"]}},
+    })
+    return {**jobs.similarity_spec(config), "n_bootstrap": 20, **overrides}
+
+
+def test_site_order_follows_the_forward_pass_as_far_as_names_tell():
+    names = ["layers.10", "readout", "layers.2", "layers.2.mlp", "embeddings", "layers.2.attention.out"]
+    assert site_order(names) == ["embeddings", "layers.2.attention.out", "layers.2.mlp", "layers.2", "layers.10",
+                                 "readout"]
+
+
+def test_a_step_below_zero_is_not_shown_as_a_step():
+    assert step_label(-1, "huggingface") == "n/a (pretrained)"
+    assert step_label(-1, "checkpoints") == "n/a (not recorded)"
+    assert step_label(40, "train") == "40"
+
+
+def test_similarity_colour_scales_are_fixed_and_labelled():
+    sites = ["a", "b", "c"]
+    matrices = {"cka": np.full((3, 3), 0.5), "rsa": 0.8 + 0.2 * np.eye(3), "shape": np.full((3, 3), 0.3)}
+    fig = sections.similarity_figure([("", matrices, sites)], "spearman")
+    cka, rsa, shape = (ax.images[0] for ax in fig.axes if ax.images and ax.get_title())
+    assert cka.get_clim() == (0.0, 1.0) and rsa.get_clim() == (-1.0, 1.0)
+    assert shape.get_clim() == (0.0, sections.SHAPE_MAX)
+    assert rsa.get_cmap().name == "RdBu_r"  # diverging: a negative correlation of RDMs reads as such
+    assert [image.colorbar.ax.get_ylabel() for image in (cka, rsa, shape)] == [
+        "CKA", "Spearman correlation of RDMs", "radians"]
+
+
+def test_p_at_its_floor_and_only_reachable_stars():
+    assert sections.p_label(1 / 201, 200) == "≤ 1/201"
+    assert sections.p_label(0.0199, 200) == "0.0199"
+    assert sections.star_legend(200) == "* p < 0.05, ** p < 0.01"
+    assert sections.star_legend(1000) == "* p < 0.05, ** p < 0.01, *** p < 0.001"
+
+
+def checkpoint_page(tmp_path, store_writer, source: str) -> str:
+    """A checkpoint page of stats and similarity of a store with three labelled sites, its step unknown."""
+    rng = np.random.default_rng(0)
+    n, positions = 24, 2
+    codes = np.arange(n) % 3  # the store's labels cat0, cat1, cat2
+    planted = np.eye(3)[codes][:, None, :] * 5 + 0.1 * rng.standard_normal((n, positions, 3))
+    spiky = rng.uniform(0.5, 1.0, (n, positions, 4))
+    spiky[:, 0, 1] = 1000.0  # unit 1 massive at position 0 of every stimulus
+    sites = {"layers.10": planted + rng.standard_normal(planted.shape), "layers.2": spiky,
+             "layers.2.mlp": planted}
+    store = store_writer(tmp_path / "s.zarr", sites, np.ones((n, positions), bool), run="r",
+                         checkpoint_name="c", step=-1, stimulus_set="s",
+                         checkpoint_metadata={"test_accuracy": 0.6555555462837219})
+    run_stats(STATS_SPEC, store, tmp_path / "stats.zarr")
+    run_similarity(similarity_spec(n_permutations=50), store, tmp_path / "similarity.zarr")
+    page = tmp_path / "page.html"
+    write_checkpoint_report({"model_name": "m", "model": {"source": source, "sites": ["*"]}, "analyses": {},
+                             "output_dir": str(tmp_path),
+                             "inputs": [str(tmp_path / "stats.zarr"), str(tmp_path / "similarity.zarr")]}, page)
+    return page.read_text()
+
+
+def test_checkpoint_page_shows_p_floor_label_ceiling_and_rounded_metadata(tmp_path, store_writer):
+    html = checkpoint_page(tmp_path, store_writer, "huggingface")
+    summary = json.loads(layout.summary_path(tmp_path / "similarity.zarr").read_text())
+    ceiling = summary["tests"]["layers.2.mlp"]["label"]["ceiling"]
+    assert summary["tests"]["layers.2.mlp"]["label"]["pvalue"] == pytest.approx(1 / 51)
+    assert "≤ 1/51" in html and "0.01961" not in html
+    assert f"({ceiling:.3g} for these stimuli)" in html and "8 balanced labels" not in html
+    assert "* p &lt; 0.05." in html and "***" not in html  # 50 permutations reach no p below 1/51
+    assert "<th>training step</th><td>n/a (pretrained)</td>" in html
+    assert "<code>0.6556</code>" in html and "0.6555555" not in html
+
+
+def test_checkpoint_page_lists_sites_in_forward_order_and_one_row_per_massive_unit(tmp_path, store_writer):
+    html = checkpoint_page(tmp_path, store_writer, "checkpoints")
+    stats = html.split('<section id="stats">')[1].split("</section>")[0]
+    rows = [stats.index(f"<code>{site}</code>") for site in ("layers.2.mlp", "layers.2", "layers.10")]
+    assert rows == sorted(rows)
+    massive = stats.split("<h3>Units with massive activations</h3>")[1]
+    assert massive.count("<tr><td><code>") == 1  # 24 massive values of one unit: one row
+    assert "<td class=\"num\">24 of 48</td>" in massive and "position 0 (t0.0): 1" in massive
+    assert "<th>training step</th><td>n/a (not recorded)</td>" in html
+
+
+def test_checkpoint_list_names_the_flagged_sites_and_why():
+    summary = {"sites": {"b.act": {"flags": ["2 dead units"]}, "a.act": {"flags": []},
+                         "c.act": {"flags": ["3 NaN values", "1 dead units"]}}}
+    checkpoint = CheckpointResults("r", "pretrained", "s", -1, {}, {"stats": summary})
+    ctx = ModelContext("m", {"source": "huggingface"}, {}, [checkpoint], {})
+    html = render("checkpoints", sections._checkpoint_list(ctx))
+    assert "<th>flagged sites</th>" in html and "n/a (pretrained)" in html
+    assert "2: <code>b.act</code> (2 dead units), <code>c.act</code> (3 NaN values; 1 dead units)" in html
+
+
+def comparisons_summary(**extra) -> dict:
+    matrix = [[1.0, 0.4], [0.4, 1.0]]
+    entries = [{"label": "mlp/relu", "checkpoint": "step-9", "step": 9},
+               {"label": "mlp/tanh", "checkpoint": "step-9", "step": 9}]
+    metadata = [{"test_accuracy": 0.6555555462837219, "test_fraction": 0.25, "lr": 0.003},
+                {"test_accuracy": 0.86, "test_fraction": 0.25, "lr": 0.003}]
+    return {"analysis": "similarity", "scope": "experiment", "stimulus_set": "digits", "entries": entries,
+            "params": similarity_spec(),
+            "provenance": {"entries": [{"checkpoint_metadata": m} for m in metadata]},
+            "comparisons": {"h.act": {"entries": ["mlp/relu", "mlp/tanh"], "cka": matrix, "rsa": matrix,
+                                      "shape": matrix}},
+            "mds": {"n_points": 2, "explained": 1.0}, **extra}
+
+
+@pytest.mark.parametrize("extra, stimuli", [
+    ({}, "at most 100 of the set"),
+    ({"n_stimuli": 100, "n_stimuli_total": 1797, "stimuli_from": "the test split"},
+     "100 of the set's 1797,\ndrawn from the test split with seed 0"),
+])
+def test_comparisons_page_shows_test_metrics_stimuli_and_rsa(tmp_path, extra, stimuli):
+    result = tmp_path / "digits.zarr"
+    layout.summary_path(result).write_text(json.dumps(comparisons_summary(**extra)))
+    page = tmp_path / "comparisons" / "index.html"
+    write_comparisons_report({"analyses": {}, "inputs": [str(result)]}, page)
+    html = page.read_text().split('<section id="similarity-models">')[1].split("</section>")[0]
+    assert "<th>test_accuracy</th>" in html and "<th>test_fraction</th>" not in html  # a setting, not a metric
+    assert '<td class="num">0.6556</td>' in html and '<td class="num">0.86</td>' in html
+    assert f"Stimuli: {stimuli}" in html and "linear CKA, RSA and angular shape distance" in html
+
+
+def test_comparisons_figure_has_an_rsa_panel_per_site():
+    summary = comparisons_summary()
+    fig = sections.similarity_figure([(f"{site}: ", c, c["entries"]) for site, c in summary["comparisons"].items()],
+                                     "spearman")
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == [
+        "h.act: linear CKA", "h.act: RSA (Spearman)", "h.act: angular shape distance"]
+
+
+def test_mds_map_has_no_labels_on_the_points_and_its_legend_beside_the_map():
+    entries = np.repeat(["model/a", "model/b"], 6)
+    sites = np.tile([f"encoder.layer.{k}.attention.output.dense" for k in range(6)], 2)
+    coords = np.random.default_rng(0).standard_normal((12, 2))
+    fig = sections.mds_figure(coords, entries, sites, "map")
+    (ax,) = fig.axes
+    renderer = drawn(fig)
+    (legend,) = fig.legends
+    box, panel = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert len(ax.texts) == 0 and box.x0 >= panel.x1 and box.x1 <= fig.bbox.x1
+    assert [t.get_text() for t in legend.get_texts()][:3] == ["run", "model/a", "model/b"]
+
+
+def test_statistics_across_training_have_their_legend_beside_the_panels(monkeypatch):
+    figs = []
+    monkeypatch.setattr(sections.figures, "to_data_uri", lambda fig: figs.append(fig) or "data:")
+    series = {key: [0.1, 0.2] for key, _ in sections.ACROSS_PLOTS}
+    data = {"steps": [0, 10], "checkpoints": ["a", "b"], "sites": {"layer.1": series, "layer.0": series}}
+    ctx = ModelContext("m", {"source": "train"}, {}, [], {("stats", "r", "s"): data})
+    sections._stats_across_run(ctx, "r", "s")
+    (fig,) = figs
+    renderer = drawn(fig)
+    (legend,) = fig.legends
+    right = max(ax.get_window_extent(renderer).x1 for ax in fig.axes if ax.get_visible())
+    assert legend.get_window_extent(renderer).x0 >= right
+    assert [t.get_text() for t in legend.get_texts()] == ["layer.0", "layer.1"]
+
+
+def test_rank_diagnostics_name_every_line_and_draw_the_stability_threshold():
+    ranks = np.arange(1, 5)
+    group = Group({"rank": ranks, "objective": np.linspace(1, 0.5, 8).reshape(4, 2),
+                   "similarity": np.full((4, 2), 0.95), "cv_test_error": np.full((4, 2), 0.6),
+                   "cv_train_error": np.full((4, 2), 0.5)}, rank=4)
+    fig = factorization.diagnostics_figure(group)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "replicates (random starts)", "lowest error over replicates", "mean similarity to the best replicate",
+        f"stability threshold ({STABLE_SIMILARITY})", "train error (held-out fits)", "chosen rank (4)"]
+    similarity = next(ax for ax in fig.axes if ax.get_title() == "similarity to best replicate")
+    assert [line.get_ydata()[0] for line in similarity.lines if line.get_linestyle() == ":"] == [STABLE_SIMILARITY]
+
+
+def test_rank_over_training_has_whole_number_ticks_and_counts_fits_at_the_largest_rank(monkeypatch):
+    figs = []
+    monkeypatch.setattr(factorization.figures, "to_data_uri", lambda fig: figs.append(fig) or "data:")
+    checkpoints = [CheckpointResults("r", f"step-{s}", "trials", s, {}, {"tca": {
+        "params": {"max_rank": 6}, "sites": {"rnn": {"status": "ok", "rank": rank, "rel_error": 0.3}}}})
+        for s, rank in ((0, 4), (100, 5), (200, 6))]
+    overview = factorization._over_training(ModelContext("m", {"source": "train"}, {}, checkpoints, {}))
+    assert (overview["at_max"], overview["n_fits"], overview["max_rank"]) == (1, 3, 6)
+    drawn(figs[0])
+    ticks = figs[0].axes[0].get_yticks()
+    assert all(float(t).is_integer() for t in ticks) and 6 in ticks
+    html = render("tca-across", {"overview": overview, "runs": []})
+    assert "1 of 3 fits chose the largest rank tried (6)" in html and "raise analyses.tca.max_rank" in html
+
+
+def test_factor_rows_are_labelled_by_their_order_not_their_weight():
+    group = Group({"weight": np.array([126.0, 29.3, 19.5, 21.2]), "unit_factor": np.ones((5, 4)),
+                   "position_factor": np.ones((3, 4)), "position": np.arange(3)})
+    fig = factorization.factor_figure(group, ["unit", "position"], ["unit", "position"])
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["#1", "#2", "#3", "#4"]
+
+
+def connectome_group(community: np.ndarray) -> Group:
+    k = community.size
+    return Group({"community": community, "loading": np.eye(k)[:, :3], "affinity": np.ones((k, k, 2)),
+                  "step": np.array([0, 10]), "checkpoint": np.array(["a", "b"]),
+                  "checkpoint_factor": np.ones((2, 3)), "weight": np.ones(3)})
+
+
+def test_connectome_axes_are_labelled_and_a_one_unit_community_is_flagged():
+    fig = factorization.connectome_figure(connectome_group(np.array([0, 0, 1, 2, 2])))
+    first, _, course = fig.axes[:3]
+    assert first.get_xlabel() == first.get_ylabel() == "units, sorted by community"
+    assert course.get_ylabel() == "weight × checkpoint factor (a.u.)"
+    assert [line.get_linestyle() for line in course.lines] == ["-", "--", "-"]  # community 2 has one unit
+    block = {"site": "h", "single": [2], "figure": "data:", "result": {
+        "n_units": 5, "n_samples": 10, "community_sizes": [2, 1, 2], "rel_error": 0.3, "similarity": 0.9}}
+    html = render("connectome", {"params": {"affinity": "abs_correlation", "max_units": 64, "rank": 3},
+                                 "runs": [{"run": "r", "stimuli": "s", "failed": [], "blocks": [block]}]})
+    assert "Community 2 has one unit: no within-community affinity." in html
