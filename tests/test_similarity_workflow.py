@@ -338,6 +338,7 @@ def test_models_comparison_and_mds(tmp_path):
     assert a["cka"][0][1] == pytest.approx(1.0, abs=1e-9)
     assert a["shape"][0][2] == pytest.approx(literal_shape_distance(X, Y), abs=1e-9)
     assert "b" not in summary["comparisons"]  # recorded by one model only
+    assert (summary["n_stimuli"], summary["n_stimuli_total"], summary["stimuli_from"]) == (N, N, "all stimuli")
 
     ds = xr.open_zarr(out, consolidated=False, zarr_format=3)
     points = ds["point"].values.tolist()

@@ -325,6 +325,8 @@ def run_similarity_models(spec: dict, results: list[Path], out: Path) -> None:
         D, coords, eigenvalues = np.zeros((0, 0)), np.zeros((0, 0)), np.zeros(0)
     positive = eigenvalues[eigenvalues > 0]
     stimulus_set = provenance[0].get("stimulus_set") if provenance else None
+    first = entries[0][0] if entries else {}  # every entry holds the same stimuli (checked above)
+    stimuli = {key: first.get(key) for key in ("n_stimuli", "n_stimuli_total", "stimuli_from", "representation")}
     point_names = np.array([f"{labels[k]}:{site}" for k, site in points], dtype=str)
     write_result(out, Result(
         {"shape_distance": (("point", "point_b"), D), "mds": (("point", "component"), coords)},
@@ -342,6 +344,7 @@ def run_similarity_models(spec: dict, results: list[Path], out: Path) -> None:
         "provenance": {"entries": provenance},
         "entries": [{"label": label, "checkpoint": p.get("checkpoint_name"), "step": p.get("step")}
                     for label, p in zip(labels, provenance)],
+        **stimuli,
         "comparisons": comparisons,
         "mds": {"n_points": len(points), "metric": "angular shape distance",
                 "explained": float(positive[:n_components].sum() / positive.sum()) if positive.size else None,
