@@ -11,7 +11,7 @@ import xarray as xr
 from pipeline import jobs, layout
 from pipeline.analyses.connectome import affinity
 from pipeline.analyses.factorization import CPResult, factor_similarity
-from pipeline.analyses.tca import fit_tca
+from pipeline.analyses.tca import fit_tca, observed_size
 from pipeline.jobs import factorization as factorization_jobs
 from pipeline.store import StoreWriter
 
@@ -118,7 +118,12 @@ def test_tca_leaves_out_positions_few_stimuli_reach(tmp_path):
                         kind="sentences")
     out = tmp_path / "tca" / "s.zarr"
     factorization_jobs.run_tca({**TCA_SPEC, "max_rank": 2, "min_position_coverage": 0.1}, store, out)
-    assert list(open_group(out, "hidden.0")["position"].values) == list(range(8))
+    group = open_group(out, "hidden.0")
+    assert list(group["position"].values) == list(range(8))
+    sizes = observed_size(stored_model(group, ("unit", "position", "stimulus")),
+                          np.broadcast_to(mask[:, :8].T[None], (6, 8, n_stim)))
+    np.testing.assert_allclose(group["size"].values, sizes, rtol=1e-9)
+    assert np.all(np.diff(group["size"].values) <= 0)
     summary = json.loads(layout.summary_path(out).read_text())
     assert summary["rare_positions_left_out"] == 6 and summary["sites"]["hidden.0"]["degenerate_pairs"] == []
 
@@ -345,6 +350,9 @@ def test_report_cautions_at_the_largest_rank_fitted_and_for_unreproducible_compo
     top, _ = rank_cautions({"ranks": [1, 2, 3], "rank": 3, "similarity": [1.0, 0.97, 0.6]}, 6)  # 3 checkpoints
     assert "smallest dimension allows no more" in top
     assert rank_cautions({"ranks": [1, 2, 3], "rank": 1, "similarity": [None, 0.5, 0.4]}, 3) == []
+    (degenerate,) = rank_cautions({"ranks": [1, 2], "rank": 1, "similarity": [None, 1.0],
+                                   "degenerate_pairs": [[0, 2, -0.962]]}, 3)
+    assert degenerate.startswith("components #1 and #3 cancel each other (congruence -0.96): a degenerate pair")
 
 
 def test_a_single_rank_needs_no_rank_choice():

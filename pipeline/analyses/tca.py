@@ -43,6 +43,8 @@ class TCAFit:
         Best replicate at ``rank`` in canonical form (``canonical`` with the fit's mask).
     nonneg : bool
         Whether the fits were non-negative.
+    sizes : array, shape (rank,)
+        ``observed_size`` of each component of ``model`` (decreasing).
     """
 
     ensemble: RankEnsemble
@@ -50,6 +52,7 @@ class TCAFit:
     rank: int
     model: CPResult
     nonneg: bool
+    sizes: object
 
 
 def unit_variance(X, mask=None):
@@ -232,4 +235,4 @@ def fit_tca(T, max_rank: int, replicates: int = 3, nonneg="auto", mask=None, n_i
         except ValueError:  # no rank is reproducible: keep the simplest model
             rank = 1
     model = canonical(ensemble.results[rank][0], mask=mask)
-    return TCAFit(ensemble=ensemble, cv=cv, rank=rank, model=model, nonneg=nonneg)
+    return TCAFit(ensemble=ensemble, cv=cv, rank=rank, model=model, nonneg=nonneg, sizes=observed_size(model, mask))

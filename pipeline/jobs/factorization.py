@@ -67,10 +67,12 @@ def _tca_fit(spec: dict, T: np.ndarray, mask: np.ndarray | None) -> TCAFit:
 
 
 def _tca_dataset(fit: TCAFit, dims: tuple[str, ...], coords: dict) -> Result:
-    """Factors of the chosen model (``<dim>_factor`` (dim, component), ``weight``) and the rank diagnostics."""
+    """Factors of the chosen model (``<dim>_factor`` (dim, component), ``weight``, ``size`` on the fitted entries)
+    and the rank diagnostics."""
     ranks = fit.ensemble.ranks
     data = {f"{dim}_factor": ((dim, "component"), to_numpy(f)) for dim, f in zip(dims, fit.model.factors)}
     data["weight"] = (("component",), to_numpy(fit.model.weights))
+    data["size"] = (("component",), to_numpy(fit.sizes))
     data["objective"] = (("rank", "replicate"), np.stack([fit.ensemble.objectives[r] for r in ranks]))
     data["similarity"] = (("rank", "replicate"), np.stack([fit.ensemble.similarities[r] for r in ranks]))
     if fit.cv is not None:

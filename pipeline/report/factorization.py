@@ -147,6 +147,10 @@ def rank_cautions(result: dict, max_rank: int) -> list[str]:
         cautions.append(f"at this rank the other random starts match the best fit with mean similarity "
                         f"{similarity:.2f} (below {STABLE_SIMILARITY}): these components are not unique, "
                         "read them with care")
+    for r, s, c in result.get("degenerate_pairs", []):
+        cautions.append(f"components #{r + 1} and #{s + 1} cancel each other (congruence {c:.2f}): a degenerate "
+                        "pair whose weights and factors mean nothing on their own; a lower rank or a non-negative "
+                        "fit avoids it")
     return cautions
 
 
@@ -157,7 +161,9 @@ def _site_blocks(path: Path, summary: dict, modes: list[str], mode_labels: list[
             continue
         group = ResultGroup(path, site)
         cautions = rank_cautions(result, summary["params"]["max_rank"])
+        sizes = group["size"].tolist() if "size" in group else None  # results written before sizes were stored
         blocks.append({"site": site, "result": result, "cautions": cautions, "weights": group["weight"].tolist(),
+                       "sizes": sizes,
                        "factors": figures.to_data_uri(factor_figure(group, modes, mode_labels)),
                        "diagnostics": figures.to_data_uri(diagnostics_figure(group))})
     return blocks
@@ -172,7 +178,8 @@ def collect_tca(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
     if not blocks and not _failed(summary):
         return None
     return {"blocks": blocks, "failed": _failed(summary), "params": summary["params"],
-            "mode_labels": summary["mode_labels"], "stable": STABLE_SIMILARITY}
+            "mode_labels": summary["mode_labels"], "stable": STABLE_SIMILARITY,
+            "rare_positions": summary.get("rare_positions_left_out", 0)}
 
 
 def _over_training(ctx: ModelContext) -> dict | None:
