@@ -108,6 +108,7 @@ rule report_index:
         spec=lambda wc, input: spec_arg(
             {
                 "models": MODELS,
+                "waiting": WAITING,
                 "model_summaries": list(input.models),
                 "comparisons_summary": input.comparisons,
             }

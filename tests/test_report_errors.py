@@ -94,6 +94,11 @@ def test_index_without_errors_says_so(tmp_path, store_writer):
     reports = tmp_path / "reports"
     write_model_report(spec(tmp_path, [result]), layout.model_page(reports, "m"))
     assert "No failed or incomplete items." in errors_section(index_of(reports))
+    out = reports / "index.html"
+    write_index({"model_summaries": [str(layout.model_summary(reports, "m"))], "comparisons_summary": None,
+                 "waiting": {"<b>run</b>": "no file in /runs matches '*.pt' yet"}}, out)
+    assert ("Model &lt;b&gt;run&lt;/b&gt; is not in this report yet: no file in /runs matches &#39;*.pt&#39; yet."
+            in out.read_text())
 
 
 @pytest.mark.parametrize("record, shown", [

@@ -200,7 +200,8 @@ def write_index(spec: dict, out: Path) -> None:
     """Write the index page linking every model, checkpoint page and analysis.
 
     The spec names the summaries the model and comparisons jobs wrote beside their pages
-    (``model_summaries``, ``comparisons_summary``).
+    (``model_summaries``, ``comparisons_summary``) and the models left out of the run for want of
+    checkpoints (``waiting``: model -> why).
     """
     models = [json.loads(Path(summary).read_text()) for summary in spec["model_summaries"]]
     comparisons = spec.get("comparisons_summary")
@@ -212,7 +213,7 @@ def write_index(spec: dict, out: Path) -> None:
     failed = [{"title": title, "href": p["href"], "n_errors": p["n_errors"], "errors": p.get("errors", [])}
               for title, p in pages if p["n_errors"]]
     page = {**_common("Activation analysis report", ""), "sections": [], "errors": failed, "models": models,
-            "comparisons": comparisons}
+            "comparisons": comparisons, "waiting": spec.get("waiting", {})}
     write_text(out, _environment().get_template("index.html").render(**page))
 
 
