@@ -30,7 +30,7 @@ rule tca_across:
         result=directory(layout.across_result(OUT, "tca-across", "{model}", "{run}", "{stimuli}")),
         summary=layout.across_checkpoints(OUT, "tca-across", "{model}", "{run}", "{stimuli}"),
     params:
-        spec=spec_arg(jobs.tca_spec(config)),
+        spec=spec_arg(jobs.tca_spec(config, across=True)),
         inputs=lambda wc, input: shell_args(list(input)),
     log:
         layout.log_file(OUT, "tca_across", "{model}", "{run}", "{stimuli}"),

@@ -73,9 +73,13 @@ def _for_jobs(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if k != "models"}
 
 
-def tca_spec(config: dict) -> dict:
-    """Settings of the tensor component analysis jobs (per checkpoint and across checkpoints)."""
-    return {**_for_jobs(config["analyses"]["tca"]), "device": config["device"], "dtype": config["dtype"]}
+def tca_spec(config: dict, across: bool = False) -> dict:
+    """Settings of the tensor component analysis jobs, per checkpoint or (``across``) across checkpoints, whose
+    tensors have no positions to leave out."""
+    settings = _for_jobs(config["analyses"]["tca"])
+    if across:
+        settings.pop("min_position_coverage")
+    return {**settings, "device": config["device"], "dtype": config["dtype"]}
 
 
 def connectome_spec(config: dict) -> dict:
