@@ -166,9 +166,11 @@ def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: boo
         "packages": package_versions(),
         "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    # a partial store is resumed only by a run with the same inputs, device and package versions
+    # a partial store is resumed only by a run with the same inputs, device and package versions (an edit to this
+    # package's source, such as a report template, does not change what is recorded)
+    versions = {k: v for k, v in attrs["packages"].items() if k != "pipeline_source"}
     attrs["fingerprint"] = config_hash([attrs["config_hash"], prov.get("checkpoint_sha256"), stim.content_hash, sites,
-                                        attrs["device"], attrs["packages"]])
+                                        attrs["device"], versions])
     # site shapes come from a resumable partial store, else from the first batch (kept and written below)
     first = None
     shapes = resumable_shapes(out, attrs["fingerprint"], sites)

@@ -245,6 +245,19 @@ def test_partial_store_from_other_package_versions_is_rewritten(tmp_path, monkey
     assert open_store(out).attrs["packages"]["torch"] == "0.0-other"
 
 
+def test_partial_store_resumes_after_an_edit_to_the_package_source(tmp_path, monkeypatch):
+    """An edited report template or analysis does not change what extraction records."""
+    checkpoint = make_checkpoint(tmp_path, "step.safetensors", seed=1)
+    spec = mlp_spec(tmp_path)
+    out = tmp_path / "run" / "step" / "digits.zarr"
+    with pytest.raises(RuntimeError):
+        counted_extract(monkeypatch, spec, out, checkpoint, fail_at=3)
+    versions = extract_module.package_versions()
+    monkeypatch.setattr(extract_module, "package_versions", lambda: {**versions, "pipeline_source": "0" * 64})
+    assert counted_extract(monkeypatch, spec, out, checkpoint) == math.ceil(1797 / BATCH) - 2  # resumed
+    assert open_store(out).attrs["packages"] == versions  # the provenance of the run that began the store
+
+
 # ---------------------------------------------------------------- bad input: one-line errors
 
 
