@@ -220,6 +220,15 @@ def test_too_few_stimuli_fail_with_one_input_error(tmp_path, n, debiased, needed
         similarity_jobs.run_similarity(spec(cka_debiased=debiased), store, tmp_path / "out.zarr")
 
 
+def test_too_few_stimuli_in_the_test_split_fail_with_one_input_error(tmp_path):
+    split = np.array(["test", "test"] + ["train"] * 10)
+    store = write_store(tmp_path / "split.zarr", {"a": np.random.default_rng(0).standard_normal((12, 1, 4))},
+                        extra={"split": (("stimulus",), split)})
+    with pytest.raises(StimulusError, match=r"^stimulus set 'toy' has 2 stimuli in the test split; similarity needs "
+                       r"at least 3 .+ test_fraction\) or leave it out of the models' stimuli$"):
+        similarity_jobs.run_similarity(spec(), store, tmp_path / "out.zarr")
+
+
 def test_fewest_stimuli_keep_statistic_and_p_without_an_interval(tmp_path):
     g = np.random.default_rng(10)
     X, inputs = g.standard_normal((3, 4)), g.standard_normal((3, 1, 5))

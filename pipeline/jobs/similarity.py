@@ -37,8 +37,8 @@ def run_similarity(spec: dict, store: Path, out: Path) -> None:
     group = open_group(store)
     attrs = group.attrs.asdict()
     ids = read(group, "stimulus")
-    _check_enough_stimuli(spec, attrs.get("stimulus_set"), len(ids))
     candidates, drawn_from = analysed_stimuli(group)
+    _check_enough_stimuli(spec, attrs.get("stimulus_set"), len(candidates), drawn_from)
     keep = candidates[stimulus_subset(len(candidates), spec["max_stimuli"], spec["seed"])]
     how = pooling(spec, attrs)
     mask = to_device(read(group, "mask", keep).astype(bool), xp)
@@ -123,15 +123,17 @@ def representation_name(site: str) -> str:
     return f"representation:{site}"
 
 
-def _check_enough_stimuli(spec: dict, stimulus_set: str, n: int) -> None:
-    """Refuse a stimulus set of fewer stimuli than the analysis needs, naming the fix."""
+def _check_enough_stimuli(spec: dict, stimulus_set: str, n: int, drawn_from: str) -> None:
+    """Refuse a stimulus set of fewer stimuli (in ``drawn_from``) than the analysis needs, naming the fix."""
     needed, why = (3, "fewer give RDMs of one entry or none")
     if spec["cka_debiased"]:
         needed, why = 4, "the debiased CKA needs 4"
     if n < needed:
+        where = "" if drawn_from == "all stimuli" else f" in {drawn_from}"
         raise StimulusError(
-            f"stimulus set {stimulus_set!r} has {n} stimuli; similarity needs at least {needed} ({why}): give the set "
-            "more stimuli (e.g. a larger limit or n_trials) or leave it out of the models' stimuli"
+            f"stimulus set {stimulus_set!r} has {n} stimuli{where}; similarity needs at least {needed} ({why}): give "
+            "the set more stimuli (e.g. a larger limit, n_trials or test_fraction) or leave it out of the models' "
+            "stimuli"
         )
 
 
