@@ -153,7 +153,7 @@ def _stats(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
     massive, more = _massive_units(page, ok)
     return {"sites": sites, "columns": STATS_COLUMNS, "params": summary["params"],
             "chart": figures.to_data_uri(chart) if chart else None, "massive": massive, "more_units": more,
-            "units_per_site": MASSIVE_UNITS, "n_listed": max((len(s["top_massive"]) for s in ok.values()), default=0),
+            "units_per_site": MASSIVE_UNITS,
             "runtime": summary.get("runtime_seconds")}
 
 
@@ -180,6 +180,7 @@ def _massive_units(page: CheckpointResults, sites: dict) -> tuple[list[dict], di
             largest = max(listed, key=lambda m: abs(m["value"]), default=None)
             places = Counter((m["position"], m.get("token", "")) for m in listed).most_common(3)
             rows.append({"site": site, "unit": unit, "count": int(counts[unit]), "n_rows": s["n_rows"],
+                         "n_listed": len(s["top_massive"]),
                          "largest": largest, "where": [{"position": p, "token": t, "n": n} for (p, t), n in places],
                          "elsewhere": len(listed) - sum(n for _, n in places),
                          "text": texts.get(largest["stimulus_id"], "") if largest else ""})
@@ -416,13 +417,15 @@ MDS_MARKERS = "osD^vPX*ph<>"
 
 
 def mds_figure(coords: np.ndarray, entries: np.ndarray, sites: np.ndarray, title: str) -> Figure:
-    """Map of representations ``coords`` (points, 2): one marker shape per entry (run), one colour per site
-    running along ``site_order`` (dark: first), named in a legend beside the map."""
+    """Map of representations ``coords`` (points, 2): one marker per entry (run; shapes repeat unfilled past the
+    twelfth), one colour per site running along ``site_order`` (dark: first), named in a legend beside the map."""
     names = list(dict.fromkeys(entries.tolist()))
     ordered = site_order(set(sites.tolist()))
     colours = {site: tuple(c) for site, c in zip(ordered, colormaps["viridis"](np.linspace(0.0, 0.92, len(ordered))))}
     markers = {name: MDS_MARKERS[k % len(MDS_MARKERS)] for k, name in enumerate(names)}
-    handles = [Line2D([], [], ls="")] + [Line2D([], [], ls="", marker=markers[n], color="#555", ms=5) for n in names]
+    hollow = {name: (k // len(MDS_MARKERS)) % 2 == 1 for k, name in enumerate(names)}  # past the shapes: unfilled
+    handles = [Line2D([], [], ls="")] + [Line2D([], [], ls="", marker=markers[n], color="#555", ms=5,
+                                                markerfacecolor="none" if hollow[n] else "#555") for n in names]
     handles += [Line2D([], [], ls="")] + [Line2D([], [], ls="", marker="o", color=colours[s], ms=5) for s in ordered]
     labels = ["run", *names, "site", *ordered]
     fig = figures.figure(5.2 + figures.legend_room(labels, 7), max(5.0, 0.18 * len(labels) + 0.6))
@@ -431,8 +434,12 @@ def mds_figure(coords: np.ndarray, entries: np.ndarray, sites: np.ndarray, title
     for name in names:
         for site in ordered:
             points = coords[(entries == name) & (sites == site)]
-            ax.scatter(*points.T, marker=markers[name], color=colours[site], s=30, edgecolors="black",
-                       linewidths=0.3)
+            if hollow[name]:
+                ax.scatter(*points.T, marker=markers[name], facecolors="none", edgecolors=colours[site], s=30,
+                           linewidths=1.0)
+            else:
+                ax.scatter(*points.T, marker=markers[name], color=colours[site], s=30, edgecolors="black",
+                           linewidths=0.3)
     ax.set_aspect("equal", adjustable="datalim")  # distances on the map read the same in both directions
     ax.margins(0.08)
     ax.set_xlabel("MDS 1")
