@@ -15,7 +15,6 @@ include: "rules/report.smk"
 
 rule all:
     input:
-        layout.report_index(REPORT_DIR),
-        layout.report_bundle(OUT),
+        [layout.report_index(REPORT_DIR), layout.report_bundle(OUT)] if MODELS else [],
         trained_run_folders(),
     default_target: True
