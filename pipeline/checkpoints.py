@@ -16,6 +16,7 @@ import math
 import os
 import pickle
 import re
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,8 @@ SAFETENSORS_SUFFIX = ".safetensors"
 _STATE_DICT_KEYS = ("state_dict", "model")
 _SHOWN_KEYS = 5
 _STEP_KEYS = ("step", "global_step", "epoch")  # global_step: PyTorch Lightning
+_UMASK = os.umask(0o022)  # read once, at import (reading it means setting it; 022 meanwhile is a safe value)
+os.umask(_UMASK)
 
 
 def save_checkpoint(path, state_dict: dict[str, torch.Tensor], metadata: dict) -> None:
@@ -55,12 +58,11 @@ def save_checkpoint(path, state_dict: dict[str, torch.Tensor], metadata: dict) -
         raise ValueError(f"metadata for {path} is not JSON-serializable ({err}); pass plain Python values") from err
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
         save_file(tensors, tmp, metadata=header)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # save_file writes mode 0600; make it readable as the user's other files
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 -> the mode the user's other new files get
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
