@@ -599,6 +599,12 @@ def _full(factors, xp):
     return xp.reshape(xp.matmul(factors[0], K.T), tuple(f.shape[0] for f in factors))
 
 
+def _unit_columns(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Host matrix (I, R) with its nonzero columns scaled to unit norm, and the column norms (R,)."""
+    norms = np.linalg.norm(f, axis=0)
+    return f / np.where(norms > 0, norms, 1.0), norms
+
+
 def factor_similarity(a, b):
     """Similarity of two CP models after the best matching of their components.
 
@@ -625,8 +631,7 @@ def factor_similarity(a, b):
     wa, wb = np.abs(_host_float(a.weights)), np.abs(_host_float(b.weights))
     score = np.ones((wa.size, wb.size))
     for x, y in zip(fa, fb, strict=True):
-        nx, ny = np.linalg.norm(x, axis=0), np.linalg.norm(y, axis=0)
-        x, y = x / np.where(nx > 0, nx, 1.0), y / np.where(ny > 0, ny, 1.0)
+        (x, nx), (y, ny) = _unit_columns(x), _unit_columns(y)
         cosine = np.abs(x.T @ y)
         cosine[(nx == 0)[:, None] & (ny == 0)[None, :]] = 1.0  # two zero columns are the same column
         score *= cosine
@@ -657,9 +662,7 @@ def congruence(result) -> np.ndarray:
     """
     C = None
     for f in result.factors:
-        f = _host_float(f)
-        norms = np.linalg.norm(f, axis=0)
-        f = f / np.where(norms > 0, norms, 1.0)
+        f, _ = _unit_columns(_host_float(f))
         C = f.T @ f if C is None else C * (f.T @ f)
     return C
 
