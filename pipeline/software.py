@@ -11,8 +11,6 @@ from pipeline import __version__
 
 TRACKED_PACKAGES = ("torch", "transformers", "numpy", "scipy", "tensorly", "zarr", "xarray")
 SOURCE_SUFFIXES = (".py", ".yaml", ".html")  # code, the config schema, report templates
-
-
 PACKAGE_ROOT = Path(__file__).parent
 
 

@@ -434,12 +434,9 @@ def mds_figure(coords: np.ndarray, entries: np.ndarray, sites: np.ndarray, title
     for name in names:
         for site in ordered:
             points = coords[(entries == name) & (sites == site)]
-            if hollow[name]:
-                ax.scatter(*points.T, marker=markers[name], facecolors="none", edgecolors=colours[site], s=30,
-                           linewidths=1.0)
-            else:
-                ax.scatter(*points.T, marker=markers[name], color=colours[site], s=30, edgecolors="black",
-                           linewidths=0.3)
+            style = ({"facecolors": "none", "edgecolors": colours[site], "linewidths": 1.0} if hollow[name] else
+                     {"color": colours[site], "edgecolors": "black", "linewidths": 0.3})
+            ax.scatter(*points.T, marker=markers[name], s=30, **style)
     ax.set_aspect("equal", adjustable="datalim")  # distances on the map read the same in both directions
     ax.margins(0.08)
     ax.set_xlabel("MDS 1")
