@@ -73,9 +73,10 @@ class Inputs:
                 raise ModelError(f"model {loaded.name!r} reads arrays but stimulus set {stim.name!r} holds text; "
                                  "pair it with a numeric set (digits, flipflop)")
             self.tensors = {"x": torch.from_numpy(np.ascontiguousarray(stim.inputs))}
-            n_positions = stim.inputs.shape[1] if stim.inputs.ndim == 3 else 1
-            self.coords["mask"] = (("stimulus", "position"), np.ones((len(stim), n_positions), bool))
+            n_positions = stim.inputs.shape[1] if stim.sequence else 1
+            self.coords.setdefault("mask", (("stimulus", "position"), np.ones((len(stim), n_positions), bool)))
         self.takes_text = loaded.takes_text
+        self.sequence = loaded.takes_text or stim.sequence
 
     def batch(self, start: int, stop: int, device: torch.device):
         """Call arguments for stimuli ``start:stop``: (args, kwargs)."""
@@ -83,22 +84,37 @@ class Inputs:
         return ((), parts) if self.takes_text else ((parts["x"],), {})
 
 
-def as_site_array(site: str, tensor: torch.Tensor, dtype: str) -> np.ndarray:
-    """A recorded output as (batch, position, unit) in the store dtype."""
+def unit_shape(tensor: torch.Tensor, sequence: bool) -> tuple[int, ...]:
+    """The shape of one stimulus' units (one position's, for sequences) in a recorded output: (channel, height,
+    width) for a convolution's (batch, channel, height, width), flattened into the store's unit axis."""
+    return tuple(tensor.shape[2:] if sequence else tensor.shape[1:])
+
+
+def as_site_array(site: str, tensor: torch.Tensor, dtype: str, sequence: bool = True) -> np.ndarray:
+    """A recorded output as (batch, position, unit) in the store dtype.
+
+    A (batch, unit) output has one position. A larger one is (batch, position, ...) for ``sequence`` stimuli
+    (tokens, time steps) and (batch, ...) otherwise, its trailing axes flattened into units in C order.
+    """
+    if tensor.ndim < 2:
+        raise ModelError(f"site {site!r} outputs shape {tuple(tensor.shape)}; only outputs with a batch axis "
+                         "and at least one more can be recorded")
     if tensor.ndim == 2:
         tensor = tensor[:, None, :]
-    elif tensor.ndim != 3:
-        raise ModelError(f"site {site!r} outputs shape {tuple(tensor.shape)}; only (batch, unit) and "
-                         "(batch, position, unit) outputs can be recorded")
+    elif sequence:
+        tensor = tensor.flatten(2)
+    else:
+        tensor = tensor.flatten(1)[:, None, :]
     return tensor.to(getattr(torch, dtype)).cpu().numpy()
 
 
 def check_site_names(sites: list[str], coords: dict, stimuli_name: str) -> None:
     """Raise SiteError for sites named like a coordinate or dimension of the store (the arrays would clash)."""
-    taken = sorted(set(sites) & ({"position", *coords}))
+    names = {*coords, *(dim for dims, _ in coords.values() for dim in dims)}
+    taken = sorted(set(sites) & names)
     if taken:
         raise SiteError(f"site {', '.join(map(repr, taken))} has the name of a coordinate of the store for stimulus "
-                        f"set {stimuli_name!r} ({', '.join(sorted(coords))}, position); rename the module in the "
+                        f"set {stimuli_name!r} ({', '.join(sorted(names))}); rename the module in the "
                         "architecture or record another one")
 
 
@@ -135,6 +151,7 @@ def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: boo
     inputs = Inputs(loaded, stim, spec["stimuli"].get("max_length"))
     check_site_names(sites, inputs.coords, stim.name)
     batch_size, dtype, n = spec["batch_size"], spec["dtype"], len(stim)
+    unit_shapes: dict[str, tuple[int, ...]] = {}  # filled by the first forward pass
 
     def run_batch(start: int, first_pass: bool = False) -> dict[str, np.ndarray]:
         """Record one batch; a failure of the first forward pass names the model and its input."""
@@ -145,11 +162,15 @@ def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: boo
             except Exception as err:
                 if not first_pass or isinstance(err, SiteError):
                     raise
-                shape = tuple(next(iter(inputs.tensors.values())).shape)
+                given = next(iter(inputs.tensors.values()))
+                fix = ("integer inputs are passed as int64 ids, so save numbers the model reads as floats (e.g. "
+                       "images / 255)" if stim.inputs is not None and stim.inputs.dtype == np.int64
+                       else "record it on stimuli like those it was built for")
                 raise ModelError(f"model {name!r} cannot run on stimulus set {stim.name!r} ({stim.kind}, input "
-                                 f"shape {shape}): {first_line(err)}; record it on stimuli like those it was "
-                                 "built for") from err
-        return {site: as_site_array(site, captured[site], dtype) for site in sites}
+                                 f"shape {tuple(given.shape)}): {first_line(err)}; {fix}") from err
+        if first_pass:
+            unit_shapes.update({site: unit_shape(captured[site], inputs.sequence) for site in sites})
+        return {site: as_site_array(site, captured[site], dtype, inputs.sequence) for site in sites}
 
     prov = loaded.provenance
     attrs = {
@@ -177,6 +198,7 @@ def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: boo
     if shapes is None:
         first = run_batch(0, first_pass=True)
         shapes = {site: a.shape[1:] for site, a in first.items()}
+        attrs["unit_shapes"] = {site: list(shape) for site, shape in unit_shapes.items()}
     check_positions(name, stim.name, shapes, inputs.coords)
     writer = StoreWriter(out, shapes, inputs.coords, attrs, dtype, batch_size)
     if writer.n_written:

@@ -1,4 +1,4 @@
-"""Stimulus sets: labelled sentences, digit images, flip-flop task trials.
+"""Stimulus sets: labelled sentences, digit images, flip-flop task trials, a user's own arrays.
 
 Every set is loaded into a StimulusSet with stimulus ids, coordinates (labels, texts, ...)
 and either texts (for language models) or a numeric input array.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,9 @@ class StimulusSet:
     """One stimulus set.
 
     ``coords`` maps a coordinate name to ``(dims, values)`` along ``stimulus`` (length n);
-    ``inputs`` is (n, features) or (n, time, features) for array models; ``texts`` holds n
-    strings for language models.
+    ``inputs`` is (n, ...) for array models, (n, time, ...) when ``sequence`` (axis 1 is then the
+    store's position axis); ``texts`` holds n strings for language models. A ``mask`` coordinate
+    (n, time) marks the real time steps of sequences of unequal length.
     """
 
     name: str
@@ -35,6 +37,7 @@ class StimulusSet:
     coords: dict[str, tuple[tuple[str, ...], np.ndarray]] = field(default_factory=dict)
     inputs: np.ndarray | None = None
     texts: list[str] | None = None
+    sequence: bool = False
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -63,9 +66,15 @@ class StimulusSet:
         return h.hexdigest()
 
 
+def is_sequence(spec: dict) -> bool:
+    """Whether a stimulus set's (validated) config entry gives sequences, whose tokens or time steps are the
+    store's position axis."""
+    return spec["kind"] in ("sentences", "flipflop") or bool(spec.get("sequence"))
+
+
 def load_stimuli(name: str, spec: dict) -> StimulusSet:
     """Load the stimulus set ``name`` described by its (validated) config entry ``spec``."""
-    loaders = {"sentences": _sentences, "digits": _digits, "flipflop": _flipflop}
+    loaders = {"sentences": _sentences, "digits": _digits, "flipflop": _flipflop, "arrays": _arrays}
     stim = loaders[spec["kind"]](name, spec)
     if len(stim) == 0:
         raise StimulusError(f"stimulus set {name!r} is empty; give it at least one stimulus")
@@ -136,9 +145,102 @@ def _flipflop(name: str, spec: dict) -> StimulusSet:
                                    pulse_prob=spec["pulse_prob"], seed=spec["seed"])
     n = spec["n_trials"]
     return StimulusSet(
-        name=name, kind="flipflop", ids=np.array([f"trial-{i:04d}" for i in range(n)], dtype=str),
+        name=name, kind="flipflop", ids=np.array([f"trial-{i:04d}" for i in range(n)], dtype=str), sequence=True,
         inputs=np.asarray(trials["inputs"], dtype=np.float32),
         coords={"label": (("stimulus",), np.asarray(trials["condition"], dtype=str)),
                 "input": (("stimulus", "position", "bit"), np.asarray(trials["inputs"], np.float32)),
                 "target": (("stimulus", "position", "bit"), np.asarray(trials["targets"], np.float32))},
     )
+
+
+ARRAY_KEYS = ("inputs", "labels", "ids", "split", "mask")
+
+
+def _arrays(name: str, spec: dict) -> StimulusSet:
+    """A user's stimuli from a ``.npz`` file (read without pickles): ``inputs`` (n, ...) and optional ``labels``,
+    ``ids``, ``split`` (n,) and, for sequences, ``mask`` (n, time)."""
+    path = Path(spec["path"])
+    where = f"stimulus set {name!r}: {path}"
+    arrays = _read_npz(path, where)
+    unknown = sorted(set(arrays) - set(ARRAY_KEYS))
+    if unknown or "inputs" not in arrays:
+        found = f"has unknown arrays {', '.join(unknown)}" if unknown else "has no 'inputs' array"
+        raise StimulusError(f"{where} {found}; save it with np.savez(path, inputs=..., labels=..., ids=..., "
+                            "split=..., mask=...) (all but inputs optional)")
+    inputs = arrays["inputs"]
+    if inputs.dtype.kind not in "biuf" or inputs.ndim < 1 or len(inputs) == 0:
+        raise StimulusError(f"{where}: 'inputs' must be a non-empty numeric array (stimulus, ...), got dtype "
+                            f"{inputs.dtype} and shape {inputs.shape}")
+    n, sequence = len(inputs), spec["sequence"]
+    if sequence and inputs.ndim < 2:
+        raise StimulusError(f"{where}: a sequence set needs 'inputs' of shape (stimulus, time, ...), got "
+                            f"{inputs.shape}; set stimuli.{name}.sequence to false")
+    integer = inputs.dtype.kind in "iu"
+    inputs = inputs.astype(np.int64 if integer else np.float32)
+    if not integer and not np.isfinite(inputs).all():
+        raise StimulusError(f"{where}: 'inputs' holds {np.count_nonzero(~np.isfinite(inputs))} NaN or infinite "
+                            "values; replace them (a model's activations on them would be meaningless)")
+    for key in ("labels", "ids", "split"):
+        if key in arrays and arrays[key].shape != (n,):
+            raise StimulusError(f"{where}: '{key}' must have one entry per stimulus, shape ({n},), got "
+                                f"{arrays[key].shape}")
+    ids = _array_strings(arrays["ids"], where, "ids") if "ids" in arrays else np.array(
+        [f"stimulus-{i:05d}" for i in range(n)], dtype=str)
+    duplicated = sorted(i for i, count in Counter(ids.tolist()).items() if count > 1)
+    if duplicated:
+        raise StimulusError(f"{where}: ids must be unique; repeated: {', '.join(duplicated[:5])}")
+    # the inputs as a coordinate, one row per stimulus (per time step of a sequence); integer inputs are ids
+    # (tokens, operands), kept as they are and not as a numeric input whose distances mean something
+    rows = inputs.reshape(n, inputs.shape[1], -1) if sequence else inputs.reshape(n, -1)
+    dims = ("stimulus", "position", "feature") if sequence else ("stimulus", "feature")
+    coords = {"input_id" if integer else "input": (dims, rows)}
+    for key, coord in (("labels", "label"), ("split", "split")):
+        if key in arrays:
+            coords[coord] = (("stimulus",), _array_strings(arrays[key], where, key))
+    if "mask" in arrays:
+        coords["mask"] = (("stimulus", "position"), _sequence_mask(arrays["mask"], inputs.shape, sequence, where))
+    return StimulusSet(name=name, kind="arrays", ids=ids, inputs=inputs, coords=coords, sequence=sequence)
+
+
+def _read_npz(path: Path, where: str) -> dict[str, np.ndarray]:
+    """Every array of a ``.npz`` file, refusing pickled objects."""
+    if not path.is_file():
+        raise StimulusError(f"{where} does not exist; fix its 'path'")
+    if not zipfile.is_zipfile(path):  # np.load would read any other file as a .npy or a pickle
+        raise StimulusError(f"{where} is not a .npz file; write it with np.savez(path, inputs=..., ...)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise StimulusError(f"{where} holds Python objects, which are not loaded (no pickles); save strings "
+                                "and numbers as plain arrays, e.g. np.array(labels, dtype=str)") from None
+        raise StimulusError(f"{where} is not a readable .npz file ({err}); write it with np.savez") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise StimulusError(f"{where} is not a readable .npz file ({err}); write it with np.savez") from None
+
+
+def _array_strings(values: np.ndarray, where: str, key: str) -> np.ndarray:
+    """Labels, ids or split names as strings; blanks are refused."""
+    if values.dtype.kind not in "biuUS":
+        raise StimulusError(f"{where}: '{key}' must hold strings or integers, got dtype {values.dtype}")
+    strings = np.char.strip(values.astype(str))
+    blank = np.flatnonzero(strings == "")
+    if blank.size:
+        raise StimulusError(f"{where}: '{key}' is blank for stimuli {', '.join(map(str, blank[:5]))}; fill them in")
+    return strings
+
+
+def _sequence_mask(mask: np.ndarray, shape: tuple, sequence: bool, where: str) -> np.ndarray:
+    """The (stimulus, time) mask of real steps, checked against the inputs."""
+    if not sequence:
+        raise StimulusError(f"{where}: 'mask' marks the real time steps of sequences; set the set's sequence to "
+                            "true or leave the mask out")
+    if mask.dtype != bool or mask.shape != tuple(shape[:2]):
+        raise StimulusError(f"{where}: 'mask' must be boolean of shape (stimulus, time) = {tuple(shape[:2])}, got "
+                            f"{mask.dtype} {mask.shape}")
+    empty = np.flatnonzero(~mask.any(axis=1))
+    if empty.size:
+        raise StimulusError(f"{where}: 'mask' has no real step for stimuli {', '.join(map(str, empty[:5]))}; "
+                            "every stimulus needs at least one")
+    return mask

@@ -38,15 +38,15 @@ wildcard_constraints:
 
 
 def check_named_files():
-    """The sentence files the config names exist and read as stimulus sets, and its checkpoint series are
-    usable (one clear line each, before any job runs); config validation already checked the checkpoint
-    folders."""
+    """The stimulus files the config names (sentences, arrays) exist and read as stimulus sets, and its
+    checkpoint series are usable (one clear line each, before any job runs); config validation already
+    checked the checkpoint folders."""
     for name, entry in config["stimuli"].items():
         path = entry.get("path", "builtin")
         if path != "builtin" and not Path(path).is_file():
             raise WorkflowError(f"stimulus set {name!r}: file {path} does not exist; fix its 'path'")
-        if path != "builtin" and entry["kind"] == "sentences":
-            try:  # a user's sentence file is read now, so that its errors show before any job runs
+        if path != "builtin":
+            try:  # a user's stimulus file is read now, so that its errors show before any job runs
                 load_stimuli(name, entry)
             except StimulusError as err:
                 raise WorkflowError(str(err)) from None

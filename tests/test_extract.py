@@ -565,3 +565,108 @@ def test_texts_longer_than_the_model_positions_name_the_max_length(tmp_path, min
     assert one_line(info) == ("stimulus set 'long': its texts take 602 tokens but model 'minilm' has 512 positions; "
                               "set stimuli.long.max_length to 512 or less")
     assert Inputs(minilm, stim, 512).coords["mask"][1].shape[1] == 512
+
+
+OWN_NETS = '''
+import torch
+
+
+class TinyCNN(torch.nn.Module):
+    def __init__(self, channels=4):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, channels, 3, padding=1)
+        self.act = torch.nn.ReLU()
+        self.readout = torch.nn.Linear(channels * 64, 10)
+
+    def forward(self, x):
+        return self.readout(self.act(self.conv(x)).flatten(1))
+
+
+class TokenGRU(torch.nn.Module):
+    def __init__(self, vocab=10, dim=6, hidden=5):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, dim)
+        self.rnn = torch.nn.GRU(dim, hidden, batch_first=True)
+        self.readout = torch.nn.Linear(hidden, 2)
+
+    def forward(self, ids):
+        return self.readout(self.rnn(self.embed(ids))[0])
+'''
+
+
+def own_model(tmp_path, monkeypatch, name, arrays, sites, sequence=False):
+    """A user's architecture (a module file on the path), one random checkpoint of it, and an array set."""
+    (tmp_path / "own_nets.py").write_text(OWN_NETS)
+    monkeypatch.syspath_prepend(tmp_path)
+    module = __import__("own_nets")
+    torch.manual_seed(0)
+    net = getattr(module, name)()
+    save_checkpoint(tmp_path / "c.safetensors", net.state_dict(), {"step": 3})
+    np.savez(tmp_path / "stim.npz", **arrays)
+    config = validate_config({
+        "device": "cpu", "batch_size": 4,
+        "stimuli": {"mine": {"kind": "arrays", "path": str(tmp_path / "stim.npz"), "sequence": sequence}},
+        "models": {"net": {"source": "checkpoints", "architecture": f"own_nets:{name}", "folder": str(tmp_path),
+                           "stimuli": ["mine"], "sites": sites}},
+    })
+    out = extract(extract_spec(config, "net", "main", "mine"), tmp_path / "s.zarr", tmp_path / "c.safetensors")
+    return net.eval(), open_store(out)
+
+
+def test_convolution_outputs_are_recorded_flattened_into_units(tmp_path, monkeypatch):
+    images = np.random.default_rng(1).random((10, 1, 8, 8)).astype(np.float32)
+    labels = np.arange(10) % 3
+    net, ds = own_model(tmp_path, monkeypatch, "TinyCNN", {"inputs": images, "labels": labels},
+                        ["conv", "act", "readout"])
+    with torch.no_grad():
+        conv = net.conv(torch.from_numpy(images))
+    assert ds["conv"].dims == ("stimulus", "position", "unit:conv") and ds["conv"].shape == (10, 1, 4 * 64)
+    np.testing.assert_allclose(ds["conv"].values[:, 0], conv.flatten(1).numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ds["act"].values[:, 0], conv.relu().flatten(1).numpy(), rtol=1e-6, atol=1e-6)
+    assert ds.attrs["unit_shapes"] == {"conv": [4, 8, 8], "act": [4, 8, 8], "readout": [10]}
+    assert ds["mask"].shape == (10, 1) and bool(ds["mask"].all())
+    np.testing.assert_array_equal(ds["input"].values, images.reshape(10, 64))
+    assert ds["label"].values.tolist() == [str(v) for v in labels]
+    assert ds.attrs["stimulus_kind"] == "arrays" and ds.attrs["step"] == 3
+
+
+def test_integer_sequences_reach_the_model_as_ids(tmp_path, monkeypatch):
+    tokens = np.random.default_rng(2).integers(1, 10, size=(6, 7))
+    mask = np.ones((6, 7), bool)
+    mask[::2, 5:] = False  # shorter sequences, padded with id 0
+    tokens[~mask] = 0
+    net, ds = own_model(tmp_path, monkeypatch, "TokenGRU", {"inputs": tokens, "mask": mask},
+                        ["embed", "rnn"], sequence=True)
+    assert ds["embed"].shape == (6, 7, 6) and ds["rnn"].shape == (6, 7, 5)
+    np.testing.assert_array_equal(ds["embed"].values, net.embed.weight.detach().numpy()[tokens])
+    with torch.no_grad():
+        hidden = net.rnn(net.embed(torch.from_numpy(tokens)))[0].numpy()
+    np.testing.assert_allclose(ds["rnn"].values, hidden, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(ds["mask"].values, mask)
+    np.testing.assert_array_equal(ds["input_id"].values[:, :, 0], tokens)
+    assert "input" not in ds and ds.attrs["unit_shapes"] == {"embed": [6], "rnn": [5]}
+
+
+@pytest.mark.parametrize(("shape", "sequence", "stored"), [
+    ((2, 5), False, (2, 1, 5)), ((2, 5), True, (2, 1, 5)),
+    ((2, 3, 4), True, (2, 3, 4)), ((2, 3, 4), False, (2, 1, 12)),
+    ((2, 3, 4, 5), True, (2, 3, 20)), ((2, 3, 4, 5), False, (2, 1, 60)),
+])
+def test_site_outputs_become_stimulus_position_unit(shape, sequence, stored):
+    tensor = torch.arange(math.prod(shape), dtype=torch.float32).reshape(shape)
+    array = extract_module.as_site_array("s", tensor, "float32", sequence)
+    assert array.shape == stored
+    np.testing.assert_array_equal(array.ravel(), tensor.numpy().ravel())  # C order: units vary fastest
+    with pytest.raises(ModelError, match=r"^site 's' outputs shape \(2,\); only outputs with a batch axis"):
+        extract_module.as_site_array("s", torch.zeros(2), "float32", sequence)
+
+
+def test_integer_images_name_the_conversion_they_need(tmp_path, monkeypatch):
+    images = np.random.default_rng(3).integers(0, 256, size=(5, 1, 8, 8), dtype=np.uint8)
+    with pytest.raises(ModelError) as info:
+        own_model(tmp_path, monkeypatch, "TinyCNN", {"inputs": images}, ["conv"])
+    message = one_line(info)
+    assert message.startswith("model 'net' cannot run on stimulus set 'mine' (arrays, input shape (5, 1, 8, 8)): ")
+    assert message.endswith("; integer inputs are passed as int64 ids, so save numbers the model reads as floats "
+                            "(e.g. images / 255)")
+    assert no_store(tmp_path / "s.zarr")

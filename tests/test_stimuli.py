@@ -87,3 +87,112 @@ def test_rows_with_blank_category_or_id_are_named(tmp_path):
                                "fill in their category or delete them")
     with pytest.raises(StimulusError, match=r"has rows with blank id \(line 3\); fill in their id or delete them$"):
         sentences(path, [ROWS[0], ("", "x", "a text")])
+
+
+def arrays_set(tmp_path, sequence=False, **arrays):
+    path = tmp_path / "stim.npz"
+    np.savez(path, **arrays)
+    return load_stimuli("mine", {"kind": "arrays", "path": str(path), "sequence": sequence})
+
+
+def test_array_set_keeps_its_inputs_labels_ids_and_split(tmp_path):
+    images = np.random.default_rng(0).random((4, 1, 3, 3))
+    stim = arrays_set(tmp_path, inputs=images, labels=np.array([3, 1, 3, 2]), ids=np.array(["a", "b", "c", "d"]),
+                      split=np.array(["train", "test", "test", "train"]))
+    assert stim.kind == "arrays" and not stim.sequence
+    assert stim.inputs.dtype == np.float32 and stim.inputs.shape == (4, 1, 3, 3)
+    np.testing.assert_array_equal(stim.inputs, images.astype(np.float32))
+    assert list(stim.ids) == ["a", "b", "c", "d"]
+    assert list(stim.coords["label"][1]) == ["3", "1", "3", "2"]
+    assert list(stim.coords["split"][1]) == ["train", "test", "test", "train"]
+    dims, values = stim.coords["input"]
+    assert dims == ("stimulus", "feature") and values.shape == (4, 9)
+    np.testing.assert_array_equal(values[2], images[2].astype(np.float32).ravel())
+
+
+def test_integer_sequences_stay_ids_with_their_mask(tmp_path):
+    tokens = np.array([[5, 2, 7, 0], [1, 1, 0, 0], [9, 8, 7, 6]])
+    mask = tokens > 0
+    mask[0, 3] = False
+    stim = arrays_set(tmp_path, sequence=True, inputs=tokens, mask=mask)
+    assert stim.sequence and stim.inputs.dtype == np.int64
+    np.testing.assert_array_equal(stim.inputs, tokens)
+    assert "input" not in stim.coords
+    assert stim.coords["input_id"][0] == ("stimulus", "position", "feature")
+    np.testing.assert_array_equal(stim.coords["input_id"][1][:, :, 0], tokens)
+    np.testing.assert_array_equal(stim.coords["mask"][1], mask)
+    assert list(stim.ids) == ["stimulus-00000", "stimulus-00001", "stimulus-00002"]
+
+
+def test_array_set_of_python_objects_is_refused_unread(tmp_path):
+    path = tmp_path / "stim.npz"
+    np.savez(path, inputs=np.zeros((2, 3)), labels=np.array([{"a": 1}, None], dtype=object))
+    with pytest.raises(StimulusError) as info:
+        load_stimuli("mine", {"kind": "arrays", "path": str(path), "sequence": False})
+    assert str(info.value) == (f"stimulus set 'mine': {path} holds Python objects, which are not loaded (no "
+                               "pickles); save strings and numbers as plain arrays, e.g. np.array(labels, dtype=str)")
+
+
+@pytest.mark.parametrize(("arrays", "sequence", "expected"), [
+    ({"input": np.zeros((2, 3))}, False,
+     "has unknown arrays input; save it with np.savez(path, inputs=..., labels=..., ids=..., split=..., mask=...)"),
+    ({"labels": np.zeros(2)}, False, "has no 'inputs' array; save it with np.savez("),
+    ({"inputs": np.array(["a", "b"])}, False, ": 'inputs' must be a non-empty numeric array (stimulus, ...), got "
+                                              "dtype <U1 and shape (2,)"),
+    ({"inputs": np.zeros((0, 3))}, False, "'inputs' must be a non-empty numeric array"),
+    ({"inputs": np.array([[0.0, np.nan], [np.inf, 1.0]])}, False, "'inputs' holds 2 NaN or infinite values"),
+    ({"inputs": np.zeros(3)}, True, "a sequence set needs 'inputs' of shape (stimulus, time, ...), got (3,); set "
+                                    "stimuli.mine.sequence to false"),
+    ({"inputs": np.zeros((3, 2)), "labels": np.arange(2)}, False,
+     "'labels' must have one entry per stimulus, shape (3,), got (2,)"),
+    ({"inputs": np.zeros((3, 2)), "labels": np.array([0.5, 1.0, 2.0])}, False,
+     "'labels' must hold strings or integers, got dtype float64"),
+    ({"inputs": np.zeros((3, 2)), "labels": np.array(["x", " ", ""])}, False,
+     "'labels' is blank for stimuli 1, 2; fill them in"),
+    ({"inputs": np.zeros((3, 2)), "ids": np.array(["a", "b", "a"])}, False, "ids must be unique; repeated: a"),
+    ({"inputs": np.zeros((3, 2)), "mask": np.ones((3, 2), bool)}, False,
+     "'mask' marks the real time steps of sequences; set the set's sequence to true or leave the mask out"),
+    ({"inputs": np.zeros((3, 2)), "mask": np.ones((3, 3), bool)}, True,
+     "'mask' must be boolean of shape (stimulus, time) = (3, 2), got bool (3, 3)"),
+    ({"inputs": np.zeros((3, 2)), "mask": np.array([[1, 0], [0, 0], [1, 1]], bool)}, True,
+     "'mask' has no real step for stimuli 1; every stimulus needs at least one"),
+])
+def test_bad_array_sets_are_named_with_the_fix(tmp_path, arrays, sequence, expected):
+    with pytest.raises(StimulusError) as info:
+        arrays_set(tmp_path, sequence=sequence, **arrays)
+    message = str(info.value)
+    assert message.startswith(f"stimulus set 'mine': {tmp_path / 'stim.npz'}") and "\n" not in message
+    assert expected in message
+
+
+def npy_file(path):
+    with open(path, "wb") as f:  # np.save given a path would add .npy to its name
+        np.save(f, np.zeros(3))
+
+
+def truncated_npz(path):
+    np.savez(path, inputs=np.zeros((50, 50)))
+    path.write_bytes(path.read_bytes()[:-200])
+
+
+def corrupted_npz(path):
+    np.savez(path, inputs=np.zeros((50, 50)))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte of the array's data: its CRC no longer matches
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("write", "expected"), [
+    (None, "does not exist; fix its 'path'"),
+    (npy_file, "is not a .npz file; write it with np.savez(path, inputs=..., ...)"),
+    (lambda path: path.write_bytes(b"not a zip file"), "is not a .npz file"),
+    (truncated_npz, "is not a .npz file"),
+    (corrupted_npz, "is not a readable .npz file (Bad CRC-32"),
+])
+def test_missing_or_unreadable_array_file(tmp_path, write, expected):
+    path = tmp_path / "stim.npz"
+    if write is not None:
+        write(path)
+    with pytest.raises(StimulusError) as info:
+        load_stimuli("mine", {"kind": "arrays", "path": str(path), "sequence": False})
+    assert str(info.value).startswith(f"stimulus set 'mine': {path} ") and expected in str(info.value)

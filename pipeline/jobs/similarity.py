@@ -182,8 +182,8 @@ def _layer_matrices(spec: dict, xp, reps: list[np.ndarray], rdms: list[np.ndarra
 def _reference_rdms(spec: dict, xp, group: zarr.Group, keep: np.ndarray) -> tuple[dict, dict]:
     """Reference RDMs on the kept stimuli: ``label`` (same label 0, else 1) and ``input`` (the stimuli's inputs).
 
-    Inputs come from the store's ``input`` coordinate (digit pixels, flip-flop pulses); text
-    stimuli have none. Returns (name -> RDM, name -> status).
+    Inputs come from the store's ``input`` coordinate (digit pixels, flip-flop pulses, a user's numeric
+    arrays); texts and integer ids have none. Returns (name -> RDM, name -> status).
     """
     refs, status = {}, {}
     if "label" in group:
@@ -199,7 +199,8 @@ def _reference_rdms(spec: dict, xp, group: zarr.Group, keep: np.ndarray) -> tupl
     else:
         status["label"] = {"status": "unavailable", "reason": "the store has no label coordinate"}
     if "input" not in group:
-        status["input"] = {"status": "unavailable", "reason": "the stimuli are texts, not numeric inputs"}
+        what = "integer ids" if "input_id" in group else "texts"
+        status["input"] = {"status": "unavailable", "reason": f"the stimuli are {what}, not numeric inputs"}
         return refs, status
     inputs = read(group, "input", keep).astype(np.float64)
     try:
