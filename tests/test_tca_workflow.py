@@ -212,9 +212,12 @@ def test_affinity_is_absolute_pearson_correlation():
     ("digits", "train", None, "across"),
     ("digits", "huggingface", None, None),
     ("flipflop", "train", ["other"], None),
+    ({"kind": "arrays", "sequence": True}, "checkpoints", None, "checkpoint"),
+    ({"kind": "arrays", "sequence": False}, "checkpoints", None, "across"),
 ])
 def test_tca_plan_picks_the_tensor_layout(kind, source, models, plan):
-    config = {"stimuli": {"s": {"kind": kind}}, "models": {"m": {"source": source}},
+    stimuli = kind if isinstance(kind, dict) else {"kind": kind}
+    config = {"stimuli": {"s": stimuli}, "models": {"m": {"source": source}},
               "analyses": {"tca": {} if models is None else {"models": models}, "connectome": {}}}
     assert jobs.tca_plan(config, "m", "s") == plan
     assert jobs.connectome_enabled(config, "m") == (source != "huggingface")
