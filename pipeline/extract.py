@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.config import config_hash
-from pipeline.errors import SiteError, StimulusError, first_line
+from pipeline.errors import InputError, SiteError, StimulusError, first_line
 from pipeline.hooks import record, resolve_sites
 from pipeline.models import LoadedModel, ModelError, load_from_checkpoint, load_huggingface, torch_device
 from pipeline.software import package_versions
@@ -118,15 +118,27 @@ def check_site_names(sites: list[str], coords: dict, stimuli_name: str) -> None:
                         "architecture or record another one")
 
 
-def check_positions(model_name: str, stimuli_name: str, shapes: dict, coords: dict) -> None:
+def check_positions(model_name: str, stim: StimulusSet, shapes: dict, coords: dict) -> None:
     """Raise ModelError for a site whose position count differs from the stimulus mask's."""
     n_positions = coords["mask"][1].shape[1]
     other = {site: shape[0] for site, shape in shapes.items() if shape[0] != n_positions}
     if other:
         found = ", ".join(f"{site!r} has {k}" for site, k in other.items())
+        arrays = (f" (or, if the inputs are not sequences, set stimuli.{stim.name}.sequence to false)"
+                  if stim.kind == "arrays" else "")
         raise ModelError(f"model {model_name!r}: every site needs the {n_positions} positions (tokens or time steps) "
-                         f"of stimulus set {stimuli_name!r}, but site {found}; pooled outputs cannot be recorded, "
-                         "so record a site with one output per position instead")
+                         f"of stimulus set {stim.name!r}, but site {found}; pooled outputs cannot be recorded, "
+                         f"so record a site with one output per position instead{arrays}")
+
+
+def check_batch_shapes(model_name: str, start: int, batch: dict[str, np.ndarray], shapes: dict) -> None:
+    """Raise ModelError for a site whose (position, unit) shape in this batch differs from the store's."""
+    for site, values in batch.items():
+        if tuple(values.shape[1:]) != tuple(shapes[site]):
+            raise ModelError(f"site {site!r} of model {model_name!r} gives (position, unit) shape "
+                             f"{tuple(values.shape[1:])} for the batch from stimulus {start} but {tuple(shapes[site])} "
+                             "for the store; every batch must give one shape, so pad all stimuli to one length "
+                             "(a model must not trim padding per batch)")
 
 
 def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: bool | None = None) -> Path:
@@ -199,7 +211,7 @@ def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: boo
         first = run_batch(0, first_pass=True)
         shapes = {site: a.shape[1:] for site, a in first.items()}
         attrs["unit_shapes"] = {site: list(shape) for site, shape in unit_shapes.items()}
-    check_positions(name, stim.name, shapes, inputs.coords)
+    check_positions(name, stim, shapes, inputs.coords)
     writer = StoreWriter(out, shapes, inputs.coords, attrs, dtype, batch_size)
     if writer.n_written:
         log.info("resuming %s at stimulus %d of %d", out, writer.n_written, n)
@@ -209,18 +221,24 @@ def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: boo
     quiet = None if progress is None else not progress  # None: a bar on a terminal only, quiet in logs
     # One batch is written in a background thread while the next one runs through the model: at most
     # two batches are held, and leaving the pool waits for the last write, even on an error.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer") as pool:
-        pending = None
-        for start in tqdm(starts, desc=f"extract {spec['model_name']}/{out.parent.name}", unit="batch",
-                          disable=quiet):
-            batch = first if first is not None else run_batch(start)
-            first = None
+    # A model that fails on a later batch fails there again: its partial store is removed, not kept to resume.
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer") as pool:
+            pending = None
+            for start in tqdm(starts, desc=f"extract {spec['model_name']}/{out.parent.name}", unit="batch",
+                              disable=quiet):
+                batch = first if first is not None else run_batch(start)
+                first = None
+                check_batch_shapes(name, start, batch, shapes)
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(writer.write, batch)
+                del batch
             if pending is not None:
                 pending.result()
-            pending = pool.submit(writer.write, batch)
-            del batch
-        if pending is not None:
-            pending.result()
+    except InputError:
+        writer.discard()
+        raise
     path = writer.finish({"extraction_seconds": round(time.perf_counter() - started, 3)})
     log.info("wrote %s: %d stimuli, %d sites", path, n, len(sites))
     return path

@@ -169,6 +169,10 @@ class StoreWriter:
         sync(_set_all((self.arrays[site], slice(start, stop), values) for site, values in batch.items()))
         self.group.attrs["n_written"] = stop
 
+    def discard(self) -> None:
+        """Remove the partial store (its inputs cannot be recorded, so there is nothing to resume)."""
+        shutil.rmtree(self.work, ignore_errors=True)
+
     def finish(self, extra_attrs: dict | None = None) -> Path:
         """Mark the store complete and move it to its final path."""
         if self.n_written != self.n_stimuli:

@@ -591,6 +591,30 @@ class TokenGRU(torch.nn.Module):
 
     def forward(self, ids):
         return self.readout(self.rnn(self.embed(ids))[0])
+
+
+class PairMLP(torch.nn.Module):
+    """Reads two operand ids at once (a + b mod 7): not a sequence model."""
+
+    def __init__(self, vocab=7, dim=4):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, dim)
+        self.readout = torch.nn.Linear(2 * dim, vocab)
+
+    def forward(self, ids):
+        return self.readout(self.embed(ids).flatten(1))
+
+
+class Trimming(torch.nn.Module):
+    """Drops the time steps that are padding (all zero) in every sequence of a batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(2, 3)
+
+    def forward(self, x):
+        keep = int((x.abs().sum(-1) > 0).any(0).nonzero().max()) + 1
+        return self.proj(x[:, :keep])
 '''
 
 
@@ -669,4 +693,25 @@ def test_integer_images_name_the_conversion_they_need(tmp_path, monkeypatch):
     assert message.startswith("model 'net' cannot run on stimulus set 'mine' (arrays, input shape (5, 1, 8, 8)): ")
     assert message.endswith("; integer inputs are passed as int64 ids, so save numbers the model reads as floats "
                             "(e.g. images / 255)")
+    assert no_store(tmp_path / "s.zarr")
+
+
+def test_site_whose_shape_changes_between_batches_is_named_and_nothing_is_kept(tmp_path, monkeypatch):
+    x = np.random.default_rng(4).random((8, 4, 2)).astype(np.float32) + 0.1
+    x[4:, 2:] = 0.0  # the second batch of 4 is padded after two steps
+    with pytest.raises(ModelError) as info:
+        own_model(tmp_path, monkeypatch, "Trimming", {"inputs": x}, ["proj"], sequence=True)
+    assert one_line(info) == ("site 'proj' of model 'net' gives (position, unit) shape (2, 3) for the batch from "
+                              "stimulus 4 but (4, 3) for the store; every batch must give one shape, so pad all "
+                              "stimuli to one length (a model must not trim padding per batch)")
+    assert no_store(tmp_path / "s.zarr")
+
+
+def test_sequence_set_given_to_a_model_without_time_steps_names_both_fixes(tmp_path, monkeypatch):
+    pairs = np.random.default_rng(5).integers(0, 7, size=(6, 2))
+    with pytest.raises(ModelError) as info:
+        own_model(tmp_path, monkeypatch, "PairMLP", {"inputs": pairs}, ["readout"], sequence=True)
+    assert one_line(info).endswith("but site 'readout' has 1; pooled outputs cannot be recorded, so record a site "
+                                   "with one output per position instead (or, if the inputs are not sequences, set "
+                                   "stimuli.mine.sequence to false)")
     assert no_store(tmp_path / "s.zarr")
