@@ -197,6 +197,10 @@ def _arrays(name: str, spec: dict) -> StimulusSet:
     for key, coord in (("labels", "label"), ("split", "split")):
         if key in arrays:
             coords[coord] = (("stimulus",), _array_strings(arrays[key], where, key))
+    if "split" in coords and not (coords["split"][1] == "test").any():
+        names = ", ".join(repr(v) for v in sorted(set(coords["split"][1].tolist()))[:5])
+        raise StimulusError(f"{where}: 'split' has no 'test' entry (it holds {names}); analyses draw from the stimuli "
+                            "marked 'test', so mark the held-out ones so, or leave the split out")
     if "mask" in arrays:
         coords["mask"] = (("stimulus", "position"), _sequence_mask(arrays["mask"], inputs.shape, sequence, where))
     return StimulusSet(name=name, kind="arrays", ids=ids, inputs=inputs, coords=coords, sequence=sequence)
@@ -208,22 +212,26 @@ def _read_npz(path: Path, where: str) -> dict[str, np.ndarray]:
         raise StimulusError(f"{where} does not exist; fix its 'path'")
     if not zipfile.is_zipfile(path):  # np.load would read any other file as a .npy or a pickle
         raise StimulusError(f"{where} is not a .npz file; write it with np.savez(path, inputs=..., ...)")
+    arrays, key = {}, None
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
+            for key in npz.files:
+                arrays[key] = npz[key]
     except ValueError as err:
         if "allow_pickle" in str(err):
-            raise StimulusError(f"{where} holds Python objects, which are not loaded (no pickles); save strings "
-                                "and numbers as plain arrays, e.g. np.array(labels, dtype=str)") from None
+            raise StimulusError(f"{where}: '{key}' holds Python objects, which are not loaded (no pickles); save "
+                                f"strings and numbers as plain arrays, e.g. np.array({key}, dtype=str)") from None
         raise StimulusError(f"{where} is not a readable .npz file ({err}); write it with np.savez") from None
     except (OSError, EOFError, zipfile.BadZipFile) as err:
         raise StimulusError(f"{where} is not a readable .npz file ({err}); write it with np.savez") from None
+    return arrays
 
 
 def _array_strings(values: np.ndarray, where: str, key: str) -> np.ndarray:
     """Labels, ids or split names as strings; blanks are refused."""
     if values.dtype.kind not in "biuUS":
-        raise StimulusError(f"{where}: '{key}' must hold strings or integers, got dtype {values.dtype}")
+        raise StimulusError(f"{where}: '{key}' must hold strings or integers, got dtype {values.dtype}; save "
+                            f"{key}.astype(int) or {key}.astype(str)")
     strings = np.char.strip(values.astype(str))
     blank = np.flatnonzero(strings == "")
     if blank.size:
@@ -236,9 +244,11 @@ def _sequence_mask(mask: np.ndarray, shape: tuple, sequence: bool, where: str) -
     if not sequence:
         raise StimulusError(f"{where}: 'mask' marks the real time steps of sequences; set the set's sequence to "
                             "true or leave the mask out")
+    if mask.dtype.kind in "iu" and np.isin(mask, (0, 1)).all():
+        mask = mask.astype(bool)
     if mask.dtype != bool or mask.shape != tuple(shape[:2]):
-        raise StimulusError(f"{where}: 'mask' must be boolean of shape (stimulus, time) = {tuple(shape[:2])}, got "
-                            f"{mask.dtype} {mask.shape}")
+        raise StimulusError(f"{where}: 'mask' must be boolean (or 0/1) of shape (stimulus, time) = {tuple(shape[:2])}, "
+                            f"got {mask.dtype} {mask.shape}")
     empty = np.flatnonzero(~mask.any(axis=1))
     if empty.size:
         raise StimulusError(f"{where}: 'mask' has no real step for stimuli {', '.join(map(str, empty[:5]))}; "

@@ -110,11 +110,12 @@ def test_array_set_keeps_its_inputs_labels_ids_and_split(tmp_path):
     np.testing.assert_array_equal(values[2], images[2].astype(np.float32).ravel())
 
 
-def test_integer_sequences_stay_ids_with_their_mask(tmp_path):
+@pytest.mark.parametrize("mask_dtype", [bool, np.int8])  # a 0/1 mask is read as booleans
+def test_integer_sequences_stay_ids_with_their_mask(tmp_path, mask_dtype):
     tokens = np.array([[5, 2, 7, 0], [1, 1, 0, 0], [9, 8, 7, 6]])
     mask = tokens > 0
     mask[0, 3] = False
-    stim = arrays_set(tmp_path, sequence=True, inputs=tokens, mask=mask)
+    stim = arrays_set(tmp_path, sequence=True, inputs=tokens, mask=mask.astype(mask_dtype))
     assert stim.sequence and stim.inputs.dtype == np.int64
     np.testing.assert_array_equal(stim.inputs, tokens)
     assert "input" not in stim.coords
@@ -129,8 +130,9 @@ def test_array_set_of_python_objects_is_refused_unread(tmp_path):
     np.savez(path, inputs=np.zeros((2, 3)), labels=np.array([{"a": 1}, None], dtype=object))
     with pytest.raises(StimulusError) as info:
         load_stimuli("mine", {"kind": "arrays", "path": str(path), "sequence": False})
-    assert str(info.value) == (f"stimulus set 'mine': {path} holds Python objects, which are not loaded (no "
-                               "pickles); save strings and numbers as plain arrays, e.g. np.array(labels, dtype=str)")
+    assert str(info.value) == (f"stimulus set 'mine': {path}: 'labels' holds Python objects, which are not loaded "
+                               "(no pickles); save strings and numbers as plain arrays, e.g. np.array(labels, "
+                               "dtype=str)")
 
 
 @pytest.mark.parametrize(("arrays", "sequence", "expected"), [
@@ -146,14 +148,19 @@ def test_array_set_of_python_objects_is_refused_unread(tmp_path):
     ({"inputs": np.zeros((3, 2)), "labels": np.arange(2)}, False,
      "'labels' must have one entry per stimulus, shape (3,), got (2,)"),
     ({"inputs": np.zeros((3, 2)), "labels": np.array([0.5, 1.0, 2.0])}, False,
-     "'labels' must hold strings or integers, got dtype float64"),
+     "'labels' must hold strings or integers, got dtype float64; save labels.astype(int) or labels.astype(str)"),
+    ({"inputs": np.zeros((3, 2)), "split": np.array(["Train", "Test", "Test"])}, False,
+     "'split' has no 'test' entry (it holds 'Test', 'Train'); analyses draw from the stimuli marked 'test', so "
+     "mark the held-out ones so, or leave the split out"),
+    ({"inputs": np.zeros((3, 2)), "mask": np.array([[1, 0], [1, 2], [1, 1]])}, True,
+     "'mask' must be boolean (or 0/1) of shape (stimulus, time) = (3, 2), got int64 (3, 2)"),
     ({"inputs": np.zeros((3, 2)), "labels": np.array(["x", " ", ""])}, False,
      "'labels' is blank for stimuli 1, 2; fill them in"),
     ({"inputs": np.zeros((3, 2)), "ids": np.array(["a", "b", "a"])}, False, "ids must be unique; repeated: a"),
     ({"inputs": np.zeros((3, 2)), "mask": np.ones((3, 2), bool)}, False,
      "'mask' marks the real time steps of sequences; set the set's sequence to true or leave the mask out"),
     ({"inputs": np.zeros((3, 2)), "mask": np.ones((3, 3), bool)}, True,
-     "'mask' must be boolean of shape (stimulus, time) = (3, 2), got bool (3, 3)"),
+     "'mask' must be boolean (or 0/1) of shape (stimulus, time) = (3, 2), got bool (3, 3)"),
     ({"inputs": np.zeros((3, 2)), "mask": np.array([[1, 0], [0, 0], [1, 1]], bool)}, True,
      "'mask' has no real step for stimuli 1; every stimulus needs at least one"),
 ])
