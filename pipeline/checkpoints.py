@@ -17,6 +17,7 @@ import os
 import pickle
 import re
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -247,6 +248,18 @@ def discover_checkpoints(folder, pattern: str) -> list[Path]:
         return (number is None, number or 0, str(relative))
 
     return sorted(files, key=key)
+
+
+def glob_hint(folder) -> str:
+    """For a series whose glob matches nothing: the most common kind of checkpoint file directly in ``folder``
+    and a glob for it, as "; it holds 7 .pt files (glob '*.pt' matches them)", or "" when there is none."""
+    kinds = (SAFETENSORS_SUFFIX, *TORCH_SUFFIXES)
+    folder = Path(folder)
+    counts = Counter(p.suffix for p in folder.iterdir() if p.is_file() and p.suffix.lower() in kinds)
+    if not counts:
+        return ""
+    suffix, n = counts.most_common(1)[0]
+    return f"; it holds {n} {suffix} file{'s' if n > 1 else ''} (glob '*{suffix}' matches them)"
 
 
 def checkpoint_name(path, folder=None) -> str:

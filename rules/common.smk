@@ -11,7 +11,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 from pipeline import jobs, layout
-from pipeline.checkpoints import discover_checkpoints, name_checkpoints
+from pipeline.checkpoints import discover_checkpoints, glob_hint, name_checkpoints
 from pipeline.config import SCHEMA_PATH, ConfigError, model_runs, validate_config
 from pipeline.errors import CheckpointError, StimulusError
 from pipeline.stimuli import load_stimuli
@@ -61,7 +61,7 @@ def waiting_models():
     waiting = {}
     for model, entry in config["models"].items():
         if entry["source"] == "checkpoints" and not discover_checkpoints(entry["folder"], entry["glob"]):
-            waiting[model] = f"no file in {entry['folder']} matches {entry['glob']!r} yet"
+            waiting[model] = f"no file in {entry['folder']} matches {entry['glob']!r} yet{glob_hint(entry['folder'])}"
     for model, why in waiting.items():
         print(f"warning: model {model!r} is left out of this run: {why} (fix 'glob' if it should match)",
               file=sys.stderr)

@@ -19,6 +19,7 @@ from pipeline.checkpoints import (
     checkpoint_name,
     checkpoint_step,
     discover_checkpoints,
+    glob_hint,
     load_checkpoint,
     load_weights,
     name_checkpoints,
@@ -320,3 +321,13 @@ def test_training_order_puts_checkpoints_without_a_step_last_like_discovery(tmp_
     steps = {"epoch-2": 2, "epoch-10": 10, "final": -1, "best": None}
     assert sorted(steps, key=lambda name: training_order(steps[name], name)) == discovered
     assert discovered == ["epoch-2", "epoch-10", "best", "final"]
+
+
+def test_glob_hint_names_the_checkpoints_a_glob_misses(tmp_path):
+    assert glob_hint(tmp_path) == ""
+    for name in ("epoch-1.pt", "epoch-2.pt", "last.ckpt", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.ckpt").write_bytes(b"")  # only files directly in the folder count
+    (tmp_path / "sub" / "b.ckpt").write_bytes(b"")
+    assert glob_hint(tmp_path) == "; it holds 2 .pt files (glob '*.pt' matches them)"

@@ -220,6 +220,7 @@ def test_series_without_checkpoints_yet_is_left_out_with_a_warning(workflow, tmp
     root, _ = workflow
     config = small_config(root)
     (root / "empty").mkdir(exist_ok=True)
+    (root / "empty" / "epoch-1.pt").write_bytes(b"")  # a series of another kind than the glob says
     config["models"]["waiting"] = {**config["models"]["watched"], "folder": str(root / "empty")}
     more = tmp_path / "more.yaml"
     more.write_text(yaml.safe_dump(config))
@@ -228,7 +229,8 @@ def test_series_without_checkpoints_yet_is_left_out_with_a_warning(workflow, tmp
         output = result.stderr + result.stdout
         assert result.returncode == 0, output[-3000:]
         assert (f"warning: model 'waiting' is left out of this run: no file in {root / 'empty'} matches "
-                "'*.safetensors' yet (fix 'glob' if it should match)") in output
+                "'*.safetensors' yet; it holds 1 .pt file (glob '*.pt' matches them) (fix 'glob' if it should "
+                "match)") in output
     dry = snakemake(root, "-n", config=more)
     counts = job_counts(dry.stdout + dry.stderr)
     assert "extract" not in counts and "report_model" not in counts, counts  # nothing new for the other models
