@@ -195,6 +195,16 @@ def test_connectome_fails_a_site_with_nan_activations(tmp_path):
     assert site["status"] == "failed" and "step-0001 has NaN or inf" in site["error"]
 
 
+@pytest.mark.parametrize("job", ["run_tca_across", "run_connectome"])
+def test_a_run_of_one_checkpoint_has_no_course_over_training_to_fit(tmp_path, job):
+    X = np.random.default_rng(6).standard_normal((40, 1, 6))
+    store = write_store(tmp_path / "c0.zarr", {"hidden.1": X}, {}, step=0, kind="digits")
+    out = tmp_path / "across.zarr"
+    getattr(factorization_jobs, job)(TCA_SPEC if job == "run_tca_across" else CONNECTOME_SPEC, [store], out)
+    summary = json.loads(layout.summary_path(out).read_text())
+    assert summary["sites"] == {} and summary["steps"] == [0]
+
+
 def test_affinity_is_absolute_pearson_correlation():
     rng = np.random.default_rng(5)
     X = rng.standard_normal((50, 6)) @ rng.standard_normal((6, 6))
@@ -264,7 +274,7 @@ def test_model_report_shows_factors_and_communities_or_no_results(tmp_path):
     empty = report([], "empty")
     page = (empty / "index.html").read_text()
     for section in ("tca-across", "connectome"):
-        assert "No results for this section: it needs a checkpoint series" in page.split(
+        assert "No results for this section: it needs a series of two or more checkpoints" in page.split(
             f'<section id="{section}">')[1].split("</section>")[0]
 
 

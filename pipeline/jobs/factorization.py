@@ -167,7 +167,7 @@ def run_tca_across(spec: dict, stores: list[Path], out: Path) -> None:
     mask = read(first, "mask", index).astype(bool)
     stim_coords = _stimulus_coords(first, index)
     groups, sites = {}, {}
-    for site in _matching_sites(first, spec["sites"]):
+    for site in _matching_sites(first, spec["sites"]) if len(series) > 1 else []:  # a course needs 2 checkpoints
         t0 = time.perf_counter()
         try:
             Y = np.stack([_position_mean(read(d, site, index), mask) for d in series])  # (checkpoint, stimulus, unit)
@@ -201,7 +201,7 @@ def run_connectome(spec: dict, stores: list[Path], out: Path) -> None:
     rows = read(series[0], "mask", index).astype(bool).ravel()
     xp = get_namespace(spec["device"])
     groups, sites = {}, {}
-    for site in _matching_sites(series[0], spec["sites"]):
+    for site in _matching_sites(series[0], spec["sites"]) if len(series) > 1 else []:  # a course needs 2 checkpoints
         t0 = time.perf_counter()
         try:
             samples = []

@@ -483,11 +483,11 @@ SECTIONS = [
     Section("similarity-mds", "Map of representations (MDS)", "experiment", _similarity_mds,
             needs="three or more representations of one stimulus set"),
     Section("tca-across", "Tensor components across training", "model", collect_tca_across, tca_across_run,
-            needs="a checkpoint series recorded on stimuli without a time or token axis (such as digits), "
-                  "for the sites and models chosen in analyses.tca", series=True),
+            needs="a series of two or more checkpoints recorded on stimuli without a time or token axis (such as "
+                  "digits), for the sites and models chosen in analyses.tca", series=True),
     Section("connectome", "Functional connectome over training", "model", collect_connectome, connectome_run,
-            needs="a checkpoint series (a trained or watched model), for the sites and models chosen in "
-                  "analyses.connectome", series=True),
+            needs="a series of two or more checkpoints (a trained or watched model), for the sites and models "
+                  "chosen in analyses.connectome", series=True),
     Section("tca", "Tensor component analysis", "checkpoint", collect_tca,
             needs="stimuli with a time or token axis (sentences, flip-flop trials), for the sites and models "
                   "chosen in analyses.tca"),
