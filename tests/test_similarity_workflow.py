@@ -131,6 +131,7 @@ def test_planted_structure_in_one_checkpoint(tmp_path):
     low, high = tests["noise"]["input"]["ci_low"], tests["noise"]["input"]["ci_high"]
     assert low <= tests["noise"]["input"]["statistic"] <= high
     np.testing.assert_allclose(ds["representation:noise"].values, noise, atol=1e-12)
+    assert summary["representation"] == similarity_jobs.ONE_POSITION_TEXT  # one position: nothing to pool
 
 
 def test_masked_padding_does_not_change_representations(tmp_path):

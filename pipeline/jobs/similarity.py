@@ -93,7 +93,7 @@ def run_similarity(spec: dict, store: Path, out: Path) -> None:
         "params": spec,
         "provenance": store_provenance(attrs),
         "pool": how,
-        "representation": POOL_TEXT[how],
+        "representation": POOL_TEXT[how] if mask.shape[1] > 1 else ONE_POSITION_TEXT,
         "n_stimuli": n,
         "n_stimuli_total": len(ids),
         "stimuli_from": drawn_from,
@@ -108,6 +108,9 @@ POOL_TEXT = {
     "mean": "the mean over its real (unpadded) positions (the tokens of a sentence; a trial's time-averaged state)",
     "last": "its last real position (the state a recurrent network ends a trial in)",
 }
+
+
+ONE_POSITION_TEXT = "the site's output (each stimulus has one position, so nothing is pooled)"
 
 
 def pooling(spec: dict, attrs: dict) -> str:

@@ -76,7 +76,7 @@ def factor_figure(group: ResultGroup, modes: list[str], mode_labels: list[str]):
         ax.set_title(title, fontsize=9)
         if mode != "checkpoint":  # training_axis labelled it
             ax.tick_params(axis="x", labelsize=6)
-            ax.locator_params(axis="x", nbins=5)
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))  # indices: no tick between two
             sorted_note = " (sorted by label)" if mode == "stimulus" and labels is not None else " index"
             ax.set_xlabel(title + sorted_note, fontsize=7)
     if show_legend:
