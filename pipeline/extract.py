@@ -163,7 +163,9 @@ def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: boo
     inputs = Inputs(loaded, stim, spec["stimuli"].get("max_length"))
     check_site_names(sites, inputs.coords, stim.name)
     batch_size, dtype, n = spec["batch_size"], spec["dtype"], len(stim)
-    unit_shapes: dict[str, tuple[int, ...]] = {}  # filled by the first forward pass
+    # filled by the first forward pass, in the order it reaches the sites (a module's hook runs when its forward
+    # returns, so a block comes after the submodules it is computed from)
+    unit_shapes: dict[str, tuple[int, ...]] = {}
 
     def run_batch(start: int, first_pass: bool = False) -> dict[str, np.ndarray]:
         """Record one batch; a failure of the first forward pass names the model and its input."""
@@ -181,7 +183,7 @@ def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: boo
                 raise ModelError(f"model {name!r} cannot run on stimulus set {stim.name!r} ({stim.kind}, input "
                                  f"shape {tuple(given.shape)}): {first_line(err)}; {fix}") from err
         if first_pass:
-            unit_shapes.update({site: unit_shape(captured[site], inputs.sequence) for site in sites})
+            unit_shapes.update({site: unit_shape(tensor, inputs.sequence) for site, tensor in captured.items()})
         return {site: as_site_array(site, captured[site], dtype, inputs.sequence) for site in sites}
 
     prov = loaded.provenance
@@ -209,7 +211,7 @@ def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: boo
     shapes = resumable_shapes(out, attrs["fingerprint"], sites)
     if shapes is None:
         first = run_batch(0, first_pass=True)
-        shapes = {site: a.shape[1:] for site, a in first.items()}
+        shapes = {site: first[site].shape[1:] for site in unit_shapes}  # the store's ``sites`` in forward order
         attrs["unit_shapes"] = {site: list(shape) for site, shape in unit_shapes.items()}
     check_positions(name, stim, shapes, inputs.coords)
     writer = StoreWriter(out, shapes, inputs.coords, attrs, dtype, batch_size)

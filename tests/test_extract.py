@@ -103,8 +103,9 @@ def test_store_holds_the_kept_stimuli_and_provenance(minilm_store, minilm):
     assert [str(s) for s in ds["stimulus"].values] == [row[0] for row in KEPT]
     assert [str(s) for s in ds["label"].values] == [row[1] for row in KEPT]
     assert [str(s) for s in ds["text"].values] == [row[2] for row in KEPT]
-    assert ds.attrs["sites"] == ["embeddings", "encoder.layer.0", "encoder.layer.0.attention.output",
-                                 "encoder.layer.0.intermediate", *(f"encoder.layer.{i}" for i in range(1, 6))]
+    # in forward order: a block after the submodules it is computed from
+    assert ds.attrs["sites"] == ["embeddings", "encoder.layer.0.attention.output", "encoder.layer.0.intermediate",
+                                 "encoder.layer.0", *(f"encoder.layer.{i}" for i in range(1, 6))]
     weights = Path(minilm.provenance["model_path"]) / "model.safetensors"
     assert ds.attrs["checkpoint_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert ds.attrs["model_id"] == "minilm"
@@ -605,6 +606,18 @@ class PairMLP(torch.nn.Module):
         return self.readout(self.embed(ids).flatten(1))
 
 
+class Backwards(torch.nn.Module):
+    """Defines its modules in the opposite order to the one its forward pass calls them in."""
+
+    def __init__(self):
+        super().__init__()
+        self.readout = torch.nn.Linear(3, 2)
+        self.hidden = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.readout(self.hidden(x))
+
+
 class Trimming(torch.nn.Module):
     """Drops the time steps that are padding (all zero) in every sequence of a batch."""
 
@@ -715,3 +728,10 @@ def test_sequence_set_given_to_a_model_without_time_steps_names_both_fixes(tmp_p
                                    "with one output per position instead (or, if the inputs are not sequences, set "
                                    "stimuli.mine.sequence to false)")
     assert no_store(tmp_path / "s.zarr")
+
+
+def test_sites_are_stored_in_the_order_the_forward_pass_reaches_them(tmp_path, monkeypatch):
+    x = np.random.default_rng(6).random((5, 4)).astype(np.float32)
+    _, ds = own_model(tmp_path, monkeypatch, "Backwards", {"inputs": x}, ["readout", "hidden"])
+    assert ds.attrs["sites"] == ["hidden", "readout"]
+    assert list(ds.attrs["unit_shapes"]) == ["hidden", "readout"]

@@ -14,7 +14,7 @@ from pipeline.jobs import run_stats
 from pipeline.jobs.similarity import run_similarity
 from pipeline.report import factorization, sections
 from pipeline.report.build import _environment, write_checkpoint_report, write_comparisons_report
-from pipeline.report.context import CheckpointResults, ModelContext, site_order, step_label
+from pipeline.report.context import CheckpointResults, ModelContext, recorded_order, site_order, step_label
 
 STATS_SPEC = {"zero_threshold": 1e-6, "massive_ratio": 100, "massive_min": 1.0}
 
@@ -51,6 +51,18 @@ def test_site_order_follows_the_forward_pass_as_far_as_names_tell():
     names = ["layers.10", "readout", "layers.2", "layers.2.mlp", "embeddings", "layers.2.attention.out"]
     assert site_order(names) == ["embeddings", "layers.2.attention.out", "layers.2.mlp", "layers.2", "layers.10",
                                  "readout"]
+
+
+def test_site_order_follows_the_recorded_forward_pass_first():
+    forward = ["features.0", "features.3", "classifier.1"]  # torchvision-style names: alphabetical order is wrong
+    assert site_order(["classifier.1", "features.3", "extra.2", "features.0", "extra.10"], forward) == [
+        "features.0", "features.3", "classifier.1", "extra.2", "extra.10"]  # unrecorded ones after, by name
+    per_checkpoint = {"provenance": {"sites": forward}}
+    across_checkpoints = {"site_order": forward, "provenance": [{"sites": ["x"]}]}
+    across_models = {"provenance": {"entries": [{"sites": forward[:2]}, {"sites": ["features.3", "classifier.1"]}]}}
+    for summary in (per_checkpoint, across_checkpoints, across_models):
+        assert recorded_order(summary) == forward
+    assert recorded_order({"provenance": {"model_id": "m"}}) == []  # written before the order was kept
 
 
 def test_a_step_below_zero_is_not_shown_as_a_step():
@@ -112,10 +124,11 @@ def test_checkpoint_page_shows_p_floor_label_ceiling_and_rounded_metadata(tmp_pa
     assert "<code>0.6556</code>" in html and "0.6555555" not in html
 
 
-def test_checkpoint_page_lists_sites_in_forward_order_and_one_row_per_massive_unit(tmp_path, store_writer):
+def test_checkpoint_page_lists_sites_in_recorded_order_and_one_row_per_massive_unit(tmp_path, store_writer):
     html = checkpoint_page(tmp_path, store_writer, "checkpoints")
     stats = html.split('<section id="stats">')[1].split("</section>")[0]
-    rows = [stats.index(f"<code>{site}</code>") for site in ("layers.2.mlp", "layers.2", "layers.10")]
+    # the store lists its sites as a model calling layers.10 first would (not in the order their names suggest)
+    rows = [stats.index(f"<code>{site}</code>") for site in ("layers.10", "layers.2", "layers.2.mlp")]
     assert rows == sorted(rows)
     massive = stats.split("<h3>Units with massive activations</h3>")[1]
     assert massive.count("<tr><td><code>") == 1  # 24 massive values of one unit: one row

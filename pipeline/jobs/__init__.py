@@ -213,10 +213,17 @@ def analysed_stimuli(group) -> tuple[np.ndarray, str]:
 
 
 def store_provenance(attrs: dict) -> dict:
+    """What a result summary copies of its activation store's attributes (``sites``: in forward order)."""
     keep = ("model_id", "model_class", "architecture", "architecture_params", "checkpoint", "checkpoint_sha256",
             "checkpoint_name", "step", "checkpoint_metadata", "run", "stimulus_set", "stimulus_kind",
-            "stimulus_hash", "dtype", "device", "packages", "config_hash", "created_at", "extraction_seconds")
+            "stimulus_hash", "sites", "dtype", "device", "packages", "config_hash", "created_at", "extraction_seconds")
     return {k: attrs[k] for k in keep if k in attrs}
+
+
+def forward_order(provenance: list[dict]) -> list[str]:
+    """The recorded sites of several results in the order the forward pass reaches them (each store's ``sites``),
+    first seen first: what across-checkpoint summaries keep as ``site_order`` for the report."""
+    return list(dict.fromkeys(site for p in provenance for site in p.get("sites", [])))
 
 
 def run_stats_across(results: list[Path], out: Path) -> None:
@@ -254,6 +261,7 @@ def run_stats_across(results: list[Path], out: Path) -> None:
         "steps": [p.get("step") for p in provenance],
         "metadata": [p.get("checkpoint_metadata", {}) for p in provenance],
         "sites": series,
+        "site_order": forward_order(provenance),
     })
 
 

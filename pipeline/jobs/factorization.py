@@ -16,7 +16,14 @@ from pipeline.analyses.factorization import degenerate_pairs, replicate_similari
 from pipeline.analyses.tca import TCAFit, fit_tca, scale_units, spread_indices, top_units, unit_variance
 from pipeline.backend import get_namespace, to_device, to_numpy
 from pipeline.errors import StoreError
-from pipeline.jobs import SEQUENCE_MODES, analysed_stimuli, provenance_order, store_provenance, write_json
+from pipeline.jobs import (
+    SEQUENCE_MODES,
+    analysed_stimuli,
+    forward_order,
+    provenance_order,
+    store_provenance,
+    write_json,
+)
 from pipeline.results import Result, read, write_result
 from pipeline.store import open_group
 
@@ -144,7 +151,8 @@ def _across_summary(analysis: str, spec: dict, series: list[zarr.Group], sites: 
         "model": provenance[0].get("model_id"), "run": provenance[0].get("run"),
         "stimulus_set": provenance[0].get("stimulus_set"),
         "checkpoints": [p.get("checkpoint_name") for p in provenance], "steps": [p.get("step") for p in provenance],
-        "sites": sites, "runtime_seconds": round(time.perf_counter() - started, 3),
+        "sites": sites, "site_order": forward_order(provenance),
+        "runtime_seconds": round(time.perf_counter() - started, 3),
     }
 
 

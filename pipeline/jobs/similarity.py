@@ -13,7 +13,14 @@ from pipeline import layout
 from pipeline.analyses import similarity as sim
 from pipeline.backend import get_namespace, to_device, to_numpy
 from pipeline.errors import StimulusError, StoreError
-from pipeline.jobs import analysed_stimuli, provenance_order, scalar_params, store_provenance, write_json
+from pipeline.jobs import (
+    analysed_stimuli,
+    forward_order,
+    provenance_order,
+    scalar_params,
+    store_provenance,
+    write_json,
+)
 from pipeline.results import Result, ResultGroup, dims, read, write_result
 from pipeline.store import open_group
 
@@ -296,6 +303,7 @@ def run_similarity_across(spec: dict, results: list[Path], out: Path) -> None:
         "checkpoints": [p.get("checkpoint_name") for p in provenance],
         "steps": [p.get("step") for p in provenance],
         "sites": series,
+        "site_order": forward_order(provenance),
     })
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from pipeline import layout
 from pipeline.checkpoints import training_order
+from pipeline.jobs import forward_order
 from pipeline.results import ResultGroup
 
 
@@ -150,16 +151,28 @@ def _site_key(site: str) -> tuple:
     return (*parts, (1,))
 
 
-def site_order(sites) -> list[str]:
-    """``sites`` in the order a forward pass reaches them, as far as their names tell: numbered layers in
-    number order ("layers.2" before "layers.10"), a module after its submodules ("encoder.layer.0.intermediate"
-    before "encoder.layer.0", whose output is computed from it). Summaries list their sites alphabetically."""
-    return sorted(sites, key=_site_key)
+def site_order(sites, forward=()) -> list[str]:
+    """``sites`` in the order a forward pass reaches them: as extraction recorded it (``forward``, see
+    ``recorded_order``), then those it does not list as far as their names tell: numbered layers in number order
+    ("layers.2" before "layers.10"), a module after its submodules ("encoder.layer.0.intermediate" before
+    "encoder.layer.0", whose output is computed from it). Summaries list their sites alphabetically."""
+    rank = {site: k for k, site in enumerate(forward)}
+    return sorted(sites, key=lambda site: (rank.get(site, len(rank)), _site_key(site)))
 
 
-def by_site(mapping: dict) -> dict:
+def by_site(mapping: dict, forward=()) -> dict:
     """``mapping`` (site -> value) in ``site_order``."""
-    return {site: mapping[site] for site in site_order(mapping)}
+    return {site: mapping[site] for site in site_order(mapping, forward)}
+
+
+def recorded_order(summary: dict) -> list[str]:
+    """The sites of a result summary in forward order, as extraction recorded them: its store's ``sites`` (one
+    checkpoint), its ``site_order`` (across checkpoints) or its entries' stores' (across models); empty for results
+    written before the order was kept."""
+    if "site_order" in summary:
+        return summary["site_order"]
+    provenance = summary.get("provenance", {})
+    return forward_order(provenance.get("entries", [provenance]))
 
 
 def step_label(step, source: str) -> str:

@@ -14,8 +14,16 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from pipeline.analyses.factorization import STABLE_SIMILARITY, replicate_similarity
+from pipeline.jobs import forward_order
 from pipeline.report import figures
-from pipeline.report.context import CheckpointResults, ModelContext, by_site, finite, site_order
+from pipeline.report.context import (
+    CheckpointResults,
+    ModelContext,
+    by_site,
+    finite,
+    recorded_order,
+    site_order,
+)
 from pipeline.results import ResultGroup
 
 MAX_LEGEND = 12  # more distinct labels than this are coloured without a legend
@@ -125,8 +133,8 @@ def diagnostics_figure(group: ResultGroup):
 
 
 def _failed(summary: dict) -> list[dict]:
-    return [{"site": site, "error": r.get("error")} for site, r in by_site(summary["sites"]).items()
-            if r.get("status") != "ok"]
+    sites = by_site(summary["sites"], recorded_order(summary))
+    return [{"site": site, "error": r.get("error")} for site, r in sites.items() if r.get("status") != "ok"]
 
 
 def rank_cautions(result: dict, max_rank: int) -> list[str]:
@@ -156,7 +164,7 @@ def rank_cautions(result: dict, max_rank: int) -> list[str]:
 
 def _site_blocks(path: Path, summary: dict, modes: list[str], mode_labels: list[str]) -> list[dict]:
     blocks = []
-    for site, result in by_site(summary["sites"]).items():
+    for site, result in by_site(summary["sites"], recorded_order(summary)).items():
         if result.get("status") != "ok":
             continue
         group = ResultGroup(path, site)
@@ -200,7 +208,8 @@ def _over_training(ctx: ModelContext) -> dict | None:
     rooms = [figures.name_room([c.step for c in s], [c.checkpoint for c in s]) for s in series.values()]
     in_order = len(series) > 1 and max(rooms) > 0  # runs without steps among several: numbered in order
     room = 0.0 if in_order else max(rooms)
-    order = {site: k for k, site in enumerate(site_order({site for _, _, site in lines}))}
+    forward = forward_order([c.provenance for c in ctx.checkpoints])
+    order = {site: k for k, site in enumerate(site_order({site for _, _, site in lines}, forward))}
     keys = sorted(lines, key=lambda key: (key[0], key[1], order[key[2]]))
     labels = [f"{run} {site}" for run, _, site in keys] + ["largest rank tried"]
     fig, axes = figures.small_multiples(2, ncols=2, bottom=0.45 + room, right=figures.legend_room(labels))
@@ -289,7 +298,7 @@ def connectome_run(ctx: ModelContext, run: str, stimuli: str) -> dict | None:
     if data is None:
         return None
     blocks = []
-    for site, result in by_site(data["sites"]).items():
+    for site, result in by_site(data["sites"], recorded_order(data)).items():
         if result.get("status") != "ok":
             continue
         group = ResultGroup(_across_store(data), site)

@@ -35,6 +35,7 @@ from pipeline.report.context import (
     ModelContext,
     by_site,
     finite,
+    recorded_order,
     site_order,
     step_label,
 )
@@ -101,7 +102,7 @@ def _stats_across_run(ctx: ModelContext, run: str, stimuli: str) -> dict | None:
     if data is None or len(data["steps"]) < 2:
         return None
     room = figures.name_room(data["steps"], data["checkpoints"])
-    sites = by_site(data["sites"])
+    sites = by_site(data["sites"], recorded_order(data))
     fig, axes = figures.small_multiples(len(ACROSS_PLOTS), ncols=3, bottom=0.45 + room, hgap=0.65 + room,
                                         right=figures.legend_room(sites))
     for ax, (key, label) in zip(axes, ACROSS_PLOTS):
@@ -129,7 +130,8 @@ def _checkpoint_list(ctx: ModelContext, _page=None) -> dict | None:
     """One row per checkpoint: its step, the sites its activation statistics flag and why, its metadata."""
     rows = []
     for c in sorted(ctx.checkpoints, key=lambda c: (c.run, c.stimuli, training_order(c.step, c.checkpoint))):
-        sites = by_site(c.summaries.get("stats", {}).get("sites", {}))
+        stats = c.summaries.get("stats", {})
+        sites = by_site(stats.get("sites", {}), recorded_order(stats))
         flagged = {site: "; ".join(s["flags"]) for site, s in sites.items() if s.get("flags")}
         href = layout.checkpoint_page("", c.run, c.checkpoint, c.stimuli).as_posix()
         rows.append({"run": c.run, "checkpoint": c.checkpoint, "stimuli": c.stimuli,
@@ -144,7 +146,7 @@ def _stats(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
     summary = page.summaries.get("stats")
     if summary is None:
         return None
-    sites = by_site(summary["sites"])
+    sites = by_site(summary["sites"], recorded_order(summary))
     ok = {name: s for name, s in sites.items() if s.get("status") == "ok"}
     chart = figures.bar_chart(list(ok), [s["zero_fraction"] for s in ok.values()],
                               "fraction of zero activations per site", "fraction") if ok else None
@@ -267,7 +269,8 @@ def _similarity(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
         return None
     result = ResultGroup(page.result_stores["similarity"])
     stored = result["site"].tolist()
-    sites = site_order(stored)
+    forward = recorded_order(summary)
+    sites = site_order(stored, forward)
     figure = None
     if len(sites) > 1:  # one site compared with itself says nothing
         index = np.ix_(*[[stored.index(s) for s in sites]] * 2)
@@ -275,7 +278,7 @@ def _similarity(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
         figure = figures.to_data_uri(similarity_figure([("", matrices, sites)], summary["params"]["compare_method"]))
     n_permutations = summary["params"]["n_permutations"]
     rows = []
-    for site, tests in by_site(summary["tests"]).items():
+    for site, tests in by_site(summary["tests"], forward).items():
         for ref, t in tests.items():
             rows.append({"site": site, "reference": ref, "method": _test_method(summary, t), "error": t.get("error"),
                          "statistic": t.get("statistic"), "p": p_label(t.get("pvalue"), n_permutations),
@@ -289,7 +292,7 @@ def _similarity(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
             "representation": summary["representation"], "stimuli_from": summary.get("stimuli_from"),
             "n_stimuli_total": summary["n_stimuli_total"], "runtime": summary.get("runtime_seconds"),
             "label_ceiling": _label_ceiling(summary), "star_legend": star_legend(n_permutations),
-            "skipped": {s: v.get("error") or v.get("rdm_error") for s, v in by_site(summary["sites"]).items()
+            "skipped": {s: v.get("error") or v.get("rdm_error") for s, v in by_site(summary["sites"], forward).items()
                         if v.get("status") != "ok" or v.get("rdm_error")}}
 
 
@@ -313,7 +316,8 @@ def _test_method(summary: dict, test: dict) -> str:
 def _reference_chart(summary: dict) -> Figure | None:
     """Bars of each site's similarity to each reference RDM, its bootstrap interval as a line from low to high
     (a percentile interval need not hold the estimate), stars above."""
-    sites = [s for s, tests in by_site(summary["tests"]).items() if any("statistic" in t for t in tests.values())]
+    sites = [s for s, tests in by_site(summary["tests"], recorded_order(summary)).items()
+             if any("statistic" in t for t in tests.values())]
     refs = [r for r, v in summary["references"].items() if v.get("status") == "ok"]
     if not sites or not refs:
         return None
@@ -355,7 +359,8 @@ def _reference_chart(summary: dict) -> Figure | None:
 def _similarity_across_run(ctx: ModelContext, run: str, stimuli: str) -> dict | None:
     """One run's checkpoint x checkpoint CKA (top row) and shape distance (bottom row), one column per site."""
     data = ctx.across.get(("similarity", run, stimuli))
-    sites = {s: v for s, v in by_site(data["sites"]).items() if len(v["steps"]) >= 2} if data else {}
+    ordered = by_site(data["sites"], recorded_order(data)) if data else {}
+    sites = {s: v for s, v in ordered.items() if len(v["steps"]) >= 2}
     if not sites:
         return None
     ticks = {site: figures.checkpoint_labels(v["steps"], v["checkpoints"])[0] for site, v in sites.items()}
@@ -399,7 +404,7 @@ def _similarity_models(ctx: ExperimentContext, _page=None) -> dict | None:
     for (analysis, stimuli), summary in sorted(ctx.summaries.items()):
         if analysis != "similarity":
             continue
-        comparisons = by_site(summary["comparisons"])
+        comparisons = by_site(summary["comparisons"], recorded_order(summary))
         figure = None
         if comparisons:
             fig = similarity_figure([(f"{site}: ", c, c["entries"]) for site, c in comparisons.items()],
@@ -416,11 +421,12 @@ def _similarity_models(ctx: ExperimentContext, _page=None) -> dict | None:
 MDS_MARKERS = "osD^vPX*ph<>"
 
 
-def mds_figure(coords: np.ndarray, entries: np.ndarray, sites: np.ndarray, title: str) -> Figure:
+def mds_figure(coords: np.ndarray, entries: np.ndarray, sites: np.ndarray, title: str, forward=()) -> Figure:
     """Map of representations ``coords`` (points, 2): one marker per entry (run; shapes repeat unfilled past the
-    twelfth), one colour per site running along ``site_order`` (dark: first), named in a legend beside the map."""
+    twelfth), one colour per site running along ``site_order`` with the ``forward`` order (dark: first), named in a
+    legend beside the map."""
     names = list(dict.fromkeys(entries.tolist()))
-    ordered = site_order(set(sites.tolist()))
+    ordered = site_order(set(sites.tolist()), forward)
     colours = {site: tuple(c) for site, c in zip(ordered, colormaps["viridis"](np.linspace(0.0, 0.92, len(ordered))))}
     markers = {name: MDS_MARKERS[k % len(MDS_MARKERS)] for k, name in enumerate(names)}
     hollow = {name: (k // len(MDS_MARKERS)) % 2 == 1 for k, name in enumerate(names)}  # past the shapes: unfilled
@@ -456,7 +462,7 @@ def _similarity_mds(ctx: ExperimentContext, _page=None) -> dict | None:
             continue
         result = ResultGroup(ctx.result_stores[(analysis, stimuli)])
         fig = mds_figure(result["mds"], result["point_entry"], result["point_site"],
-                         f"{stimuli}: representations under the angular shape distance")
+                         f"{stimuli}: representations under the angular shape distance", recorded_order(summary))
         blocks.append({"stimuli": stimuli, "figure": figures.to_data_uri(fig), "n_points": summary["mds"]["n_points"],
                        "explained": summary["mds"]["explained"]})
     return {"blocks": blocks} if blocks else None
@@ -489,6 +495,6 @@ SECTIONS = [
             needs="a series of two or more checkpoints (a trained or watched model), for the sites and models "
                   "chosen in analyses.connectome", series=True),
     Section("tca", "Tensor component analysis", "checkpoint", collect_tca,
-            needs="stimuli with a time or token axis (sentences, flip-flop trials), for the sites and models "
-                  "chosen in analyses.tca"),
+            needs="stimuli with a time or token axis (sentences, flip-flop trials, array sets with sequence: "
+                  "true), for the sites and models chosen in analyses.tca"),
 ]
