@@ -71,12 +71,12 @@ class Inputs:
         else:
             if stim.inputs is None:
                 raise ModelError(f"model {loaded.name!r} reads arrays but stimulus set {stim.name!r} holds text; "
-                                 "pair it with a numeric set (digits, flipflop)")
+                                 "pair it with a numeric set (digits, flipflop, arrays)")
             self.tensors = {"x": torch.from_numpy(np.ascontiguousarray(stim.inputs))}
             n_positions = stim.inputs.shape[1] if stim.sequence else 1
             self.coords.setdefault("mask", (("stimulus", "position"), np.ones((len(stim), n_positions), bool)))
         self.takes_text = loaded.takes_text
-        self.sequence = loaded.takes_text or stim.sequence
+        self.sequence = stim.sequence
 
     def batch(self, start: int, stop: int, device: torch.device):
         """Call arguments for stimuli ``start:stop``: (args, kwargs)."""
@@ -84,27 +84,27 @@ class Inputs:
         return ((), parts) if self.takes_text else ((parts["x"],), {})
 
 
+def _first_unit_axis(tensor: torch.Tensor, sequence: bool) -> int:
+    """Where the units start in a recorded output: a (batch, unit) output has one position; a larger one is
+    (batch, position, ...) for ``sequence`` stimuli (tokens, time steps) and (batch, ...) otherwise."""
+    return 2 if sequence and tensor.ndim > 2 else 1
+
+
 def unit_shape(tensor: torch.Tensor, sequence: bool) -> tuple[int, ...]:
-    """The shape of one stimulus' units (one position's, for sequences) in a recorded output: (channel, height,
-    width) for a convolution's (batch, channel, height, width), flattened into the store's unit axis."""
-    return tuple(tensor.shape[2:] if sequence else tensor.shape[1:])
+    """The shape of one stimulus' units (one position's, for sequences) in a recorded output, which the store
+    flattens into its unit axis: (channel, height, width) for a convolution's (batch, channel, height, width)."""
+    return tuple(tensor.shape[_first_unit_axis(tensor, sequence):])
 
 
-def as_site_array(site: str, tensor: torch.Tensor, dtype: str, sequence: bool = True) -> np.ndarray:
-    """A recorded output as (batch, position, unit) in the store dtype.
-
-    A (batch, unit) output has one position. A larger one is (batch, position, ...) for ``sequence`` stimuli
-    (tokens, time steps) and (batch, ...) otherwise, its trailing axes flattened into units in C order.
-    """
+def as_site_array(site: str, tensor: torch.Tensor, dtype: str, sequence: bool) -> np.ndarray:
+    """A recorded output as (batch, position, unit) in the store dtype, its unit axes (``unit_shape``) flattened in
+    C order."""
     if tensor.ndim < 2:
         raise ModelError(f"site {site!r} outputs shape {tuple(tensor.shape)}; only outputs with a batch axis "
                          "and at least one more can be recorded")
+    tensor = tensor.flatten(_first_unit_axis(tensor, sequence))
     if tensor.ndim == 2:
         tensor = tensor[:, None, :]
-    elif sequence:
-        tensor = tensor.flatten(2)
-    else:
-        tensor = tensor.flatten(1)[:, None, :]
     return tensor.to(getattr(torch, dtype)).cpu().numpy()
 
 
@@ -177,7 +177,7 @@ def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: boo
                 if not first_pass or isinstance(err, SiteError):
                     raise
                 given = next(iter(inputs.tensors.values()))
-                fix = ("integer inputs are passed as int64 ids, so save numbers the model reads as floats (e.g. "
+                fix = ("integer inputs reach the model as int64 ids; if it reads numbers, save them as floats (e.g. "
                        "images / 255)" if stim.inputs is not None and stim.inputs.dtype == np.int64
                        else "record it on stimuli like those it was built for")
                 raise ModelError(f"model {name!r} cannot run on stimulus set {stim.name!r} ({stim.kind}, input "

@@ -27,8 +27,8 @@ class StimulusSet:
 
     ``coords`` maps a coordinate name to ``(dims, values)`` along ``stimulus`` (length n);
     ``inputs`` is (n, ...) for array models, (n, time, ...) when ``sequence`` (axis 1 is then the
-    store's position axis); ``texts`` holds n strings for language models. A ``mask`` coordinate
-    (n, time) marks the real time steps of sequences of unequal length.
+    store's position axis); ``texts`` holds n strings for language models (a sequence of tokens). A
+    ``mask`` coordinate (n, time) marks the real time steps of sequences of unequal length.
     """
 
     name: str
@@ -60,6 +60,7 @@ class StimulusSet:
                 h.update(f"{values.dtype.str}{values.shape}".encode())
                 h.update(values.tobytes())
         if self.inputs is not None:
+            h.update(f"{self.inputs.dtype.str}{self.inputs.shape}".encode())
             h.update(np.ascontiguousarray(self.inputs).tobytes())
         for text in self.texts or []:
             h.update(text.encode())
@@ -121,7 +122,7 @@ def _sentences(name: str, spec: dict) -> StimulusSet:
         raise StimulusError(f"stimulus set {name!r}: ids must be unique; repeated: {', '.join(duplicated[:5])}")
     texts = [r["text"].strip() for r in rows]
     return StimulusSet(
-        name=name, kind="sentences", ids=np.array(ids, dtype=str), texts=texts,
+        name=name, kind="sentences", ids=np.array(ids, dtype=str), texts=texts, sequence=True,
         coords={"label": (("stimulus",), np.array([r["category"] for r in rows], dtype=str)),
                 "text": (("stimulus",), np.array(texts, dtype=str))},
     )
@@ -171,15 +172,19 @@ def _arrays(name: str, spec: dict) -> StimulusSet:
     if inputs.dtype.kind not in "biuf" or inputs.ndim < 1 or len(inputs) == 0:
         raise StimulusError(f"{where}: 'inputs' must be a non-empty numeric array (stimulus, ...), got dtype "
                             f"{inputs.dtype} and shape {inputs.shape}")
-    n, sequence = len(inputs), spec["sequence"]
+    n, sequence = len(inputs), spec.get("sequence", False)
     if sequence and inputs.ndim < 2:
         raise StimulusError(f"{where}: a sequence set needs 'inputs' of shape (stimulus, time, ...), got "
                             f"{inputs.shape}; set stimuli.{name}.sequence to false")
     integer = inputs.dtype.kind in "iu"
-    inputs = inputs.astype(np.int64 if integer else np.float32)
     if not integer and not np.isfinite(inputs).all():
         raise StimulusError(f"{where}: 'inputs' holds {np.count_nonzero(~np.isfinite(inputs))} NaN or infinite "
                             "values; replace them (a model's activations on them would be meaningless)")
+    kept = np.iinfo(np.int64) if integer else np.finfo(np.float32)
+    if inputs.size and (inputs.max() > kept.max or inputs.min() < kept.min):
+        raise StimulusError(f"{where}: 'inputs' holds values beyond the range of {kept.dtype}, which the model "
+                            "reads; rescale them")
+    inputs = inputs.astype(np.int64 if integer else np.float32)
     for key in ("labels", "ids", "split"):
         if key in arrays and arrays[key].shape != (n,):
             raise StimulusError(f"{where}: '{key}' must have one entry per stimulus, shape ({n},), got "
@@ -194,9 +199,13 @@ def _arrays(name: str, spec: dict) -> StimulusSet:
     rows = inputs.reshape(n, inputs.shape[1], -1) if sequence else inputs.reshape(n, -1)
     dims = ("stimulus", "position", "feature") if sequence else ("stimulus", "feature")
     coords = {"input_id" if integer else "input": (dims, rows)}
-    for key, coord in (("labels", "label"), ("split", "split")):
-        if key in arrays:
-            coords[coord] = (("stimulus",), _array_strings(arrays[key], where, key))
+    if "labels" in arrays:
+        coords["label"] = (("stimulus",), _array_strings(arrays["labels"], where, "labels"))
+    if "split" in arrays:
+        if arrays["split"].dtype.kind not in "US":
+            raise StimulusError(f"{where}: 'split' must hold strings such as 'train' and 'test', got dtype "
+                                f"{arrays['split'].dtype}")
+        coords["split"] = (("stimulus",), _array_strings(arrays["split"], where, "split"))
     if "split" in coords and not (coords["split"][1] == "test").any():
         names = ", ".join(repr(v) for v in sorted(set(coords["split"][1].tolist()))[:5])
         raise StimulusError(f"{where}: 'split' has no 'test' entry (it holds {names}); analyses draw from the stimuli "

@@ -303,10 +303,13 @@ def test_text_model_with_numeric_stimuli(minilm):
 
 
 def test_array_model_with_sentences(tmp_path):
+    """A spec written by hand (the config refuses the pair) still fails with one line."""
     checkpoint = make_checkpoint(tmp_path, "c.safetensors", seed=0)
+    loaded = load_from_checkpoint("mlp", "mlp", {"hidden": HIDDEN}, checkpoint, torch.device("cpu"))
+    sentences = load_stimuli("sents", {"kind": "sentences", "limit": 1})
     with pytest.raises(ModelError) as info:
-        extract(mlp_spec(tmp_path, stimuli={"kind": "sentences", "limit": 1}), tmp_path / "s.zarr", checkpoint)
-    assert "reads arrays" in one_line(info)
+        Inputs(loaded, sentences, None)
+    assert "reads arrays" in one_line(info) and "(digits, flipflop, arrays)" in one_line(info)
 
 
 def test_checkpoint_model_needs_a_checkpoint(tmp_path):
@@ -607,15 +610,17 @@ class PairMLP(torch.nn.Module):
 
 
 class Backwards(torch.nn.Module):
-    """Defines its modules in the opposite order to the one its forward pass calls them in."""
+    """Defines its modules in the opposite order to the one its forward pass calls them in, which is not the
+    alphabetical order either."""
 
     def __init__(self):
         super().__init__()
-        self.readout = torch.nn.Linear(3, 2)
-        self.hidden = torch.nn.Linear(4, 3)
+        self.decode = torch.nn.Linear(3, 2)
+        self.encode = torch.nn.Linear(4, 3)
+        self.flat = torch.nn.Flatten()
 
     def forward(self, x):
-        return self.readout(self.hidden(x))
+        return self.decode(self.encode(self.flat(x)))
 
 
 class Trimming(torch.nn.Module):
@@ -704,8 +709,8 @@ def test_integer_images_name_the_conversion_they_need(tmp_path, monkeypatch):
         own_model(tmp_path, monkeypatch, "TinyCNN", {"inputs": images}, ["conv"])
     message = one_line(info)
     assert message.startswith("model 'net' cannot run on stimulus set 'mine' (arrays, input shape (5, 1, 8, 8)): ")
-    assert message.endswith("; integer inputs are passed as int64 ids, so save numbers the model reads as floats "
-                            "(e.g. images / 255)")
+    assert message.endswith("; integer inputs reach the model as int64 ids; if it reads numbers, save them as "
+                            "floats (e.g. images / 255)")
     assert no_store(tmp_path / "s.zarr")
 
 
@@ -732,6 +737,13 @@ def test_sequence_set_given_to_a_model_without_time_steps_names_both_fixes(tmp_p
 
 def test_sites_are_stored_in_the_order_the_forward_pass_reaches_them(tmp_path, monkeypatch):
     x = np.random.default_rng(6).random((5, 4)).astype(np.float32)
-    _, ds = own_model(tmp_path, monkeypatch, "Backwards", {"inputs": x}, ["readout", "hidden"])
-    assert ds.attrs["sites"] == ["hidden", "readout"]
-    assert list(ds.attrs["unit_shapes"]) == ["hidden", "readout"]
+    _, ds = own_model(tmp_path, monkeypatch, "Backwards", {"inputs": x}, ["decode", "encode"])
+    assert ds.attrs["sites"] == ["encode", "decode"]
+    assert list(ds.attrs["unit_shapes"]) == ["encode", "decode"]
+
+
+def test_unit_shapes_of_outputs_without_a_time_axis_on_sequences(tmp_path, monkeypatch):
+    x = np.random.default_rng(7).random((5, 1, 4)).astype(np.float32)  # sequences of one step
+    _, ds = own_model(tmp_path, monkeypatch, "Backwards", {"inputs": x}, ["flat", "encode"], sequence=True)
+    assert ds["flat"].shape == (5, 1, 4) and ds["encode"].shape == (5, 1, 3)
+    assert ds.attrs["unit_shapes"] == {"flat": [4], "encode": [3]}

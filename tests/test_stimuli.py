@@ -65,6 +65,13 @@ def test_numeric_sets_hash_equal_only_when_their_values_are_equal():
     assert reshaped.content_hash != numeric_set(inputs).content_hash
 
 
+def test_inputs_of_another_shape_hash_differently():
+    inputs = np.arange(12, dtype=np.float32)
+    flat = StimulusSet("n", "arrays", np.array(["a", "b"]), inputs=inputs.reshape(2, 6))
+    images = StimulusSet("n", "arrays", np.array(["a", "b"]), inputs=inputs.reshape(2, 1, 2, 3))
+    assert flat.content_hash != images.content_hash
+
+
 def test_text_set_hash_follows_its_definition():
     ids, labels, texts = np.array(["s0", "s1"]), np.array(["x", "y"]), ["one sentence", "another one"]
     stim = StimulusSet("t", "sentences", ids, texts=texts,
@@ -149,6 +156,11 @@ def test_array_set_of_python_objects_is_refused_unread(tmp_path):
      "'labels' must have one entry per stimulus, shape (3,), got (2,)"),
     ({"inputs": np.zeros((3, 2)), "labels": np.array([0.5, 1.0, 2.0])}, False,
      "'labels' must hold strings or integers, got dtype float64; save labels.astype(int) or labels.astype(str)"),
+    ({"inputs": np.array([[1e39, 0.0]])}, False, "'inputs' holds values beyond the range of float32, which the "
+                                                 "model reads; rescale them"),
+    ({"inputs": np.array([[2**63, 1]], dtype=np.uint64)}, False, "'inputs' holds values beyond the range of int64"),
+    ({"inputs": np.zeros((3, 2)), "split": np.array([0, 1, 1])}, False,
+     "'split' must hold strings such as 'train' and 'test', got dtype int64"),
     ({"inputs": np.zeros((3, 2)), "split": np.array(["Train", "Test", "Test"])}, False,
      "'split' has no 'test' entry (it holds 'Test', 'Train'); analyses draw from the stimuli marked 'test', so "
      "mark the held-out ones so, or leave the split out"),
