@@ -41,7 +41,7 @@ def render(section: str, data: dict) -> str:
 def similarity_spec(**overrides) -> dict:
     config = validate_config({
         "device": "cpu",
-        "stimuli": {"toy": {"kind": "flipflop"}},
+        "stimuli": {"toy": {"kind": "sentences"}},
         "models": {"m": {"source": "huggingface", "path": "unused", "stimuli": ["toy"], "sites": ["x"]}},
     })
     return {**jobs.similarity_spec(config), "n_bootstrap": 20, **overrides}
@@ -98,8 +98,8 @@ def checkpoint_page(tmp_path, store_writer, source: str) -> str:
     planted = np.eye(3)[codes][:, None, :] * 5 + 0.1 * rng.standard_normal((n, positions, 3))
     spiky = rng.uniform(0.5, 1.0, (n, positions, 4))
     spiky[:, 0, 1] = 1000.0  # unit 1 massive at position 0 of every stimulus
-    sites = {"layers.10": planted + rng.standard_normal(planted.shape), "layers.2": spiky,
-             "layers.2.mlp": planted}
+    # listed as a model calling them in this order would record them: neither by name nor alphabetical
+    sites = {"layers.2": spiky, "layers.10": planted + rng.standard_normal(planted.shape), "layers.2.mlp": planted}
     store = store_writer(tmp_path / "s.zarr", sites, np.ones((n, positions), bool), run="r",
                          checkpoint_name="c", step=-1, stimulus_set="s",
                          checkpoint_metadata={"test_accuracy": 0.6555555462837219})
@@ -127,8 +127,7 @@ def test_checkpoint_page_shows_p_floor_label_ceiling_and_rounded_metadata(tmp_pa
 def test_checkpoint_page_lists_sites_in_recorded_order_and_one_row_per_massive_unit(tmp_path, store_writer):
     html = checkpoint_page(tmp_path, store_writer, "checkpoints")
     stats = html.split('<section id="stats">')[1].split("</section>")[0]
-    # the store lists its sites as a model calling layers.10 first would (not in the order their names suggest)
-    rows = [stats.index(f"<code>{site}</code>") for site in ("layers.10", "layers.2", "layers.2.mlp")]
+    rows = [stats.index(f"<code>{site}</code>") for site in ("layers.2", "layers.10", "layers.2.mlp")]
     assert rows == sorted(rows)
     massive = stats.split("<h3>Units with massive activations</h3>")[1]
     assert massive.count("<tr><td><code>") == 1  # 24 massive values of one unit: one row

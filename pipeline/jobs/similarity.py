@@ -149,7 +149,7 @@ def _check_enough_stimuli(spec: dict, stimulus_set: str, n: int, drawn_from: str
 
 def _constant_site_error(group: zarr.Group, keep: np.ndarray) -> str:
     """Why a site's pooled activations can be the same for every kept stimulus, judged by the inputs the store
-    recorded (token ids of texts, numeric inputs otherwise)."""
+    recorded (token ids of texts, numeric inputs or input ids otherwise)."""
     error = "the pooled activations are the same for every stimulus"
     mask = read(group, "mask", keep).astype(bool)
     if "token_id" in group:
@@ -157,8 +157,8 @@ def _constant_site_error(group: zarr.Group, keep: np.ndarray) -> str:
         if np.all(tokens == tokens[:1]):
             return (f"{error}, because every stimulus was recorded as the same {int(mask[0].sum())} tokens: the texts "
                     "are identical up to there (if they differ later, raise the stimulus set's max_length)")
-    elif "input" in group:
-        inputs = read(group, "input", keep)
+    elif "input" in group or "input_id" in group:
+        inputs = read(group, "input" if "input" in group else "input_id", keep)
         if np.all(inputs == inputs[:1]):
             return f"{error}, because every stimulus has the same input"
     else:

@@ -47,7 +47,7 @@ def factor_figure(group: ResultGroup, modes: list[str], mode_labels: list[str]):
     rank = group["weight"].shape[0]
     labels = group["label"] if "label" in group else None
     if labels is not None:
-        by_label = np.argsort(labels, kind="stable")
+        by_label = np.array(sorted(range(len(labels)), key=lambda i: figures.label_key(labels[i])), dtype=int)
         colours, legend = figures.label_colours(labels[by_label])
     show_legend = labels is not None and "stimulus" in modes and len(legend) <= MAX_LEGEND
     top = 0.55 if show_legend else 0.3  # inches above the panels: titles and the legend

@@ -155,9 +155,15 @@ def side_legend(fig: Figure, handles, labels, fontsize: float = 6, title: str | 
                       title=title, title_fontsize=fontsize + 1, alignment="left")
 
 
+def label_key(label) -> tuple:
+    """Sort key of a stimulus label: whole numbers (digit classes stored as text) by value, before other text."""
+    text = str(label)
+    return (0, int(text), "") if text.lstrip("-").isdigit() else (1, 0, text)
+
+
 def label_colours(labels) -> tuple[list, list[tuple[str, tuple]]]:
-    """One colour per distinct label: (colour per item, list of (label, colour) in sorted order)."""
-    distinct = sorted(set(labels))
+    """One colour per distinct label: (colour per item, list of (label, colour) in ``label_key`` order)."""
+    distinct = sorted(set(labels), key=label_key)
     cmap = colormaps["tab10" if len(distinct) <= 10 else "tab20"]
     lookup = {label: cmap(i % cmap.N) for i, label in enumerate(distinct)}
     return [lookup[label] for label in labels], list(lookup.items())
