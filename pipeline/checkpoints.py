@@ -252,14 +252,14 @@ def discover_checkpoints(folder, pattern: str) -> list[Path]:
 
 def glob_hint(folder) -> str:
     """For a series whose glob matches nothing: the most common kind of checkpoint file directly in ``folder``
-    and a glob for it, as "; it holds 7 .pt files (glob '*.pt' matches them)", or "" when there is none."""
+    and a glob for them, as "; it holds 7 .pt files (glob '*.pt' matches them)", or "" when there is none."""
     kinds = (SAFETENSORS_SUFFIX, *TORCH_SUFFIXES)
     folder = Path(folder)
     counts = Counter(p.suffix for p in folder.iterdir() if p.is_file() and p.suffix.lower() in kinds)
     if not counts:
         return ""
     suffix, n = counts.most_common(1)[0]
-    return f"; it holds {n} {suffix} file{'s' if n > 1 else ''} (glob '*{suffix}' matches them)"
+    return f"; it holds {n} {suffix} file{'s' if n > 1 else ''} (glob '*{suffix}' matches {'them' if n > 1 else 'it'})"
 
 
 def checkpoint_name(path, folder=None) -> str:

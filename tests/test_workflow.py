@@ -229,7 +229,7 @@ def test_series_without_checkpoints_yet_is_left_out_with_a_warning(workflow, tmp
         output = result.stderr + result.stdout
         assert result.returncode == 0, output[-3000:]
         assert (f"warning: model 'waiting' is left out of this run: no file in {root / 'empty'} matches "
-                "'*.safetensors' yet; it holds 1 .pt file (glob '*.pt' matches them) (fix 'glob' if it should "
+                "'*.safetensors' yet; it holds 1 .pt file (glob '*.pt' matches it) (fix 'glob' if it should "
                 "match)") in output
     dry = snakemake(root, "-n", config=more)
     counts = job_counts(dry.stdout + dry.stderr)
