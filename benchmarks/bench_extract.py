@@ -175,7 +175,7 @@ def main() -> None:
             args_, kwargs = inputs.batch(start, min(n, start + batch_size), device)
             with torch.inference_mode(), record(loaded.module, sites) as captured:
                 loaded.module(*args_, **kwargs)
-            batches.append({s: extract_module.as_site_array(s, captured[s], spec["dtype"]) for s in sites})
+            batches.append({s: extract_module.as_site_array(s, captured[s], spec["dtype"], True) for s in sites})
         return batches
 
     def writes_only(batches, path):
