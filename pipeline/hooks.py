@@ -36,11 +36,19 @@ def resolve_sites(model: torch.nn.Module, patterns: list[str], model_name: str =
 
 
 def _suggest(pattern: str, names: list[str]) -> str:
-    """'did you mean' the names closest to ``pattern``, then the first ``_SHOWN_NAMES`` valid names."""
-    close = difflib.get_close_matches(pattern, names)
+    """'did you mean' the names closest to ``pattern`` (or ``pattern`` without a first part that names a model's
+    wrapper, such as 'transformer.' of a Hugging Face model with a task head), then the first ``_SHOWN_NAMES``
+    valid names."""
+    wrapper, inner = pattern.split(".", 1) if "." in pattern else ("", "")
+    if inner and any(_matches(inner, n) for n in names):
+        hint = (f"did you mean {inner}? (names start below '{wrapper}.': the model is loaded without its task head "
+                "or wrapper) ")
+    else:
+        close = difflib.get_close_matches(pattern, names)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
     shown, hidden = ", ".join(names[:_SHOWN_NAMES]), len(names) - _SHOWN_NAMES
     more = f", ... and {hidden} more (see model.named_modules())" if hidden > 0 else ""
-    return (f"did you mean {', '.join(close)}? " if close else "") + f"valid names: {shown}{more}"
+    return f"{hint}valid names: {shown}{more}"
 
 
 def _first_tensor(output):

@@ -281,6 +281,15 @@ def test_unknown_site_of_a_transformer_suggests_close_names(minilm):
     assert message.endswith(", encoder.layer.1.attention.self.query, ... and 89 more (see model.named_modules())")
 
 
+def test_site_named_with_its_wrapper_suggests_the_inner_name(minilm):
+    """Names from a model with a task head (BertForMaskedLM: 'bert.encoder...') point below that wrapper."""
+    with pytest.raises(SiteError) as info:
+        resolve_sites(minilm.module, ["bert.encoder.layer.*"], "'minilm'")
+    assert one_line(info).startswith("site 'bert.encoder.layer.*' matches no module of 'minilm'; did you mean "
+                                     "encoder.layer.*? (names start below 'bert.': the model is loaded without its "
+                                     "task head or wrapper) valid names: embeddings, ")
+
+
 def test_empty_sentence_set(tmp_path):
     tsv = write_tsv(tmp_path / "empty.tsv", [])
     with pytest.raises(StimulusError) as info:
