@@ -125,7 +125,8 @@ def _check_references(config: dict) -> None:
             if (kind == "sentences") != (model["source"] == "huggingface"):
                 reads = "sentence sets (its tokenizer reads them)" if model["source"] == "huggingface" else \
                     "numeric sets (digits, flipflop, arrays)"
-                raise ConfigError(f"config error: models.{name}.stimuli names {stim!r}, a {kind} set, but a "
+                article = "an" if kind[0] in "aeiou" else "a"
+                raise ConfigError(f"config error: models.{name}.stimuli names {stim!r}, {article} {kind} set, but a "
                                   f"{model['source']} model records {reads}")
         if model["source"] == "train":
             _check_training(name, model)

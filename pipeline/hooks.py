@@ -58,6 +58,9 @@ def _first_tensor(output):
         return output[0]
     if hasattr(output, "last_hidden_state"):
         return output.last_hidden_state
+    if isinstance(output, dict):
+        keys = ", ".join(repr(k) for k in list(output)[:5])
+        raise TypeError(f"module output is a dict (keys {keys}), and which of its entries to record is not known")
     raise TypeError(f"module output of type {type(output).__name__} holds no tensor to record")
 
 

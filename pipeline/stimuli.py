@@ -253,7 +253,10 @@ def _sequence_mask(mask: np.ndarray, shape: tuple, sequence: bool, where: str) -
     if not sequence:
         raise StimulusError(f"{where}: 'mask' marks the real time steps of sequences; set the set's sequence to "
                             "true or leave the mask out")
-    if mask.dtype.kind in "iu" and np.isin(mask, (0, 1)).all():
+    if mask.dtype.kind in "iu":
+        if not np.isin(mask, (0, 1)).all():
+            raise StimulusError(f"{where}: 'mask' holds values other than 0 and 1; save it as booleans, True on the "
+                                "real steps")
         mask = mask.astype(bool)
     if mask.dtype != bool or mask.shape != tuple(shape[:2]):
         raise StimulusError(f"{where}: 'mask' must be boolean (or 0/1) of shape (stimulus, time) = {tuple(shape[:2])}, "

@@ -247,5 +247,6 @@ def test_a_model_and_a_stimulus_set_it_cannot_read(tmp_path, source, kind, reads
     model = {"source": "checkpoints", "architecture": "mlp", "folder": str(tmp_path)} if source == "checkpoints" \
         else {"source": "huggingface", "path": "some-model"}
     config["models"]["lm"] = {**model, "stimuli": ["other"], "sites": ["a"]}
-    assert config_error(config) == (f"config error: models.lm.stimuli names 'other', a {kind} set, but a {source} "
-                                    f"model records {reads}")
+    article = "an" if kind == "arrays" else "a"
+    assert config_error(config) == (f"config error: models.lm.stimuli names 'other', {article} {kind} set, but a "
+                                    f"{source} model records {reads}")

@@ -28,7 +28,7 @@ class Shared(nn.Module):
 
 
 class Dictionary(nn.Module):
-    """Outputs a dict, which holds no tensor to record."""
+    """Outputs a dict: which of its tensors to record is not known."""
 
     def forward(self, x):
         return {"x": x}
@@ -65,7 +65,13 @@ def test_a_container_that_never_runs_suggests_its_children():
 
 def test_an_output_without_a_tensor_names_the_site():
     model = nn.Sequential(nn.Linear(4, 4), Dictionary())
-    with pytest.raises(SiteError, match=r"^site '1' of 'net': module output of type dict holds no tensor"):
+    with pytest.raises(SiteError, match=r"^site '1' of 'net': module output is a dict \(keys 'x'\), and which of its "
+                                        r"entries to record is not known; record a submodule that outputs a tensor$"):
+        with record(model, ["1"], "'net'"):
+            model(torch.randn(3, 4))
+    model = nn.Sequential(nn.Linear(4, 4), nn.Identity())
+    model[1].forward = lambda x: "text"
+    with pytest.raises(SiteError, match=r"^site '1' of 'net': module output of type str holds no tensor to record"):
         with record(model, ["1"], "'net'"):
             model(torch.randn(3, 4))
 

@@ -165,7 +165,9 @@ def test_array_set_of_python_objects_is_refused_unread(tmp_path):
      "'split' has no 'test' entry (it holds 'Test', 'Train'); analyses draw from the stimuli marked 'test', so "
      "mark the held-out ones so, or leave the split out"),
     ({"inputs": np.zeros((3, 2)), "mask": np.array([[1, 0], [1, 2], [1, 1]])}, True,
-     "'mask' must be boolean (or 0/1) of shape (stimulus, time) = (3, 2), got int64 (3, 2)"),
+     "'mask' holds values other than 0 and 1; save it as booleans, True on the real steps"),
+    ({"inputs": np.zeros((3, 2)), "mask": np.ones((3, 2))}, True,
+     "'mask' must be boolean (or 0/1) of shape (stimulus, time) = (3, 2), got float64 (3, 2)"),
     ({"inputs": np.zeros((3, 2)), "labels": np.array(["x", " ", ""])}, False,
      "'labels' is blank for stimuli 1, 2; fill them in"),
     ({"inputs": np.zeros((3, 2)), "ids": np.array(["a", "b", "a"])}, False, "ids must be unique; repeated: a"),
