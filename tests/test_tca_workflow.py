@@ -375,3 +375,14 @@ def test_a_single_rank_needs_no_rank_choice():
     assert fit.rank == 1 and fit.model.rank == 1 and fit.cv is None
     with pytest.raises(ValueError, match="replicates >= 2"):
         fit_tca(T, 2, replicates=1, holdout=0)
+
+
+def test_pooled_variance_is_the_variance_of_the_parts_together():
+    from pipeline.analyses.tca import pooled_variance
+
+    rng = np.random.default_rng(9)
+    parts = [rng.standard_normal((n, 5)) * scale + shift for n, scale, shift in ((7, 1.0, 0.0), (1, 3.0, 50.0),
+                                                                                  (30, 0.1, -4.0))]
+    np.testing.assert_allclose(pooled_variance(iter(parts)), np.concatenate(parts).var(axis=0), rtol=1e-12)
+    with pytest.raises(ValueError, match="no samples"):
+        pooled_variance([])

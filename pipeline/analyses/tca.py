@@ -84,6 +84,31 @@ def unit_variance(X, mask=None):
     return xp.sum(((flat - mean) * weight) ** 2, axis=0) / count
 
 
+def pooled_variance(parts) -> np.ndarray:
+    """Variance of each unit over the rows of several arrays together, taking one array at a time (the pairwise
+    update of Chan, Golub and LeVeque), so that only one is in memory: ``unit_variance`` of their concatenation.
+
+    Parameters
+    ----------
+    parts : iterable of arrays, shape (n_samples_i, n_units)
+
+    Returns
+    -------
+    ndarray, shape (n_units,), float64
+    """
+    count, mean, m2 = 0, 0.0, 0.0
+    for part in parts:
+        part = np.asarray(part, dtype=np.float64)
+        n, part_mean = part.shape[0], part.mean(axis=0)
+        delta, total = part_mean - mean, count + n
+        m2 = m2 + ((part - part_mean) ** 2).sum(axis=0) + delta**2 * (count * n / total)
+        mean = mean + delta * (n / total)
+        count = total
+    if count == 0:
+        raise ValueError("no samples: at least one is needed")
+    return m2 / count
+
+
 def top_units(variance, k: int) -> np.ndarray:
     """Indices (ascending) of the ``k`` units of largest variance; all units when there are fewer.
 

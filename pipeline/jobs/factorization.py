@@ -13,7 +13,15 @@ import zarr
 from pipeline import layout
 from pipeline.analyses.connectome import affinity, communities
 from pipeline.analyses.factorization import degenerate_pairs, replicate_similarity
-from pipeline.analyses.tca import TCAFit, fit_tca, scale_units, spread_indices, top_units, unit_variance
+from pipeline.analyses.tca import (
+    TCAFit,
+    fit_tca,
+    pooled_variance,
+    scale_units,
+    spread_indices,
+    top_units,
+    unit_variance,
+)
 from pipeline.backend import get_namespace, to_device, to_numpy
 from pipeline.errors import StoreError
 from pipeline.jobs import (
@@ -60,6 +68,12 @@ def _position_mean(X: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """(stimulus, position, unit) -> (stimulus, unit): mean over the observed positions."""
     w = mask[:, :, None].astype(X.dtype)
     return np.where(w > 0, X, 0).sum(axis=1) / np.maximum(w.sum(axis=1), 1)
+
+
+def _position_means(series: list[zarr.Group], site: str, index: np.ndarray, mask: np.ndarray):
+    """Each checkpoint's (stimulus, unit) means of a site over the observed positions, read one at a time."""
+    for group in series:
+        yield _position_mean(read(group, site, index), mask)
 
 
 def _tca_fit(spec: dict, T: np.ndarray, mask: np.ndarray | None) -> TCAFit:
@@ -178,9 +192,11 @@ def run_tca_across(spec: dict, stores: list[Path], out: Path) -> None:
     for site in _matching_sites(first, spec["sites"]) if len(series) > 1 else []:  # a course needs 2 checkpoints
         t0 = time.perf_counter()
         try:
-            Y = np.stack([_position_mean(read(d, site, index), mask) for d in series])  # (checkpoint, stimulus, unit)
-            units = top_units(unit_variance(Y), spec["max_units"])
-            T = np.transpose(Y[:, :, units], (2, 1, 0))  # (unit, stimulus, checkpoint)
+            # two passes over the checkpoints: memory holds every unit of one checkpoint at a time (wide sites, long
+            # series), then the kept units of all
+            units = top_units(pooled_variance(_position_means(series, site, index, mask)), spec["max_units"])
+            Y = np.stack([m[:, units] for m in _position_means(series, site, index, mask)])
+            T = np.transpose(Y, (2, 1, 0))  # (checkpoint, stimulus, unit) -> (unit, stimulus, checkpoint)
             fit = _tca_fit(spec, T, None)
         except ValueError as err:
             log.warning("tca across checkpoints of site %s failed: %s", site, err)
@@ -194,6 +210,16 @@ def run_tca_across(spec: dict, stores: list[Path], out: Path) -> None:
                  groups)
     summary = _across_summary("tca-across", spec, series, sites, started)
     write_json(layout.summary_path(out), {**summary, "modes": ["unit", "stimulus", "checkpoint"]})
+
+
+def _samples(group: zarr.Group, site: str, index: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """A site's observed (stimulus, position) samples in one checkpoint's store: (samples, unit); NaN or inf refused."""
+    X = read(group, site, index)
+    samples = X.reshape(-1, X.shape[-1])[rows]
+    if not np.isfinite(samples).all():
+        raise ValueError(f"checkpoint {group.attrs.get('checkpoint_name')} has NaN or inf activations at this site "
+                         "(see its activation statistics)")
+    return samples
 
 
 def run_connectome(spec: dict, stores: list[Path], out: Path) -> None:
@@ -212,16 +238,10 @@ def run_connectome(spec: dict, stores: list[Path], out: Path) -> None:
     for site in _matching_sites(series[0], spec["sites"]) if len(series) > 1 else []:  # a course needs 2 checkpoints
         t0 = time.perf_counter()
         try:
-            samples = []
-            for d in series:
-                X = read(d, site, index)
-                samples.append(X.reshape(-1, X.shape[-1])[rows])  # (observed samples, unit)
-                if not np.isfinite(samples[-1]).all():
-                    raise ValueError(f"checkpoint {d.attrs.get('checkpoint_name')} has NaN or inf activations "
-                                     "at this site (see its activation statistics)")
-            units = top_units(sum(s.var(axis=0) for s in samples), spec["max_units"])
-            A = xp.stack([affinity(to_device(s[:, units], xp, spec["dtype"]), spec["affinity"]) for s in samples],
-                         axis=-1)  # (unit, unit, checkpoint)
+            # two passes over the checkpoints: memory holds every unit of one checkpoint at a time
+            units = top_units(sum(_samples(d, site, index, rows).var(axis=0) for d in series), spec["max_units"])
+            A = xp.stack([affinity(to_device(_samples(d, site, index, rows)[:, units], xp, spec["dtype"]),
+                                   spec["affinity"]) for d in series], axis=-1)  # (unit, unit, checkpoint)
             found = communities(A, spec["rank"], replicates=spec["replicates"], n_iter_max=spec["n_iter_max"],
                                 tol=spec["tol"], random_state=spec["seed"])
         except ValueError as err:
