@@ -386,3 +386,32 @@ def test_pooled_variance_is_the_variance_of_the_parts_together():
     np.testing.assert_allclose(pooled_variance(iter(parts)), np.concatenate(parts).var(axis=0), rtol=1e-12)
     with pytest.raises(ValueError, match="no samples"):
         pooled_variance([])
+    empty = np.zeros((0, 5))
+    np.testing.assert_allclose(pooled_variance([empty, parts[0], empty, parts[1]]),
+                               np.concatenate(parts[:2]).var(axis=0), rtol=1e-12)  # empty parts are skipped
+    with pytest.raises(ValueError, match="no samples"):
+        pooled_variance([empty])
+
+
+def test_across_checkpoint_jobs_keep_the_units_their_variance_rule_names(tmp_path):
+    """TCA across checkpoints keeps the units of largest variance over all checkpoints together (drift counts);
+    the connectome those of largest variance within each checkpoint, summed."""
+    rng = np.random.default_rng(10)
+    n_stim, n_units = 40, 20
+    scale = np.ones(n_units)
+    scale[:5] = 3.0  # units 0-4: the most variable within every checkpoint
+    scale[5:10] = 0.1  # units 5-9: nearly constant within a checkpoint, but their mean drifts by 10 per checkpoint
+    drift = np.zeros(n_units)
+    drift[5:10] = 10.0
+    values = [rng.standard_normal((n_stim, 1, n_units)) * scale + k * drift for k in range(3)]
+    stores = [write_store(tmp_path / f"c{k}.zarr", {"hidden.0": X}, {}, step=k, kind="digits")
+              for k, X in enumerate(values)]
+    tca = tmp_path / "tca.zarr"
+    factorization_jobs.run_tca_across({**TCA_SPEC, "max_units": 5, "max_rank": 2, "replicates": 1}, stores, tca)
+    connectome = tmp_path / "connectome.zarr"
+    factorization_jobs.run_connectome({**CONNECTOME_SPEC, "max_units": 5, "rank": 2, "replicates": 1}, stores,
+                                      connectome)
+    pooled = np.concatenate([X[:, 0] for X in values]).var(axis=0)
+    within = sum(X[:, 0].var(axis=0) for X in values)
+    assert list(open_group(tca, "hidden.0")["unit"].values) == sorted(np.argsort(-pooled)[:5]) == [5, 6, 7, 8, 9]
+    assert list(open_group(connectome, "hidden.0")["unit"].values) == sorted(np.argsort(-within)[:5]) == [0, 1, 2, 3, 4]

@@ -90,7 +90,7 @@ def pooled_variance(parts) -> np.ndarray:
 
     Parameters
     ----------
-    parts : iterable of arrays, shape (n_samples_i, n_units)
+    parts : iterable of arrays, shape (n_samples_i, n_units); empty ones are skipped
 
     Returns
     -------
@@ -99,6 +99,10 @@ def pooled_variance(parts) -> np.ndarray:
     count, mean, m2 = 0, 0.0, 0.0
     for part in parts:
         part = np.asarray(part, dtype=np.float64)
+        if part.ndim != 2:
+            raise ValueError(f"each part must be (samples, units), got shape {part.shape}")
+        if part.shape[0] == 0:
+            continue
         n, part_mean = part.shape[0], part.mean(axis=0)
         delta, total = part_mean - mean, count + n
         m2 = m2 + ((part - part_mean) ** 2).sum(axis=0) + delta**2 * (count * n / total)

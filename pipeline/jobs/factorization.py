@@ -225,8 +225,8 @@ def _samples(group: zarr.Group, site: str, index: np.ndarray, rows: np.ndarray) 
 def run_connectome(spec: dict, stores: list[Path], out: Path) -> None:
     """Dynamic functional connectome of a run: unit x unit affinity per checkpoint, non-negative CP communities.
 
-    Per selected site, the ``max_units`` units of highest variance (pooled over checkpoints) are
-    kept; their affinity is computed over all observed (stimulus, position) samples of each
+    Per selected site, the ``max_units`` units of highest variance (each checkpoint's, summed over checkpoints)
+    are kept; their affinity is computed over all observed (stimulus, position) samples of each
     checkpoint and the (unit x unit x checkpoint) tensor is split into ``rank`` communities.
     """
     started = time.perf_counter()
