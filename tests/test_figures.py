@@ -25,3 +25,8 @@ def test_reference_chart_draws_intervals_that_leave_out_the_estimate_as_they_are
     drawn = [sorted(y for _, y in segment) for segment in lines.get_segments()]
     assert drawn == [[low, high] for _, low, high in intervals.values()]
     assert [bar.get_height() for bar in ax.patches] == [value for value, _, _ in intervals.values()]
+
+
+def test_labels_sort_whole_numbers_by_value_then_text():
+    assert sorted(["10", "2", "01", "1", "cat", "--5", "²", "-3"], key=figures.label_key) == [
+        "-3", "01", "1", "2", "10", "--5", "cat", "²"]

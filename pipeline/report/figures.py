@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 
 import matplotlib
 import numpy as np
@@ -156,9 +157,10 @@ def side_legend(fig: Figure, handles, labels, fontsize: float = 6, title: str | 
 
 
 def label_key(label) -> tuple:
-    """Sort key of a stimulus label: whole numbers (digit classes stored as text) by value, before other text."""
+    """Sort key of a stimulus label: whole numbers (digit classes stored as text) by value, before other text;
+    equal values ("1", "01") by their text."""
     text = str(label)
-    return (0, int(text), "") if text.lstrip("-").isdigit() else (1, 0, text)
+    return (0, int(text), text) if re.fullmatch(r"-?[0-9]+", text) else (1, 0, text)
 
 
 def label_colours(labels) -> tuple[list, list[tuple[str, tuple]]]:
