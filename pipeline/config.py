@@ -121,13 +121,7 @@ def _check_references(config: dict) -> None:
                     f"config error: models.{name}.stimuli names {stim!r}, which is not a stimulus set; "
                     f"defined sets: {', '.join(sorted(config['stimuli']))}"
                 )
-            kind = config["stimuli"][stim]["kind"]
-            if (kind == "sentences") != (model["source"] == "huggingface"):
-                reads = "sentence sets (its tokenizer reads them)" if model["source"] == "huggingface" else \
-                    "numeric sets (digits, flipflop, arrays)"
-                article = "an" if kind[0] in "aeiou" else "a"
-                raise ConfigError(f"config error: models.{name}.stimuli names {stim!r}, {article} {kind} set, but a "
-                                  f"{model['source']} model records {reads}")
+            _check_pairing(name, model, stim, config["stimuli"][stim]["kind"])
         if model["source"] == "train":
             _check_training(name, model)
         if model["source"] == "checkpoints" and not Path(model["folder"]).is_dir():
@@ -135,6 +129,19 @@ def _check_references(config: dict) -> None:
                 f"config error: models.{name}.folder {model['folder']!r} is not a folder; "
                 "point it at the folder your training run writes checkpoints into"
             )
+
+
+def _check_pairing(name: str, model: dict, stim: str, kind: str) -> None:
+    """A model records only stimulus sets it can read: a Hugging Face model sentences (through its tokenizer), a
+    checkpoint series numeric sets, a model the workflow trains the sets of its task."""
+    reads = {"huggingface": ({"sentences"}, "a Hugging Face model reads sentence sets (through its tokenizer)"),
+             "checkpoints": ({"digits", "flipflop", "arrays"}, "a checkpoint series reads numeric sets (digits, "
+                                                               "flipflop, arrays)")}
+    if model["source"] == "train":
+        reads["train"] = ({model["task"]}, f"a model trained on the {model['task']} task reads {model['task']} sets")
+    kinds, rule = reads[model["source"]]
+    if kind not in kinds:
+        raise ConfigError(f"config error: models.{name}.stimuli names {stim!r}, a set of kind {kind}, but {rule}")
 
 
 def _check_training(name: str, model: dict) -> None:

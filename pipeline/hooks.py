@@ -40,7 +40,9 @@ def _suggest(pattern: str, names: list[str]) -> str:
     wrapper, such as 'transformer.' of a Hugging Face model with a task head), then the first ``_SHOWN_NAMES``
     valid names."""
     wrapper, inner = pattern.split(".", 1) if "." in pattern else ("", "")
-    if inner and any(_matches(inner, n) for n in names):
+    # a first part unlike every top-level module (not a typo of one) names a wrapper the loaded model lacks
+    wrapped = not difflib.get_close_matches(wrapper, {n.split(".", 1)[0] for n in names})
+    if inner and wrapped and any(_matches(inner, n) for n in names):
         hint = (f"did you mean {inner}? (names start below '{wrapper}.': the model is loaded without its task head "
                 "or wrapper) ")
     else:

