@@ -253,14 +253,14 @@ def _sequence_mask(mask: np.ndarray, shape: tuple, sequence: bool, where: str) -
     if not sequence:
         raise StimulusError(f"{where}: 'mask' marks the real time steps of sequences; set the set's sequence to "
                             "true or leave the mask out")
+    if mask.dtype.kind not in "biu" or mask.shape != tuple(shape[:2]):
+        raise StimulusError(f"{where}: 'mask' must be boolean (or integer 0/1) of shape (stimulus, time) = "
+                            f"{tuple(shape[:2])}, got {mask.dtype} {mask.shape}")
     if mask.dtype.kind in "iu":
         if not np.isin(mask, (0, 1)).all():
             raise StimulusError(f"{where}: 'mask' holds values other than 0 and 1; save it as booleans, True on the "
                                 "real steps")
         mask = mask.astype(bool)
-    if mask.dtype != bool or mask.shape != tuple(shape[:2]):
-        raise StimulusError(f"{where}: 'mask' must be boolean (or 0/1) of shape (stimulus, time) = {tuple(shape[:2])}, "
-                            f"got {mask.dtype} {mask.shape}")
     empty = np.flatnonzero(~mask.any(axis=1))
     if empty.size:
         raise StimulusError(f"{where}: 'mask' has no real step for stimuli {', '.join(map(str, empty[:5]))}; "
