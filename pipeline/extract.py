@@ -36,7 +36,7 @@ def load_for_spec(spec: dict, checkpoint: Path | None, device: torch.device,
                                 checkpoint_name)
 
 
-def _check_positions(loaded: LoadedModel, stim: StimulusSet, n_tokens: int) -> None:
+def _check_text_length(loaded: LoadedModel, stim: StimulusSet, n_tokens: int) -> None:
     """Refuse texts tokenized longer than the model has positions for, naming the largest max_length that fits."""
     limits = [getattr(loaded.module.config, "max_position_embeddings", None),
               getattr(loaded.tokenizer, "model_max_length", None)]
@@ -62,7 +62,7 @@ class Inputs:
             # padded to the longest (truncated) text of the whole set, not of a batch
             encoded = loaded.tokenizer(stim.texts, padding="longest", truncation=True, max_length=max_length,
                                        return_tensors="pt")
-            _check_positions(loaded, stim, encoded["input_ids"].shape[1])
+            _check_text_length(loaded, stim, encoded["input_ids"].shape[1])
             self.tensors = {k: v for k, v in encoded.items()}
             self.coords["token_id"] = (("stimulus", "position"), encoded["input_ids"].numpy().astype(np.int32))
             self.coords["token"] = (("stimulus", "position"), np.array(

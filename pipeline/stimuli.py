@@ -37,7 +37,7 @@ class StimulusSet:
     coords: dict[str, tuple[tuple[str, ...], np.ndarray]] = field(default_factory=dict)
     inputs: np.ndarray | None = None
     texts: list[str] | None = None
-    sequence: bool = False
+    sequence: bool = False  # set by ``load_stimuli`` from the config entry (``is_sequence``)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -77,6 +77,7 @@ def load_stimuli(name: str, spec: dict) -> StimulusSet:
     """Load the stimulus set ``name`` described by its (validated) config entry ``spec``."""
     loaders = {"sentences": _sentences, "digits": _digits, "flipflop": _flipflop, "arrays": _arrays}
     stim = loaders[spec["kind"]](name, spec)
+    stim.sequence = is_sequence(spec)
     if len(stim) == 0:
         raise StimulusError(f"stimulus set {name!r} is empty; give it at least one stimulus")
     return stim
@@ -122,7 +123,7 @@ def _sentences(name: str, spec: dict) -> StimulusSet:
         raise StimulusError(f"stimulus set {name!r}: ids must be unique; repeated: {', '.join(duplicated[:5])}")
     texts = [r["text"].strip() for r in rows]
     return StimulusSet(
-        name=name, kind="sentences", ids=np.array(ids, dtype=str), texts=texts, sequence=True,
+        name=name, kind="sentences", ids=np.array(ids, dtype=str), texts=texts,
         coords={"label": (("stimulus",), np.array([r["category"] for r in rows], dtype=str)),
                 "text": (("stimulus",), np.array(texts, dtype=str))},
     )
@@ -146,7 +147,7 @@ def _flipflop(name: str, spec: dict) -> StimulusSet:
                                    pulse_prob=spec["pulse_prob"], seed=spec["seed"])
     n = spec["n_trials"]
     return StimulusSet(
-        name=name, kind="flipflop", ids=np.array([f"trial-{i:04d}" for i in range(n)], dtype=str), sequence=True,
+        name=name, kind="flipflop", ids=np.array([f"trial-{i:04d}" for i in range(n)], dtype=str),
         inputs=np.asarray(trials["inputs"], dtype=np.float32),
         coords={"label": (("stimulus",), np.asarray(trials["condition"], dtype=str)),
                 "input": (("stimulus", "position", "bit"), np.asarray(trials["inputs"], np.float32)),
@@ -172,7 +173,7 @@ def _arrays(name: str, spec: dict) -> StimulusSet:
     if inputs.dtype.kind not in "biuf" or inputs.ndim < 1 or len(inputs) == 0:
         raise StimulusError(f"{where}: 'inputs' must be a non-empty numeric array (stimulus, ...), got dtype "
                             f"{inputs.dtype} and shape {inputs.shape}")
-    n, sequence = len(inputs), spec.get("sequence", False)
+    n, sequence = len(inputs), is_sequence(spec)
     if sequence and inputs.ndim < 2:
         raise StimulusError(f"{where}: a sequence set needs 'inputs' of shape (stimulus, time, ...), got "
                             f"{inputs.shape}; set stimuli.{name}.sequence to false")
@@ -212,7 +213,7 @@ def _arrays(name: str, spec: dict) -> StimulusSet:
                             "marked 'test', so mark the held-out ones so, or leave the split out")
     if "mask" in arrays:
         coords["mask"] = (("stimulus", "position"), _sequence_mask(arrays["mask"], inputs.shape, sequence, where))
-    return StimulusSet(name=name, kind="arrays", ids=ids, inputs=inputs, coords=coords, sequence=sequence)
+    return StimulusSet(name=name, kind="arrays", ids=ids, inputs=inputs, coords=coords)
 
 
 def _read_npz(path: Path, where: str) -> dict[str, np.ndarray]:
