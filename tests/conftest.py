@@ -8,7 +8,8 @@ import pytest
 from pipeline.store import StoreWriter
 
 
-def write_store(path: Path, sites: dict[str, np.ndarray], mask: np.ndarray, batch: int = 4, **attrs) -> Path:
+def write_store(path: Path, sites: dict[str, np.ndarray], mask: np.ndarray, batch: int = 4,
+                without: tuple[str, ...] = (), **attrs) -> Path:
     """Write a complete activation store.
 
     Parameters
@@ -17,6 +18,7 @@ def write_store(path: Path, sites: dict[str, np.ndarray], mask: np.ndarray, batc
     sites : site name -> values of shape (stimuli, positions, units).
     mask : (stimuli, positions) bool, True on real positions.
     batch : stimuli per written batch.
+    without : coordinates left out (of label, text, token), as for a user's stimuli without them.
     attrs : extra provenance attributes.
 
     Returns
@@ -31,6 +33,7 @@ def write_store(path: Path, sites: dict[str, np.ndarray], mask: np.ndarray, batc
         "token": (("stimulus", "position"), np.array([[f"t{i}.{p}" for p in range(n_pos)] for i in range(n)])),
         "mask": (("stimulus", "position"), mask),
     }
+    coords = {name: coord for name, coord in coords.items() if name not in without}
     shapes = {site: values.shape[1:] for site, values in sites.items()}
     writer = StoreWriter(path, shapes, coords, {"fingerprint": "test", "model_id": "planted", **attrs})
     for start in range(0, n, batch):

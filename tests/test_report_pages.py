@@ -90,8 +90,9 @@ def test_p_at_its_floor_and_only_reachable_stars():
     assert sections.star_legend(1000) == "* p < 0.05, ** p < 0.01, *** p < 0.001"
 
 
-def checkpoint_page(tmp_path, store_writer, source: str) -> str:
-    """A checkpoint page of stats and similarity of a store with three labelled sites, its step unknown."""
+def checkpoint_page(tmp_path, store_writer, source: str, without: tuple[str, ...] = ()) -> str:
+    """A checkpoint page of stats and similarity of a store with three labelled sites, its step unknown
+    (``without``: store coordinates left out)."""
     rng = np.random.default_rng(0)
     n, positions = 24, 2
     codes = np.arange(n) % 3  # the store's labels cat0, cat1, cat2
@@ -100,7 +101,7 @@ def checkpoint_page(tmp_path, store_writer, source: str) -> str:
     spiky[:, 0, 1] = 1000.0  # unit 1 massive at position 0 of every stimulus
     # listed as a model calling them in this order would record them: neither by name nor alphabetical
     sites = {"layers.2": spiky, "layers.10": planted + rng.standard_normal(planted.shape), "layers.2.mlp": planted}
-    store = store_writer(tmp_path / "s.zarr", sites, np.ones((n, positions), bool), run="r",
+    store = store_writer(tmp_path / "s.zarr", sites, np.ones((n, positions), bool), without=without, run="r",
                          checkpoint_name="c", step=-1, stimulus_set="s",
                          checkpoint_metadata={"test_accuracy": 0.6555555462837219})
     run_stats(STATS_SPEC, store, tmp_path / "stats.zarr")
@@ -133,6 +134,12 @@ def test_checkpoint_page_lists_sites_in_recorded_order_and_one_row_per_massive_u
     assert massive.count("<tr><td><code>") == 1  # 24 massive values of one unit: one row
     assert "<td class=\"num\">24 of 48</td>" in massive and "position 0 (t0.0): 1" in massive
     assert "<th>training step</th><td>n/a (not recorded)</td>" in html
+
+
+def test_checkpoint_page_of_stimuli_without_labels_or_texts_lists_their_ids(tmp_path, store_writer):
+    html = checkpoint_page(tmp_path, store_writer, "checkpoints", without=("label", "text"))
+    stimuli = html.split("24 stimuli of set <strong>s</strong>")[1].split("</table>")[0]
+    assert "<tr><th>id</th></tr>" in stimuli and "<tr><td>stim-00</td></tr>" in stimuli
 
 
 def test_checkpoint_list_names_the_flagged_sites_and_why():

@@ -191,8 +191,8 @@ def _massive_units(page: CheckpointResults, sites: dict) -> tuple[list[dict], di
 
 def _stimuli(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
     rows = page.stimulus_table()
-    return {"rows": rows, "total": page.n_stimuli, "has_text": any("text" in r for r in rows),
-            "set": page.stimuli} if rows else None
+    return {"rows": rows, "total": page.n_stimuli, "has_label": any("label" in r for r in rows),
+            "has_text": any("text" in r for r in rows), "set": page.stimuli} if rows else None
 
 
 def _provenance(ctx: ModelContext, page: CheckpointResults) -> dict | None:
