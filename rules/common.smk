@@ -14,7 +14,7 @@ from pipeline import jobs, layout
 from pipeline.checkpoints import discover_checkpoints, glob_hint, name_checkpoints
 from pipeline.config import SCHEMA_PATH, ConfigError, model_runs, validate_config
 from pipeline.errors import CheckpointError, StimulusError
-from pipeline.stimuli import load_stimuli
+from pipeline.stimuli import load_stimuli, sequence_hint
 
 min_version("8.20")
 
@@ -47,9 +47,11 @@ def check_named_files():
             raise WorkflowError(f"stimulus set {name!r}: file {path} does not exist; fix its 'path'")
         if path != "builtin":
             try:  # a user's stimulus file is read now, so that its errors show before any job runs
-                load_stimuli(name, entry)
+                hint = sequence_hint(load_stimuli(name, entry), entry)
             except StimulusError as err:
                 raise WorkflowError(str(err)) from None
+            if hint:
+                print(f"warning: {hint}", file=sys.stderr)
     for model, entry in config["models"].items():
         if entry["source"] == "checkpoints" and model not in WAITING:
             model_checkpoints(model, None)

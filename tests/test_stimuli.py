@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import StimulusError
-from pipeline.stimuli import StimulusSet, load_stimuli
+from pipeline.stimuli import StimulusSet, load_stimuli, sequence_hint
 
 ROWS = [  # quotes are part of the text, balanced or not
     ("q-1", "speech", '"Run!" he shouted.'),
@@ -219,3 +219,24 @@ def test_missing_or_unreadable_array_file(tmp_path, write, expected):
     with pytest.raises(StimulusError) as info:
         load_stimuli("mine", {"kind": "arrays", "path": str(path), "sequence": False})
     assert str(info.value).startswith(f"stimulus set 'mine': {path} ") and expected in str(info.value)
+
+
+@pytest.mark.parametrize(("inputs", "entry", "warned"), [
+    (np.arange(12).reshape(4, 3), {}, True),                      # token ids in a row, sequence left out
+    (np.arange(12).reshape(4, 3), {"sequence": False}, False),    # said so: silent
+    (np.arange(12).reshape(4, 3), {"sequence": True}, False),
+    (np.arange(4).reshape(4, 1), {}, False),                      # one id per stimulus
+    (np.zeros((4, 3)), {}, False),                                # float features
+    (np.arange(24).reshape(4, 3, 2), {}, False),                  # not (stimulus, time)
+])
+def test_integer_rows_without_a_sequence_flag_are_warned_about(tmp_path, inputs, entry, warned):
+    path = tmp_path / "stim.npz"
+    np.savez(path, inputs=inputs)
+    spec = {"kind": "arrays", "path": str(path), **entry}
+    hint = sequence_hint(load_stimuli("mine", spec), spec)
+    if warned:
+        assert hint == ("stimulus set 'mine' holds integer inputs of shape (4, 3), read as one position per stimulus; "
+                        "if the second axis is time (tokens), set stimuli.mine.sequence to true, else set it to false "
+                        "to silence this warning")
+    else:
+        assert hint is None
