@@ -96,7 +96,8 @@ def model_checkpoints(model, run):
 
 WAITING = waiting_models()
 MODELS = [model for model in config["models"] if model not in WAITING]  # the models this run records
-check_named_files()
+if workflow.is_main_process:  # not again in each cluster job, which would read every stimulus file anew
+    check_named_files()
 
 
 def analysis_results(analysis, model, run, stimuli):
