@@ -19,12 +19,15 @@ CELLS = ("rnn", "gru")
 
 
 class Block(nn.Module):
-    """One hidden layer: ``act(linear(x))``."""
+    """One hidden layer: ``act(linear(x))``, initialized for its nonlinearity (Glorot normal weights scaled by
+    its gain, zero bias), so that a deep narrow ReLU stack does not start with most units silent."""
 
     def __init__(self, n_in: int, n_out: int, activation: str):
         super().__init__()
         self.linear = nn.Linear(n_in, n_out)
         self.act = ACTIVATIONS[activation]()
+        nn.init.xavier_normal_(self.linear.weight, gain=nn.init.calculate_gain(activation))
+        nn.init.zeros_(self.linear.bias)
 
     def forward(self, x):
         return self.act(self.linear(x))
