@@ -15,6 +15,7 @@ from pipeline.jobs.similarity import run_similarity
 from pipeline.report import factorization, sections
 from pipeline.report.build import _environment, write_checkpoint_report, write_comparisons_report
 from pipeline.report.context import CheckpointResults, ModelContext, recorded_order, site_order, step_label
+from pipeline.results import ResultGroup
 
 STATS_SPEC = {"zero_threshold": 1e-6, "massive_ratio": 100, "massive_min": 1.0}
 
@@ -140,6 +141,27 @@ def test_checkpoint_page_of_stimuli_without_labels_or_texts_lists_their_ids(tmp_
     html = checkpoint_page(tmp_path, store_writer, "checkpoints", without=("label", "text"))
     stimuli = html.split("24 stimuli of set <strong>s</strong>")[1].split("</table>")[0]
     assert "<tr><th>id</th></tr>" in stimuli and "<tr><td>stim-00</td></tr>" in stimuli
+
+
+def test_checkpoint_page_gives_the_chance_level_of_cka_and_flags_a_high_one(tmp_path, store_writer):
+    html = checkpoint_page(tmp_path, store_writer, "checkpoints")  # 24 stimuli, 3 or 4 units a site
+    low = html.split('<section id="similarity">')[1].split("</section>")[0]
+    assert "CKA by chance" in low and "cka_debiased" not in low
+    rng = np.random.default_rng(5)
+    wide = {f"layer.{i}": rng.standard_normal((24, 1, 300)) for i in range(3)}  # as few stimuli as in MiniLM's case
+    store = store_writer(tmp_path / "wide.zarr", wide, np.ones((24, 1), bool), run="r", checkpoint_name="c",
+                         stimulus_set="s")
+    run_stats(STATS_SPEC, store, tmp_path / "wide-stats.zarr")
+    run_similarity(similarity_spec(n_permutations=20), store, tmp_path / "wide-similarity.zarr")
+    page = tmp_path / "wide.html"
+    write_checkpoint_report({"model_name": "m", "model": {"source": "checkpoints", "sites": ["*"]}, "analyses": {},
+                             "output_dir": str(tmp_path), "inputs": [str(tmp_path / "wide-stats.zarr"),
+                                                                    str(tmp_path / "wide-similarity.zarr")]}, page)
+    high = page.read_text().split('<section id="similarity">')[1].split("</section>")[0]
+    chance = ResultGroup(tmp_path / "wide-similarity.zarr")["cka_chance"][~np.eye(3, dtype=bool)]
+    assert chance.min() > 0.5  # 24 independent patterns of 300 units: CKA near 0.9 by chance alone
+    assert f"computed exactly): {chance.min():.4g} to {chance.max():.4g} between these sites." in high
+    assert '<p class="error">CKA by chance' in high and "cka_debiased: true" in high
 
 
 def test_checkpoint_list_names_the_flagged_sites_and_why():

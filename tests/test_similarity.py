@@ -721,6 +721,7 @@ def test_array_api_strict_matches_numpy():
     np.testing.assert_allclose(
         np.asarray(S.cka_matrix([sx, sy, sx[:, :2]])), S.cka_matrix([X, Y, X[:, :2]]), atol=1e-12
     )
+    np.testing.assert_allclose(np.asarray(S.cka_chance([sx, sy[:, :1]])), S.cka_chance([X, Y[:, :1]]), atol=1e-12)
     wide = rng(37).standard_normal((3, 10, 40))  # Gram-space branch
     strict_wide = S.cka_matrix(xs.asarray(wide), debiased=True)
     np.testing.assert_allclose(np.asarray(strict_wide), S.cka_matrix(wide, debiased=True), atol=1e-12)
@@ -770,3 +771,21 @@ def test_large_stacks_on_threads_match_the_definitions():
         M = S.compare_rdms(D, D[::-1].copy(), method)
         expected = [[ref_compare(D[i], D[2 - j], method) for j in range(3)] for i in range(3)]
         np.testing.assert_allclose(M, expected, atol=TOL, rtol=0)
+
+
+def test_cka_chance_is_the_mean_cka_over_every_reordering_of_the_stimuli():
+    X, Y = rng(40).standard_normal((6, 3)), rng(41).standard_normal((6, 9))  # Y: more units than stimuli
+    Y[:, 0] += 5 * X[:, 0]
+    mean = np.mean([S.cka(X, Y[list(order)]) for order in itertools.permutations(range(6))])
+    chance = S.cka_chance([X, Y])
+    assert chance[0, 1] == pytest.approx(mean, rel=1e-12) and chance[1, 0] == chance[0, 1]
+    assert chance[1, 1] == pytest.approx(np.mean([S.cka(Y, Y[list(o)]) for o in itertools.permutations(range(6))]),
+                                         rel=1e-12)
+
+
+def test_cka_chance_is_high_for_few_stimuli_of_many_units():
+    wide = [rng(42 + i).standard_normal((32, 1000)) for i in range(2)]
+    assert S.cka_chance(wide)[0, 1] == pytest.approx(S.cka(*wide), abs=0.01)  # independent: CKA is chance
+    assert S.cka_chance(wide)[0, 1] > 0.95
+    tall = [rng(44 + i).standard_normal((1000, 5)) for i in range(2)]
+    assert S.cka_chance(tall)[0, 1] < 0.01

@@ -745,6 +745,33 @@ def cka_matrix(reps, kernel: str = "linear", debiased: bool = False, sigma: floa
     return C if debiased else xp.clip(C, None, 1.0)  # as in _ratio
 
 
+def cka_chance(reps):
+    """Chance level of the linear CKA (biased estimator) for each pair of representations: its mean over every
+    reordering of one representation's stimuli, exact, tr(Kc) tr(Lc) / ((n - 1) ||Kc||_F ||Lc||_F) with Kc, Lc the
+    centred linear Grams. It is high where the stimuli are few against the patterns' effective dimension
+    (independent Gaussian patterns of n = 32, d = 1000 give about 0.97).
+
+    Parameters
+    ----------
+    reps : sequence of arrays (n, d_i)
+        Representations of the same n >= 2 stimuli.
+
+    Returns
+    -------
+    array, shape (r, r)
+    """
+    xp = array_namespace(*reps)
+    reps = _check_reps(xp, list(reps))
+    n = reps[0].shape[0]
+    scale = []
+    for R in reps:  # tr(Kc) / ||Kc||_F of each representation, from the smaller of Xc Xc^T and Xc^T Xc
+        Xc = R - xp.mean(R, axis=0, keepdims=True)
+        G = xp.matmul(Xc, _mT(xp, Xc)) if n <= R.shape[1] else xp.matmul(_mT(xp, Xc), Xc)
+        scale.append(xp.sum(Xc * Xc) / xp.sqrt(xp.sum(G * G)))
+    s = xp.stack(scale)
+    return s[:, None] * s[None, :] / (n - 1)
+
+
 def _linear_hsic_matrix_feature_space(xp, reps, debiased: bool):
     """All-pairs linear HSIC (r, r) from one cross-product of the concatenated centred features."""
     n = reps[0].shape[0]

@@ -174,19 +174,22 @@ def stimulus_subset(n: int, max_stimuli: int, seed: int) -> np.ndarray:
 
 
 def _layer_matrices(spec: dict, xp, reps: list[np.ndarray], rdms: list[np.ndarray | None]) -> dict[str, np.ndarray]:
-    """CKA, RSA and shape-distance matrices (r, r) of r representations; RSA is NaN where an RDM is missing."""
+    """CKA, RSA and shape-distance matrices (r, r) of r representations, and for the biased CKA its chance level
+    ``cka_chance``; RSA is NaN where an RDM is missing."""
     r = len(reps)
+    names = ("cka", "rsa", "shape") if spec["cka_debiased"] else ("cka", "cka_chance", "rsa", "shape")
     if r == 0:
-        return {name: np.zeros((0, 0)) for name in ("cka", "rsa", "shape")}
+        return {name: np.zeros((0, 0)) for name in names}
     on_device = [to_device(R, xp) for R in reps]
     cka = to_numpy(sim.cka_matrix(on_device, debiased=spec["cka_debiased"]))
+    chance = {} if spec["cka_debiased"] else {"cka_chance": to_numpy(sim.cka_chance(on_device))}
     shape = to_numpy(sim.shape_distance_matrix(on_device, alpha=spec["shape_alpha"]))
     rsa = np.full((r, r), np.nan)
     have = [i for i, D in enumerate(rdms) if D is not None]
     if have:
         stack = to_device(np.stack([rdms[i] for i in have]), xp)
         rsa[np.ix_(have, have)] = to_numpy(sim.compare_rdms(stack, stack, spec["compare_method"]))
-    return {"cka": cka, "rsa": rsa, "shape": shape}
+    return {"cka": cka, **chance, "rsa": rsa, "shape": shape}
 
 
 def _reference_rdms(spec: dict, xp, group: zarr.Group, keep: np.ndarray) -> tuple[dict, dict]:

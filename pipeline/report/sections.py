@@ -271,11 +271,13 @@ def _similarity(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
     stored = result["site"].tolist()
     forward = recorded_order(summary)
     sites = site_order(stored, forward)
-    figure = None
+    figure, chance = None, None
     if len(sites) > 1:  # one site compared with itself says nothing
         index = np.ix_(*[[stored.index(s) for s in sites]] * 2)
         matrices = {name: result[name][index] for name in ("cka", "rsa", "shape")}
         figure = figures.to_data_uri(similarity_figure([("", matrices, sites)], summary["params"]["compare_method"]))
+        if "cka_chance" in result:
+            chance = _chance_range(result["cka_chance"][index])
     n_permutations = summary["params"]["n_permutations"]
     rows = []
     for site, tests in by_site(summary["tests"], forward).items():
@@ -286,7 +288,7 @@ def _similarity(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
                          "n_bootstrap_used": t.get("n_bootstrap_used"), "ceiling": t.get("ceiling"),
                          "stars": stars(t.get("pvalue"))})
     chart = _reference_chart(summary)
-    return {"figure": figure, "n_sites": len(sites), "rows": rows,
+    return {"figure": figure, "cka_chance": chance, "n_sites": len(sites), "rows": rows,
             "chart": figures.to_data_uri(chart) if chart else None, "params": summary["params"],
             "references": summary["references"], "n_stimuli": summary["n_stimuli"],
             "representation": summary["representation"], "stimuli_from": summary.get("stimuli_from"),
@@ -294,6 +296,16 @@ def _similarity(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
             "label_ceiling": _label_ceiling(summary), "star_legend": star_legend(n_permutations),
             "skipped": {s: v.get("error") or v.get("rdm_error") for s, v in by_site(summary["sites"], forward).items()
                         if v.get("status") != "ok" or v.get("rdm_error")}}
+
+
+# Above this chance level a biased CKA mostly measures how few the stimuli are against the patterns' dimensions.
+HIGH_CKA_CHANCE = 0.2
+
+
+def _chance_range(chance: np.ndarray) -> dict:
+    """Lowest and highest chance level of the CKA between two different sites, (r, r) matrix in."""
+    pairs = chance[~np.eye(len(chance), dtype=bool)]
+    return {"low": float(pairs.min()), "high": float(pairs.max()), "high_chance": bool(pairs.max() > HIGH_CKA_CHANCE)}
 
 
 def _label_ceiling(summary: dict) -> str | None:
