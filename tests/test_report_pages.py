@@ -240,6 +240,27 @@ def test_statistics_across_training_have_their_legend_beside_the_panels(monkeypa
     assert [t.get_text() for t in legend.get_texts()] == ["layer.0", "layer.1"]
 
 
+@pytest.mark.parametrize(("steps", "axis"), [([0, 10, 20], "training step"), ([None, None, None], "checkpoint")])
+def test_drift_heatmaps_name_their_axes_inside_the_figure(monkeypatch, steps, axis):
+    figs = []
+    monkeypatch.setattr(sections.figures, "to_data_uri", lambda fig: figs.append(fig) or "data:")
+    matrix = np.eye(3).tolist()
+    site = {"steps": steps, "checkpoints": ["epoch-a", "epoch-b", "epoch-c"], "cka": matrix, "shape": matrix}
+    data = {"sites": {"layer.0": site, "layer.1": site}}
+    ctx = ModelContext("m", {"source": "checkpoints"}, {}, [], {("similarity", "r", "s"): data})
+    sections._similarity_across_run(ctx, "r", "s")
+    (fig,) = figs
+    renderer = drawn(fig)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert len(panels) == 4 and all(ax.get_xlabel() == axis for ax in panels)
+    assert [ax.get_ylabel() for ax in panels] == [axis, "", axis, ""]  # the first column names the rows
+    for ax in panels:
+        for label in (ax.xaxis.label, ax.yaxis.label):
+            if label.get_text():
+                box = label.get_window_extent(renderer)
+                assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1
+
+
 def test_rank_diagnostics_name_every_line_and_draw_the_stability_threshold():
     ranks = np.arange(1, 5)
     group = Group({"rank": ranks, "objective": np.linspace(1, 0.5, 8).reshape(4, 2),

@@ -134,13 +134,15 @@ def bar_chart(labels: list[str], values: list[float | None], title: str, ylabel:
     return fig
 
 
-def heatmap_grid(n_panels: int, ncols: int, panel: float, labels: list[str]):
-    """A grid of square heatmap panels of ``panel`` inches, with room for the labels and labelled colour bars.
+def heatmap_grid(n_panels: int, ncols: int, panel: float, labels: list[str], axis_titles: bool = False):
+    """A grid of square heatmap panels of ``panel`` inches, with room for the labels and labelled colour bars
+    (and for a title on each axis with ``axis_titles``).
 
     Row labels are written on the first column only (``heatmap(..., row_labels=...)``). Returns (fig, axes).
     """
-    below = SIN60 * text_inches(labels, 6) + 0.15
-    left = max(text_inches(labels, 6) + 0.2, text_inches(labels[:1], 6) / 2 + 0.1)
+    title_room = 0.2 if axis_titles else 0.0
+    below = SIN60 * text_inches(labels, 6) + 0.15 + title_room
+    left = max(text_inches(labels, 6) + 0.2, text_inches(labels[:1], 6) / 2 + 0.1) + title_room
     return small_multiples(n_panels, ncols, panel_size=(panel * 1.15, panel), left=left, bottom=below,
                            wgap=0.75, hgap=below + 0.3, top=0.3, right=0.75)
 

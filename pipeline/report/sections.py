@@ -375,13 +375,20 @@ def _similarity_across_run(ctx: ModelContext, run: str, stimuli: str) -> dict | 
     sites = {s: v for s, v in ordered.items() if len(v["steps"]) >= 2}
     if not sites:
         return None
-    ticks = {site: figures.checkpoint_labels(v["steps"], v["checkpoints"])[0] for site, v in sites.items()}
-    fig, axes = figures.heatmap_grid(2 * len(sites), len(sites), 2.4, [t for site in sites for t in ticks[site]])
+    labelled = {site: figures.checkpoint_labels(v["steps"], v["checkpoints"]) for site, v in sites.items()}
+    ticks = {site: names for site, (names, _) in labelled.items()}
+    axis = "checkpoint" if any(by_name for _, by_name in labelled.values()) else "training step"
+    fig, axes = figures.heatmap_grid(2 * len(sites), len(sites), 2.4, [t for site in sites for t in ticks[site]],
+                                     axis_titles=True)
     for col, (site, v) in enumerate(sites.items()):
         figures.heatmap(axes[col], v["cka"], ticks[site], f"{site}: CKA", vmin=0.0, vmax=1.0,
                         row_labels=col == 0, colorbar_label="CKA")
         figures.heatmap(axes[len(sites) + col], v["shape"], ticks[site], f"{site}: shape distance",
                         cmap="magma_r", vmin=0.0, vmax=SHAPE_MAX, row_labels=col == 0, colorbar_label="radians")
+        for ax in (axes[col], axes[len(sites) + col]):
+            ax.set_xlabel(axis, fontsize=7)
+            if col == 0:
+                ax.set_ylabel(axis, fontsize=7)
     return {"run": run, "stimuli": stimuli, "figure": figures.to_data_uri(fig),
             "final": [{"site": s, "cka": v["cka"][-1], "checkpoints": ticks[s]} for s, v in sites.items()]}
 
