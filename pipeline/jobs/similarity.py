@@ -112,7 +112,8 @@ def run_similarity(spec: dict, store: Path, out: Path) -> None:
 
 
 POOL_TEXT = {
-    "mean": "the mean over its real (unpadded) positions (the tokens of a sentence; a trial's time-averaged state)",
+    "mean": "the mean over its real (unpadded) positions (the tokens of a sentence, special tokens such as [CLS] and "
+            "[SEP] included; a trial's time-averaged state)",
     "last": "its last real position (the state a recurrent network ends a trial in)",
 }
 
