@@ -204,6 +204,26 @@ def test_comparisons_page_shows_test_metrics_stimuli_and_rsa(tmp_path, extra, st
     assert f"Stimuli: {stimuli}" in html and "linear CKA, RSA and angular shape distance" in html
 
 
+@pytest.mark.parametrize(("chance", "shown"), [
+    (None, None),  # a debiased CKA (or a result from before the chance level) has none
+    ([[0.9, 0.05], [0.05, 0.9]], '<p>CKA by chance (its mean with one side\'s stimuli shuffled, computed exactly): '
+                                 '0.05 to 0.05 between these models.'),
+    ([[0.9, 0.45], [0.45, 0.9]], '<p class="error">CKA by chance (its mean with one side\'s stimuli shuffled, computed '
+                                 'exactly): 0.45 to 0.45 between these models.'),
+])
+def test_comparisons_page_gives_the_chance_level_of_cka_between_models(tmp_path, chance, shown):
+    summary = comparisons_summary()
+    if chance is not None:
+        summary["comparisons"]["h.act"]["cka_chance"] = chance
+    result = tmp_path / "digits.zarr"
+    layout.summary_path(result).write_text(json.dumps(summary))
+    page = tmp_path / "comparisons" / "index.html"
+    write_comparisons_report({"analyses": {}, "inputs": [str(result)]}, page)
+    html = page.read_text().split('<section id="similarity-models">')[1].split("</section>")[0]
+    assert (shown in html) if shown else ("CKA by chance" not in html)
+    assert ("cka_debiased: true" in html) == (chance is not None and chance[0][1] > 0.2)
+
+
 def test_comparisons_figure_has_an_rsa_panel_per_site():
     summary = comparisons_summary()
     fig = sections.similarity_figure([(f"{site}: ", c, c["entries"]) for site, c in summary["comparisons"].items()],
@@ -246,9 +266,11 @@ def test_drift_heatmaps_name_their_axes_inside_the_figure(monkeypatch, steps, ax
     monkeypatch.setattr(sections.figures, "to_data_uri", lambda fig: figs.append(fig) or "data:")
     matrix = np.eye(3).tolist()
     site = {"steps": steps, "checkpoints": ["epoch-a", "epoch-b", "epoch-c"], "cka": matrix, "shape": matrix}
-    data = {"sites": {"layer.0": site, "layer.1": site}}
+    chance = (np.eye(3) + 0.3).tolist()
+    data = {"sites": {"layer.0": site, "layer.1": {**site, "cka_chance": chance}}}
     ctx = ModelContext("m", {"source": "checkpoints"}, {}, [], {("similarity", "r", "s"): data})
-    sections._similarity_across_run(ctx, "r", "s")
+    part = sections._similarity_across_run(ctx, "r", "s")
+    assert part["cka_chance"] == {"low": 0.3, "high": 0.3, "high_chance": True}
     (fig,) = figs
     renderer = drawn(fig)
     panels = [ax for ax in fig.axes if ax.get_title()]

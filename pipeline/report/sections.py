@@ -277,7 +277,7 @@ def _similarity(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
         matrices = {name: result[name][index] for name in ("cka", "rsa", "shape")}
         figure = figures.to_data_uri(similarity_figure([("", matrices, sites)], summary["params"]["compare_method"]))
         if "cka_chance" in result:
-            chance = _chance_range(result["cka_chance"][index])
+            chance = _chance_range([result["cka_chance"][index]])
     n_permutations = summary["params"]["n_permutations"]
     rows = []
     for site, tests in by_site(summary["tests"], forward).items():
@@ -302,9 +302,13 @@ def _similarity(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
 HIGH_CKA_CHANCE = 0.2
 
 
-def _chance_range(chance: np.ndarray) -> dict:
-    """Lowest and highest chance level of the CKA between two different sites, (r, r) matrix in."""
-    pairs = chance[~np.eye(len(chance), dtype=bool)]
+def _chance_range(matrices: list) -> dict | None:
+    """Lowest and highest chance level of the CKA between two different members (sites, checkpoints, models) of
+    each (r, r) matrix (``cka_chance`` of a similarity result); None without one (results of the debiased CKA)."""
+    pairs = np.concatenate([np.asarray(M, dtype=float)[~np.eye(len(M), dtype=bool)] for M in matrices if M is not None]
+                           + [np.zeros(0)])
+    if pairs.size == 0:
+        return None
     return {"low": float(pairs.min()), "high": float(pairs.max()), "high_chance": bool(pairs.max() > HIGH_CKA_CHANCE)}
 
 
@@ -390,6 +394,7 @@ def _similarity_across_run(ctx: ModelContext, run: str, stimuli: str) -> dict | 
             if col == 0:
                 ax.set_ylabel(axis, fontsize=7)
     return {"run": run, "stimuli": stimuli, "figure": figures.to_data_uri(fig),
+            "cka_chance": _chance_range([v.get("cka_chance") for v in sites.values()]),
             "final": [{"site": s, "cka": v["cka"][-1], "checkpoints": ticks[s]} for s, v in sites.items()]}
 
 
@@ -431,6 +436,7 @@ def _similarity_models(ctx: ExperimentContext, _page=None) -> dict | None:
             figure = figures.to_data_uri(fig)
         metrics, rows = _test_metrics(summary)
         blocks.append({"stimuli": stimuli, "rows": rows, "metrics": metrics, "figure": figure,
+                       "cka_chance": _chance_range([c.get("cka_chance") for c in comparisons.values()]),
                        "n_sites": len(comparisons), "params": summary["params"],
                        "n_stimuli": summary.get("n_stimuli"), "n_stimuli_total": summary.get("n_stimuli_total"),
                        "stimuli_from": summary.get("stimuli_from")})
