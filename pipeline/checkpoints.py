@@ -154,7 +154,8 @@ def _load_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             "values in it (numbers, strings, lists, dicts; numpy numbers converted with float() or int()), e.g. "
             "{'state_dict': model.state_dict(), 'step': 100}, or save it as safetensors"
         ) from err
-    except (EOFError, OSError, RuntimeError, ValueError) as err:
+    except (EOFError, OSError, RuntimeError, ValueError, KeyError, IndexError) as err:
+        # a file that is not a zip is read as a raw pickle stream, whose opcodes fail in any of these ways
         raise _corrupt(path) from err
     if not isinstance(content, dict):
         raise CheckpointError(

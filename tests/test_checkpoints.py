@@ -235,6 +235,14 @@ def test_random_bytes_are_corrupt_not_pickled_code(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("text", ["hello, not a checkpoint", "see notes.md", "epoch 3 done"])
+def test_a_text_file_named_like_a_checkpoint_is_corrupt(tmp_path, text):
+    path = tmp_path / "epoch-2.pt"
+    path.write_text(text + "\n")
+    with pytest.raises(CheckpointError, match=f"^checkpoint {path} is truncated or corrupt; re-save or delete it$"):
+        load_checkpoint(path)
+
+
 def test_metadata_header_that_is_not_an_object(tmp_path):
     path = tmp_path / "step-1.safetensors"
     save_file({"w": torch.ones(2)}, str(path), metadata={METADATA_KEY: "[1, 2]"})
