@@ -18,7 +18,7 @@ from pipeline.hooks import record, resolve_sites
 from pipeline.models import LoadedModel, ModelError, load_from_checkpoint, load_huggingface, torch_device
 from pipeline.software import package_versions
 from pipeline.stimuli import StimulusSet, load_stimuli
-from pipeline.store import StoreWriter, resumable_shapes
+from pipeline.store import StoreWriter, resumable_shapes, writer_lock
 
 log = logging.getLogger(__name__)
 
@@ -206,41 +206,44 @@ def extract(spec: dict, out: Path, checkpoint: Path | None = None, progress: boo
     versions = {k: v for k, v in attrs["packages"].items() if k != "pipeline_source"}
     attrs["fingerprint"] = config_hash([attrs["config_hash"], prov.get("checkpoint_sha256"), stim.content_hash, sites,
                                         attrs["device"], versions])
-    # site shapes come from a resumable partial store, else from the first batch (kept and written below)
-    first = None
-    shapes = resumable_shapes(out, attrs["fingerprint"], sites)
-    if shapes is None:
-        first = run_batch(0, first_pass=True)
-        shapes = {site: first[site].shape[1:] for site in unit_shapes}  # the store's ``sites`` in forward order
-        attrs["unit_shapes"] = {site: list(shape) for site, shape in unit_shapes.items()}
-    check_positions(name, stim, shapes, inputs.coords)
-    writer = StoreWriter(out, shapes, inputs.coords, attrs, dtype, batch_size)
-    if writer.n_written:
-        log.info("resuming %s at stimulus %d of %d", out, writer.n_written, n)
-    else:
-        log.info("recording %d stimuli x %d sites of %s into %s", n, len(sites), name, out)
-    starts = range(writer.n_written, n, batch_size)
-    quiet = None if progress is None else not progress  # None: a bar on a terminal only, quiet in logs
-    # One batch is written in a background thread while the next one runs through the model: at most
-    # two batches are held, and leaving the pool waits for the last write, even on an error.
-    # A model that fails on a later batch fails there again: its partial store is removed, not kept to resume.
-    try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer") as pool:
-            pending = None
-            for start in tqdm(starts, desc=f"extract {spec['model_name']}/{out.parent.name}", unit="batch",
-                              disable=quiet):
-                batch = first if first is not None else run_batch(start)
-                first = None
-                check_batch_shapes(name, start, batch, shapes)
+    # one writer at a time: a job left running by a killed workflow would otherwise write into the same partial
+    # store as its re-run
+    with writer_lock(out):
+        # site shapes come from a resumable partial store, else from the first batch (kept and written below)
+        first = None
+        shapes = resumable_shapes(out, attrs["fingerprint"], sites)
+        if shapes is None:
+            first = run_batch(0, first_pass=True)
+            shapes = {site: first[site].shape[1:] for site in unit_shapes}  # the store's ``sites`` in forward order
+            attrs["unit_shapes"] = {site: list(shape) for site, shape in unit_shapes.items()}
+        check_positions(name, stim, shapes, inputs.coords)
+        writer = StoreWriter(out, shapes, inputs.coords, attrs, dtype, batch_size)
+        if writer.n_written:
+            log.info("resuming %s at stimulus %d of %d", out, writer.n_written, n)
+        else:
+            log.info("recording %d stimuli x %d sites of %s into %s", n, len(sites), name, out)
+        starts = range(writer.n_written, n, batch_size)
+        quiet = None if progress is None else not progress  # None: a bar on a terminal only, quiet in logs
+        # One batch is written in a background thread while the next one runs through the model: at most
+        # two batches are held, and leaving the pool waits for the last write, even on an error.
+        # A model that fails on a later batch fails there again: its partial store is removed, not kept to resume.
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer") as pool:
+                pending = None
+                for start in tqdm(starts, desc=f"extract {spec['model_name']}/{out.parent.name}", unit="batch",
+                                  disable=quiet):
+                    batch = first if first is not None else run_batch(start)
+                    first = None
+                    check_batch_shapes(name, start, batch, shapes)
+                    if pending is not None:
+                        pending.result()
+                    pending = pool.submit(writer.write, batch)
+                    del batch
                 if pending is not None:
                     pending.result()
-                pending = pool.submit(writer.write, batch)
-                del batch
-            if pending is not None:
-                pending.result()
-    except InputError:
-        writer.discard()
-        raise
-    path = writer.finish({"extraction_seconds": round(time.perf_counter() - started, 3)})
+        except InputError:
+            writer.discard()
+            raise
+        path = writer.finish({"extraction_seconds": round(time.perf_counter() - started, 3)})
     log.info("wrote %s: %d stimuli, %d sites", path, n, len(sites))
     return path

@@ -20,7 +20,7 @@ import zarr
 import zarr.api.asynchronous
 from zarr.core.sync import sync
 
-from pipeline.store import json_safe, partial_path, strings
+from pipeline.store import json_safe, partial_path, strings, writer_lock
 
 # chunk files named c.0.0 beside the array's metadata, not in nested folders c/0/0: a third of the folders to make
 FLAT_CHUNK_KEYS = {"name": "default", "separator": "."}
@@ -66,12 +66,13 @@ def write_result(out: Path, root: Result, groups: dict[str, Result] | None = Non
     """
     out = Path(out)
     tmp = partial_path(out)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    sync(_write(tmp, root, groups or {}))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with writer_lock(out, wait=True):  # another writer of the same result (a left-over job) finishes first
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        sync(_write(tmp, root, groups or {}))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
 
 
 def _dim_names(d) -> list[str]:

@@ -10,14 +10,18 @@ Contract (see docs/store.md):
 
 A store is written batch by batch into ``<path>.partial`` and renamed to ``<path>`` only after
 its last batch, so a reader never sees half a store and a killed job leaves its progress where
-the next run can resume it.
+the next run can resume it. A writer holds ``<path>.lock`` meanwhile, so that a second one (a job left
+running by a killed workflow) never writes into the same partial store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import fcntl
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +54,41 @@ def unit_dim(site: str) -> str:
 def partial_path(path: str | Path) -> Path:
     path = Path(path)
     return path.with_name(path.name + ".partial")
+
+
+@contextlib.contextmanager
+def writer_lock(path: str | Path, wait: bool = False):
+    """Hold the exclusive lock of whatever is written at ``path`` (a store, a result, a checkpoint folder): the
+    file ``<path>.lock``, which names the holder's process id and is removed when released. The kernel releases
+    the lock of a killed process. Another holder makes this wait (``wait=True``) or raise ``StoreError``."""
+    path = Path(path)
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(f"{path} is being written by another process (pid {holder}; a job left running by a "
+                             "killed workflow?); wait for it to finish or stop it, then run the workflow again"
+                             ) from None
+        try:  # the lock file may have been removed by a holder that finished meanwhile: lock the current one
+            current = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
 
 
 def stimulus_chunk(n_stimuli: int, n_positions: int, n_units: int, itemsize: int,

@@ -1,5 +1,8 @@
-"""Shared fixtures: small activation stores written through the store's own writer."""
+"""Shared fixtures: small activation stores written through the store's own writer; a process holding a writer
+lock."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +48,31 @@ def write_store(path: Path, sites: dict[str, np.ndarray], mask: np.ndarray, batc
 def store_writer():
     """The ``write_store`` helper, for tests that need a small complete store."""
     return write_store
+
+
+HOLD_LOCK = """import sys, time
+from pipeline.store import writer_lock
+with writer_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+@pytest.fixture
+def lock_holder():
+    """Start a process that holds the writer lock of a path for some seconds (as a job left running by a killed
+    workflow would); returns it once it holds the lock. Killed at the end of the test."""
+    started = []
+
+    def start(path, seconds: float = 60.0) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path), str(seconds)], stdout=subprocess.PIPE,
+                                text=True)
+        started.append(proc)
+        assert proc.stdout.readline() == "held\n"
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()

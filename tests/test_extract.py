@@ -16,7 +16,7 @@ from pipeline import extract as extract_module
 from pipeline.architectures import MLP, RecurrentNet
 from pipeline.checkpoints import save_checkpoint
 from pipeline.config import validate_config
-from pipeline.errors import CheckpointError, ModelError, SiteError, StimulusError
+from pipeline.errors import CheckpointError, ModelError, SiteError, StimulusError, StoreError
 from pipeline.extract import Inputs, extract
 from pipeline.hooks import resolve_sites
 from pipeline.jobs import extract_spec
@@ -215,6 +215,25 @@ def test_interrupted_extraction_resumes_without_recomputing(tmp_path, monkeypatc
     readout = x @ model.readout.weight.detach().numpy().T + model.readout.bias.detach().numpy()
     np.testing.assert_allclose(ds["readout"].values[:, 0], readout, rtol=1e-4, atol=1e-5)
     assert ds.attrs["step"] == 1
+
+
+def test_a_store_another_process_writes_is_left_alone_until_that_process_dies(tmp_path, monkeypatch, lock_holder):
+    folder = tmp_path / "ckpts"
+    checkpoint = make_checkpoint(folder, "step-1.safetensors", seed=1)
+    spec = mlp_spec(folder)
+    out = tmp_path / "locked" / "step-1" / "digits.zarr"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        counted_extract(monkeypatch, spec, out, checkpoint, fail_at=3)  # a partial store of two batches
+    holder = lock_holder(out)  # a job of a killed workflow, still writing it
+    with pytest.raises(StoreError, match=rf"^{out} is being written by another process \(pid {holder.pid}; a job left "
+                                         r"running by a killed workflow\?\); wait for it to finish or stop it, then "
+                                         r"run the workflow again$"):
+        counted_extract(monkeypatch, spec, out, checkpoint)
+    assert zarr.open_group(partial_path(out)).attrs["n_written"] == 2 * BATCH  # neither resumed nor rewritten
+    holder.kill()
+    holder.wait()  # the kernel releases the lock of a killed process
+    assert counted_extract(monkeypatch, spec, out, checkpoint) == math.ceil(1797 / BATCH) - 2
+    assert not out.with_name(out.name + ".lock").exists()
 
 
 def test_partial_store_from_other_inputs_is_rewritten(tmp_path, monkeypatch):

@@ -1,5 +1,8 @@
 """Activation stores: batch-wise round trip, lazy reading, refusal of missing and unfinished stores, chunking."""
 
+import os
+import time
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -220,3 +223,13 @@ def test_dask_chunks_follow_the_stored_chunks(tmp_path):
     assert 1 * MB <= rows * units * 4 <= 8 * MB
     assert ds["site"].data.chunks[0] == (rows, n - rows)
     np.testing.assert_array_equal(ds["site"].values, values)
+
+
+def test_a_waiting_writer_takes_the_lock_once_its_holder_is_done(tmp_path, lock_holder):
+    path = tmp_path / "result.zarr"
+    started = time.monotonic()
+    lock_holder(path, seconds=1.0)
+    with store_module.writer_lock(path, wait=True):
+        assert time.monotonic() - started >= 1.0  # not before the holder let go
+        assert path.with_name("result.zarr.lock").read_text().strip() == str(os.getpid())
+    assert not path.with_name("result.zarr.lock").exists()

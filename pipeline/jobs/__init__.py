@@ -24,7 +24,7 @@ from pipeline.config import run_settings
 from pipeline.results import read
 from pipeline.software import package_versions
 from pipeline.stimuli import is_sequence
-from pipeline.store import json_safe
+from pipeline.store import json_safe, writer_lock
 from pipeline.tasks import model_params
 
 log = logging.getLogger(__name__)
@@ -141,12 +141,13 @@ def run_train(spec: dict, out: Path) -> None:
     from pipeline.train import train
 
     work = out.with_name(out.name + ".partial")
-    if work.exists():
-        shutil.rmtree(work)
-    train(spec["task"], work, params=spec["params"], seed=spec["seed"], **spec["training"])
-    if out.exists():
-        shutil.rmtree(out)
-    work.rename(out)
+    with writer_lock(out):
+        if work.exists():
+            shutil.rmtree(work)
+        train(spec["task"], work, params=spec["params"], seed=spec["seed"], **spec["training"])
+        if out.exists():
+            shutil.rmtree(out)
+        work.rename(out)
 
 
 def run_extract(spec: dict, out: Path, checkpoint: Path | None) -> None:
