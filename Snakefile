@@ -15,6 +15,5 @@ include: "rules/report.smk"
 
 rule all:
     input:
-        [layout.report_index(REPORT_DIR), layout.report_bundle(OUT)] if MODELS else [],
-        trained_run_folders(),
+        lambda wildcards: every_output(),
     default_target: True

@@ -172,10 +172,9 @@ def trained_run_folders():
     return [folder for model in config["models"] for folder in trained_folders(model)]
 
 
-def model_results(wildcards):
+def model_results(model):
     """Everything one model's page reads: per-checkpoint results and each run's report (its across-checkpoint
     view; a Hugging Face model has one checkpoint, so none)."""
-    model = wildcards.model
     entry = config["models"][model]
     files = []
     for run in model_runs(entry):
@@ -215,6 +214,27 @@ def report_pages():
         pages.append(str(layout.model_page(REPORT_DIR, model)))
         pages.extend(checkpoint_pages(model))
     return pages
+
+
+def every_output():
+    """Every file and folder the workflow makes for the models of this run. ``all`` asks for each, so that one that
+    was deleted (or removed with a failed job) is made again by the next run even where what is made from it is up
+    to date: Snakemake remakes a missing file only when it is asked for."""
+    files = trained_run_folders()
+    if MODELS:
+        files += [layout.report_index(REPORT_DIR), layout.report_bundle(OUT), layout.comparisons_report(REPORT_DIR)]
+        files += comparison_results()
+    for model in MODELS:
+        entry = config["models"][model]
+        files += [layout.model_page(REPORT_DIR, model), layout.model_summary(REPORT_DIR, model), *model_results(model)]
+        for page in checkpoint_pages(model):
+            files += [page, layout.checkpoint_summary(Path(page))]
+        for run in model_runs(entry):
+            for stimuli in entry["stimuli"]:
+                files += run_stores(model, run, stimuli)
+                if entry["source"] != "huggingface":
+                    files += run_across_results(model, run, stimuli)
+    return [str(f) for f in files]
 
 
 def report_spec(model, results):

@@ -60,7 +60,7 @@ rule report_model:
         model="|".join(re.escape(name) for name in MODELS),  # not the comparisons page's folder
     input:
         trained=lambda wc: trained_folders(wc.model),
-        results=model_results,
+        results=lambda wc: model_results(wc.model),
         pages=lambda wc: checkpoint_pages(wc.model),
     output:
         page=layout.model_page(REPORT_DIR, "{model}"),

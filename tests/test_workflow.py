@@ -131,6 +131,20 @@ def test_rerun_with_nothing_new_does_nothing(workflow):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
+def test_deleted_outputs_are_made_again_by_the_next_run(workflow):
+    root, _ = workflow
+    page = next((root / "reports" / "rnn").glob("*/trials/*.html"))
+    stats = next((root / "results" / "analyses" / "stats" / "mlp").glob("*/*/digits.zarr"))
+    page.unlink()
+    shutil.rmtree(stats)
+    dry = snakemake(root, "-n")
+    counts = job_counts(dry.stdout + dry.stderr)
+    assert counts["stats"] == 1 and counts["report_checkpoint"] == 2 and "extract" not in counts, counts
+    result = snakemake(root)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert page.is_file() and (stats / "zarr.json").is_file()
+
+
 def _local_links(html: str) -> list[str]:
     return [h for h in re.findall(r'href="([^"#]+)"', html) if "://" not in h and not h.startswith("data:")]
 
