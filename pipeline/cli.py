@@ -8,6 +8,7 @@ argument ``@file`` stands for the arguments in that file, one per line.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import logging
@@ -148,9 +149,35 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         logging.getLogger("pipeline").error("%s interrupted; run the workflow again to resume or redo it", args.command)
         return 130
-    except Exception:
-        logging.getLogger("pipeline").exception("%s failed unexpectedly", args.command)
-        return 2
+    except Exception as err:
+        disk = _disk_error(err)
+        if disk is None:
+            logging.getLogger("pipeline").exception("%s failed unexpectedly", args.command)
+            return 2
+        logging.getLogger("pipeline").error("%s failed: %s", args.command, disk)
+        return 1
+
+
+# what to do about a file system that refuses a write
+DISK_FIXES = {
+    errno.ENOSPC: "free space on that disk or set output_dir (or report_dir) to a folder on another one",
+    errno.EDQUOT: "free space within your quota or set output_dir (or report_dir) to a folder elsewhere",
+    errno.EROFS: "set output_dir (or report_dir) to a writable folder",
+    errno.EACCES: "make the folder writable for you or set output_dir (or report_dir) to one that is",
+}
+
+
+def _disk_error(err: BaseException) -> str | None:
+    """One line for a write the file system refused (full disk, quota, read-only, permissions), found in ``err`` or
+    the exceptions it was raised from; None for any other error."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in DISK_FIXES:
+            where = f" ({err.filename})" if err.filename else ""
+            return f"{err.strerror}{where}; {DISK_FIXES[err.errno]}, then run the workflow again"
+        err = err.__cause__ or err.__context__
+    return None
 
 
 # command -> (module, function, the parsed arguments it takes in order); modules load on demand so a

@@ -1,5 +1,6 @@
 """Command line: exit codes and one-line errors on stderr."""
 
+import errno
 import logging
 import subprocess
 import sys
@@ -109,3 +110,50 @@ def test_an_interrupted_command_ends_with_one_line(tmp_path, capsys, restore_log
     assert main(["show", str(tmp_path / "s.zarr")]) == 130
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.endswith("show interrupted; run the workflow again to resume or redo it")
+
+
+def refusing_disk(error: BaseException):
+    def dispatch(_args):
+        raise error
+    return dispatch
+
+
+def chained_read_only():
+    try:
+        raise OSError(errno.EROFS, "Read-only file system", "reports/index.html")
+    except OSError as err:
+        raise RuntimeError("while writing the page") from err
+
+
+@pytest.mark.parametrize(("error", "expected"), [
+    (OSError(errno.ENOSPC, "No space left on device", "results/a.zarr/c.0.0"),
+     "No space left on device (results/a.zarr/c.0.0); free space on that disk or set output_dir (or report_dir) to a "
+     "folder on another one, then run the workflow again"),
+    (OSError(errno.ENOSPC, "No space left on device"),  # a write that names no file
+     "No space left on device; free space on that disk or set output_dir (or report_dir) to a folder on another one, "
+     "then run the workflow again"),
+])
+def test_a_full_disk_ends_with_one_line(tmp_path, capsys, restore_logging, monkeypatch, error, expected):
+    monkeypatch.setattr("pipeline.cli._dispatch", refusing_disk(error))
+    assert main(["show", str(tmp_path / "s.zarr")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.endswith(f"show failed: {expected}")
+
+
+def test_a_read_only_folder_found_behind_another_error_ends_with_one_line(tmp_path, capsys, restore_logging,
+                                                                          monkeypatch):
+    def dispatch(_args):
+        chained_read_only()
+
+    monkeypatch.setattr("pipeline.cli._dispatch", dispatch)
+    assert main(["show", str(tmp_path / "s.zarr")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.endswith("show failed: Read-only file system (reports/index.html); set output_dir "
+                                            "(or report_dir) to a writable folder, then run the workflow again")
+
+
+def test_other_os_errors_keep_their_traceback(tmp_path, capsys, restore_logging, monkeypatch):
+    monkeypatch.setattr("pipeline.cli._dispatch", refusing_disk(OSError(errno.EIO, "Input/output error")))
+    assert main(["show", str(tmp_path / "s.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert "show failed unexpectedly" in err and "Traceback" in err

@@ -6,6 +6,7 @@ import xarray as xr
 import zarr
 
 from pipeline.errors import StoreError
+from pipeline.jobs import read_json, write_json
 from pipeline.results import Result, dims, read, write_result
 from pipeline.store import StoreWriter, open_group, open_store, partial_path, site_array
 
@@ -91,3 +92,16 @@ def test_result_store_replaces_an_old_one(tmp_path):
     write_result(out, Result({"new": (("j",), np.arange(2))}))
     got = xr.open_zarr(out, consolidated=False, zarr_format=3)
     assert list(got.data_vars) == ["new"]
+
+
+def test_a_damaged_or_missing_summary_is_named_with_the_fix(tmp_path):
+    path = tmp_path / "digits.json"
+    write_json(path, {"analysis": "stats", "sites": {"a": {"status": "ok"}}})
+    assert read_json(path)["sites"] == {"a": {"status": "ok"}}
+    path.write_text(path.read_text()[:40])  # cut short, as by a full disk or a killed copy
+    with pytest.raises(StoreError, match=rf"^{path} is damaged \(.*\); delete it and run the workflow again to make "
+                                         "it anew$"):
+        read_json(path)
+    with pytest.raises(StoreError, match=rf"^{tmp_path / 'absent.json'} is missing; run the workflow again to make "
+                                         "it$"):
+        read_json(tmp_path / "absent.json")

@@ -21,6 +21,7 @@ import numpy as np
 from pipeline import layout
 from pipeline.checkpoints import training_order
 from pipeline.config import run_settings
+from pipeline.errors import StoreError
 from pipeline.results import read
 from pipeline.software import package_versions
 from pipeline.stimuli import is_sequence
@@ -128,6 +129,17 @@ def write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def read_json(path) -> dict:
+    """A summary or report file written by ``write_json``; a damaged or missing one is named with the fix."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StoreError(f"{path} is missing; run the workflow again to make it") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise StoreError(f"{path} is damaged ({err}); delete it and run the workflow again to make it anew") from None
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -238,7 +250,7 @@ def run_stats_across(results: list[Path], out: Path) -> None:
 
     entries = []
     for path in results:
-        summary = json.loads(layout.summary_path(Path(path)).read_text())
+        summary = read_json(layout.summary_path(Path(path)))
         entries.append((summary, zarr.open_group(Path(path), mode="r")))
     entries.sort(key=lambda e: provenance_order(e[0]["provenance"]))
     sites = list(entries[0][0]["sites"]) if entries else []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from pipeline.jobs import (
     analysed_stimuli,
     forward_order,
     provenance_order,
+    read_json,
     scalar_params,
     store_provenance,
     write_json,
@@ -251,7 +251,7 @@ def _similarity_inputs(results: list[Path]) -> list[tuple[dict, ResultGroup]]:
     """(summary, result store) of per-checkpoint similarity results; all must hold the same stimuli."""
     entries = []
     for path in results:
-        summary = json.loads(layout.summary_path(Path(path)).read_text())
+        summary = read_json(layout.summary_path(Path(path)))
         entries.append((summary, ResultGroup(path)))
     if entries:
         first = entries[0][1]["stimulus"]

@@ -8,7 +8,6 @@ re-draws only its own run. Figures (and matplotlib) are loaded only by the jobs 
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import os
 import shutil
@@ -19,7 +18,7 @@ import jinja2
 from pipeline import __version__, layout
 from pipeline.checkpoints import training_order
 from pipeline.errors import InputError
-from pipeline.jobs import json_dumps, write_text
+from pipeline.jobs import json_dumps, read_json, write_text
 from pipeline.report.context import (
     ExperimentContext,
     ModelContext,
@@ -153,7 +152,7 @@ def _checkpoint_page_errors(ctx: ModelContext, model_dir: Path) -> list[str]:
     for c in sorted(ctx.checkpoints, key=lambda c: (c.run, c.stimuli, training_order(c.step, c.checkpoint))):
         summary = layout.checkpoint_summary(layout.checkpoint_page(model_dir, c.run, c.checkpoint, c.stimuli))
         if summary.exists():
-            errors += json.loads(summary.read_text())["errors"]
+            errors += read_json(summary)["errors"]
     return errors
 
 
@@ -203,9 +202,9 @@ def write_index(spec: dict, out: Path) -> None:
     (``model_summaries``, ``comparisons_summary``) and the models left out of the run for want of
     checkpoints (``waiting``: model -> why).
     """
-    models = [json.loads(Path(summary).read_text()) for summary in spec["model_summaries"]]
+    models = [read_json(summary) for summary in spec["model_summaries"]]
     comparisons = spec.get("comparisons_summary")
-    comparisons = json.loads(Path(comparisons).read_text()) if comparisons else None
+    comparisons = read_json(comparisons) if comparisons else None
     pages = [(f"Model {m['name']}", m) for m in models]
     if comparisons:
         pages.append(("Comparisons between models", comparisons))

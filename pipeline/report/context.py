@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 
 from pipeline import layout
 from pipeline.checkpoints import training_order
-from pipeline.jobs import forward_order
+from pipeline.jobs import forward_order, read_json
 from pipeline.results import ResultGroup
 
 
@@ -93,11 +92,11 @@ def load_model_context(spec: dict) -> ModelContext:
     for name in spec["inputs"]:
         path = Path(name)
         if layout.is_run_report(path):
-            data = json.loads(path.read_text())
+            data = read_json(path)
             run_reports[(data["run"], data["stimuli"])] = data
             continue
         if path.name.endswith(".across.json"):
-            data = json.loads(path.read_text())
+            data = read_json(path)
             data["summary_file"] = str(path)  # locates a result store written beside it, if any
             across[(data["analysis"], data["run"], data["stimulus_set"])] = data
             continue
@@ -105,7 +104,7 @@ def load_model_context(spec: dict) -> ModelContext:
         if not summary_file.exists():
             errors.append(f"result {path} has no summary {summary_file.name}; re-run its analysis")
             continue
-        summary = json.loads(summary_file.read_text())
+        summary = read_json(summary_file)
         prov = summary["provenance"]
         key = (prov["run"], prov["checkpoint_name"], prov["stimulus_set"])
         item = by_key.setdefault(key, CheckpointResults(*key, step=int(prov.get("step", -1)), provenance=prov))
@@ -207,7 +206,7 @@ def load_experiment_context(spec: dict) -> ExperimentContext:
         if not summary_file.exists():
             ctx.errors.append(f"result {path} has no summary {summary_file.name}; re-run its analysis")
             continue
-        summary = json.loads(summary_file.read_text())
+        summary = read_json(summary_file)
         key = (summary["analysis"], summary["stimulus_set"])
         ctx.summaries[key] = summary
         ctx.result_stores[key] = path
