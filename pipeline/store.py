@@ -22,6 +22,7 @@ import datetime
 import fcntl
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -294,7 +295,29 @@ def open_group(path) -> zarr.Group:
             f"activation store {path} is incomplete ({attrs.get('n_written', 0)} stimuli written); "
             "re-run the extraction to finish it"
         )
+    _check_intact(group, path)
     return group
+
+
+CHUNK_FILE = re.compile(r"c(?:[./]\d+)*")  # chunk keys of either separator, relative to the array's folder
+
+
+def _check_intact(group: zarr.Group, path: Path) -> None:
+    """Every site and coordinate a complete store names is there with all its chunk files: a store copied in part
+    (or damaged on disk) would otherwise read its missing chunks as NaN."""
+    for name in [*group.attrs["sites"], "stimulus", *group.attrs.get("coordinates", "").split()]:
+        try:
+            array = group[name]
+        except KeyError:
+            raise StoreError(f"activation store {path} is damaged: it lacks the array {name!r}; delete it and run the "
+                             "workflow again to record it anew") from None
+        expected = math.prod(math.ceil(size / chunk) for size, chunk in zip(array.shape, array.chunks, strict=True))
+        folder = path / name
+        found = sum(1 for parent, _, files in os.walk(folder) for file in files
+                    if CHUNK_FILE.fullmatch((Path(parent) / file).relative_to(folder).as_posix()))
+        if found < expected:
+            raise StoreError(f"activation store {path} is damaged: {name!r} has {found} of its {expected} chunk files "
+                             "(a copy cut short?); delete it and run the workflow again to record it anew")
 
 
 def open_store(path) -> xr.Dataset:

@@ -1,6 +1,7 @@
 """Activation stores: batch-wise round trip, lazy reading, refusal of missing and unfinished stores, chunking."""
 
 import os
+import shutil
 import time
 
 import dask.array as da
@@ -10,7 +11,7 @@ import zarr
 
 from pipeline import store as store_module
 from pipeline.errors import StoreError
-from pipeline.store import StoreWriter, open_store, partial_path, site_array, stimulus_chunk
+from pipeline.store import StoreWriter, open_group, open_store, partial_path, site_array, stimulus_chunk
 
 N, N_POS = 10, 6
 MB = 2**20
@@ -102,6 +103,20 @@ def test_unfinished_store_is_refused(tmp_path):
     assert "incomplete (8 stimuli written)" in str(info.value) and "re-run" in str(info.value)
     with pytest.raises(StoreError, match="holds 8 of 10 stimuli"):
         writer.finish()
+
+
+def test_a_store_missing_chunk_files_or_arrays_is_refused_as_damaged(tmp_path):
+    path = write_in_batches(tmp_path / "s.zarr", planted_values())  # a complete store
+    (chunk,) = [p for p in (path / "layer.1").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    chunk.unlink()  # as an interrupted copy leaves it
+    with pytest.raises(StoreError, match=rf"^activation store {path} is damaged: 'layer.1' has 0 of its 1 chunk files "
+                                         r"\(a copy cut short\?\); delete it and run the workflow again to record it "
+                                         "anew$"):
+        open_store(path)
+    path = write_in_batches(tmp_path / "t.zarr", planted_values())
+    shutil.rmtree(path / "mask")
+    with pytest.raises(StoreError, match=rf"^activation store {path} is damaged: it lacks the array 'mask'; "):
+        open_group(path)
 
 
 def test_foreign_zarr_group_is_refused(tmp_path):
