@@ -20,10 +20,12 @@ import asyncio
 import contextlib
 import datetime
 import fcntl
+import logging
 import math
 import os
 import re
 import shutil
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +38,8 @@ from pipeline.errors import StoreError
 
 if TYPE_CHECKING:
     import xarray as xr
+
+log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 4 * 2**20  # target chunk size along the stimulus axis (design: 1-8 MB)
 CHUNK_MIN_BYTES, CHUNK_MAX_BYTES = 2**20, 8 * 2**20
@@ -60,21 +64,30 @@ def partial_path(path: str | Path) -> Path:
 @contextlib.contextmanager
 def writer_lock(path: str | Path, wait: bool = False):
     """Hold the exclusive lock of whatever is written at ``path`` (a store, a result, a checkpoint folder): the
-    file ``<path>.lock``, which names the holder's process id and is removed when released. The kernel releases
-    the lock of a killed process. Another holder makes this wait (``wait=True``) or raise ``StoreError``."""
+    file ``<path>.lock``, which names the holder (process id and host) and is removed when released. The kernel
+    releases the lock of a killed process. Another holder makes this wait (``wait=True``) or raise ``StoreError``.
+    On a file system without locks (some network mounts) it warns and writes unlocked."""
     path = Path(path)
     lock = path.with_name(path.name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            if not wait:
+                os.close(fd)
+                raise StoreError(f"{path} is being written by another process ({holder}; a job left running by a "
+                                 "killed workflow?); wait for it to finish or stop it, then run the workflow again"
+                                 ) from None
+            log.info("waiting for %s, which is writing %s", holder, path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as err:  # no locks on this file system: one writer is then up to the user
+            log.warning("cannot lock %s (%s); writing it without a lock", lock, err.strerror)
             os.close(fd)
-            raise StoreError(f"{path} is being written by another process (pid {holder}; a job left running by a "
-                             "killed workflow?); wait for it to finish or stop it, then run the workflow again"
-                             ) from None
+            fd = None
+            break
         try:  # the lock file may have been removed by a holder that finished meanwhile: lock the current one
             current = os.stat(lock).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -82,9 +95,12 @@ def writer_lock(path: str | Path, wait: bool = False):
         if current:
             break
         os.close(fd)
+    if fd is None:
+        yield
+        return
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -303,14 +319,18 @@ CHUNK_FILE = re.compile(r"c(?:[./]\d+)*")  # chunk keys of either separator, rel
 
 
 def _check_intact(group: zarr.Group, path: Path) -> None:
-    """Every site and coordinate a complete store names is there with all its chunk files: a store copied in part
-    (or damaged on disk) would otherwise read its missing chunks as NaN."""
-    for name in [*group.attrs["sites"], "stimulus", *group.attrs.get("coordinates", "").split()]:
+    """Every site and coordinate a complete store names is there, and every site with all its chunk files (written
+    even where they hold only NaN): a store copied in part, or damaged on disk, would otherwise read its missing
+    activations as NaN. Coordinates skip chunks of only their fill value, so their files are not counted."""
+    sites = group.attrs["sites"]
+    for name in [*sites, "stimulus", *group.attrs.get("coordinates", "").split()]:
         try:
             array = group[name]
         except KeyError:
             raise StoreError(f"activation store {path} is damaged: it lacks the array {name!r}; delete it and run the "
                              "workflow again to record it anew") from None
+        if name not in sites or 0 in array.shape:
+            continue
         expected = math.prod(math.ceil(size / chunk) for size, chunk in zip(array.shape, array.chunks, strict=True))
         folder = path / name
         found = sum(1 for parent, _, files in os.walk(folder) for file in files
