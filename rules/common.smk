@@ -127,14 +127,24 @@ def checkpoint_analyses(model, stimuli):
     return analyses
 
 
-def run_across_results(model, run, stimuli):
-    """Across-checkpoint summaries of one run: what its run report draws."""
+def across_analyses(model, stimuli):
+    """Analyses that run across the checkpoints of each run of a model on one stimulus set."""
     analyses = ["stats", "similarity"]
     if jobs.tca_plan(config, model, stimuli) == "across":
         analyses.append("tca-across")
     if jobs.connectome_enabled(config, model):
         analyses.append("connectome")
-    return [str(layout.across_checkpoints(OUT, analysis, model, run, stimuli)) for analysis in analyses]
+    return analyses
+
+
+# across-checkpoint analyses that write a result store beside their summary
+ACROSS_STORES = ("tca-across", "connectome")
+
+
+def run_across_results(model, run, stimuli):
+    """Across-checkpoint summaries of one run: what its run report draws."""
+    return [str(layout.across_checkpoints(OUT, analysis, model, run, stimuli))
+            for analysis in across_analyses(model, stimuli)]
 
 
 def final_similarity_results(stimuli):
@@ -231,20 +241,26 @@ def every_output():
     """Every file and folder the workflow makes for the models of this run. ``all`` asks for each, so that one that
     was deleted (or removed with a failed job) is made again by the next run even where what is made from it is up
     to date: Snakemake remakes a missing file only when it is asked for."""
-    files = trained_run_folders()
+    files = []
     if MODELS:
         files += [layout.report_index(REPORT_DIR), layout.report_bundle(OUT), layout.comparisons_report(REPORT_DIR)]
-        files += comparison_results()
+        files += [f for result in comparison_results() for f in (result, layout.summary_path(Path(result)))]
     for model in MODELS:
         entry = config["models"][model]
-        files += [layout.model_page(REPORT_DIR, model), layout.model_summary(REPORT_DIR, model), *model_results(model)]
+        files += [layout.model_page(REPORT_DIR, model), layout.model_summary(REPORT_DIR, model)]
+        for result in model_results(model):  # result stores with their summaries, and run reports
+            files += [result, layout.summary_path(Path(result))] if result.endswith(".zarr") else [result]
         for page in checkpoint_pages(model):
             files += [page, layout.checkpoint_summary(Path(page))]
         for run in model_runs(entry):
             for stimuli in entry["stimuli"]:
                 files += run_stores(model, run, stimuli)
-                if entry["source"] != "huggingface":
-                    files += run_across_results(model, run, stimuli)
+                if entry["source"] == "huggingface":
+                    continue
+                for analysis in across_analyses(model, stimuli):
+                    files.append(layout.across_checkpoints(OUT, analysis, model, run, stimuli))
+                    if analysis in ACROSS_STORES:
+                        files.append(layout.across_result(OUT, analysis, model, run, stimuli))
     return [str(f) for f in files]
 
 
