@@ -3,6 +3,7 @@
 import hashlib
 import json
 import math
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -225,7 +226,8 @@ def test_a_store_another_process_writes_is_left_alone_until_that_process_dies(tm
     with pytest.raises(RuntimeError, match="simulated crash"):
         counted_extract(monkeypatch, spec, out, checkpoint, fail_at=3)  # a partial store of two batches
     holder = lock_holder(out)  # a job of a killed workflow, still writing it
-    with pytest.raises(StoreError, match=rf"^{out} is being written by another process \(pid {holder.pid}; a job left "
+    holder_name = f"pid {holder.pid} on {socket.gethostname()}"
+    with pytest.raises(StoreError, match=rf"^{out} is being written by another process \({holder_name}; a job left "
                                          r"running by a killed workflow\?\); wait for it to finish or stop it, then "
                                          r"run the workflow again$"):
         counted_extract(monkeypatch, spec, out, checkpoint)
@@ -783,3 +785,15 @@ def test_unit_shapes_of_outputs_without_a_time_axis_on_sequences(tmp_path, monke
     _, ds = own_model(tmp_path, monkeypatch, "Backwards", {"inputs": x}, ["flat", "encode"], sequence=True)
     assert ds["flat"].shape == (5, 1, 4) and ds["encode"].shape == (5, 1, 3)
     assert ds.attrs["unit_shapes"] == {"flat": [4], "encode": [3]}
+
+
+def test_an_arrays_set_without_a_sequence_flag_gets_the_job_spec_it_had_with_false(tmp_path):
+    def config(entry):
+        return validate_config({
+            "stimuli": {"mine": {"kind": "arrays", "path": "stim.npz", **entry}},
+            "models": {"net": {"source": "checkpoints", "architecture": "mlp", "folder": str(tmp_path),
+                               "stimuli": ["mine"], "sites": ["readout"]}},
+        })
+    left_out = extract_spec(config({}), "net", "main", "mine")
+    assert left_out == extract_spec(config({"sequence": False}), "net", "main", "mine")
+    assert left_out["stimuli"]["sequence"] is False  # so stores recorded before the flag could be left out stay

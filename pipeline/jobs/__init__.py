@@ -57,9 +57,11 @@ def extract_spec(config: dict, model: str, run: str, stimuli: str) -> dict:
         recorded["params"] = model_params(entry["task"], run_settings(entry, run)[0], entry["training"])
     elif entry["source"] == "checkpoints":
         recorded["params"] = entry.get("params", {})
-    return {"model_name": model, "model": recorded, "run": run, "stimuli_name": stimuli,
-            "stimuli": config["stimuli"][stimuli], "device": config["device"], "dtype": config["dtype"],
-            "batch_size": config["batch_size"]}
+    stimulus_set = config["stimuli"][stimuli]
+    if stimulus_set["kind"] == "arrays":  # the flag a config may leave out (see stimuli.sequence_hint), as jobs read it
+        stimulus_set = {**stimulus_set, "sequence": is_sequence(stimulus_set)}
+    return {"model_name": model, "model": recorded, "run": run, "stimuli_name": stimuli, "stimuli": stimulus_set,
+            "device": config["device"], "dtype": config["dtype"], "batch_size": config["batch_size"]}
 
 
 def stats_spec(config: dict) -> dict:
