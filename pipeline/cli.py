@@ -160,10 +160,13 @@ def main(argv: list[str] | None = None) -> int:
 
 # what to do about a file system that refuses a write
 DISK_FIXES = {
-    errno.ENOSPC: "free space on that disk or set output_dir (or report_dir) to a folder on another one",
-    errno.EDQUOT: "free space within your quota or set output_dir (or report_dir) to a folder elsewhere",
-    errno.EROFS: "set output_dir (or report_dir) to a writable folder",
-    errno.EACCES: "make the folder writable for you or set output_dir (or report_dir) to one that is",
+    errno.ENOSPC: "free space on that disk (for the workflow's own outputs, or set output_dir or report_dir to "
+                  "another one)",
+    errno.EDQUOT: "free space within your quota (for the workflow's own outputs, or set output_dir or report_dir "
+                  "elsewhere)",
+    errno.EROFS: "write it to a writable place (for the workflow's own outputs, set output_dir or report_dir to one)",
+    errno.EACCES: "make it writable for you (for the workflow's own outputs, or set output_dir or report_dir to a "
+                  "folder that is)",
 }
 
 

@@ -127,11 +127,11 @@ def chained_read_only():
 
 @pytest.mark.parametrize(("error", "expected"), [
     (OSError(errno.ENOSPC, "No space left on device", "results/a.zarr/c.0.0"),
-     "No space left on device (results/a.zarr/c.0.0); free space on that disk or set output_dir (or report_dir) to a "
-     "folder on another one, then run the workflow again"),
+     "No space left on device (results/a.zarr/c.0.0); free space on that disk (for the workflow's own outputs, or set "
+     "output_dir or report_dir to another one), then run the workflow again"),
     (OSError(errno.ENOSPC, "No space left on device"),  # a write that names no file
-     "No space left on device; free space on that disk or set output_dir (or report_dir) to a folder on another one, "
-     "then run the workflow again"),
+     "No space left on device; free space on that disk (for the workflow's own outputs, or set output_dir or "
+     "report_dir to another one), then run the workflow again"),
 ])
 def test_a_full_disk_ends_with_one_line(tmp_path, capsys, restore_logging, monkeypatch, error, expected):
     monkeypatch.setattr("pipeline.cli._dispatch", refusing_disk(error))
@@ -148,8 +148,9 @@ def test_a_read_only_folder_found_behind_another_error_ends_with_one_line(tmp_pa
     monkeypatch.setattr("pipeline.cli._dispatch", dispatch)
     assert main(["show", str(tmp_path / "s.zarr")]) == 1
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.endswith("show failed: Read-only file system (reports/index.html); set output_dir "
-                                            "(or report_dir) to a writable folder, then run the workflow again")
+    assert "\n" not in err and err.endswith("show failed: Read-only file system (reports/index.html); write it to a "
+                                            "writable place (for the workflow's own outputs, set output_dir or "
+                                            "report_dir to one), then run the workflow again")
 
 
 def test_other_os_errors_keep_their_traceback(tmp_path, capsys, restore_logging, monkeypatch):
