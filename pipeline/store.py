@@ -333,11 +333,16 @@ def _check_intact(group: zarr.Group, path: Path) -> None:
             continue
         expected = math.prod(math.ceil(size / chunk) for size, chunk in zip(array.shape, array.chunks, strict=True))
         folder = path / name
-        found = sum(1 for parent, _, files in os.walk(folder) for file in files
-                    if CHUNK_FILE.fullmatch((Path(parent) / file).relative_to(folder).as_posix()))
-        if found < expected:
-            raise StoreError(f"activation store {path} is damaged: {name!r} has {found} of its {expected} chunk files "
-                             "(a copy cut short?); delete it and run the workflow again to record it anew")
+        chunk_files = [Path(parent) / file for parent, _, files in os.walk(folder) for file in files
+                       if CHUNK_FILE.fullmatch((Path(parent) / file).relative_to(folder).as_posix())]
+        damage = f"has {len(chunk_files)} of its {expected} chunk files" if len(chunk_files) < expected else None
+        if damage is None and not array.compressors and not array.filters:  # uncompressed: every chunk file whole
+            size = math.prod(array.chunks) * array.dtype.itemsize
+            short = sum(1 for file in chunk_files if file.stat().st_size != size)
+            damage = f"has {short} chunk files of other than {size} bytes" if short else None
+        if damage:
+            raise StoreError(f"activation store {path} is damaged: {name!r} {damage} (a copy cut short?); delete it "
+                             "and run the workflow again to record it anew")
 
 
 def open_store(path) -> xr.Dataset:

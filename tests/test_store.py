@@ -115,6 +115,15 @@ def test_a_store_missing_chunk_files_or_arrays_is_refused_as_damaged(tmp_path):
                                          r"\(a copy cut short\?\); delete it and run the workflow again to record it "
                                          "anew$"):
         open_store(path)
+    path = write_in_batches(tmp_path / "cut.zarr", planted_values())
+    (chunk,) = [p for p in (path / "layer.0").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    size = chunk.stat().st_size
+    assert size == N * N_POS * 7 * 4  # uncompressed float32
+    os.truncate(chunk, size - 100)  # a copy cut short inside a file
+    with pytest.raises(StoreError, match=rf"^activation store {path} is damaged: 'layer.0' has 1 chunk files of other "
+                                         rf"than {size} bytes \(a copy cut short\?\); delete it and run the workflow "
+                                         "again to record it anew$"):
+        open_group(path)
     path = write_in_batches(tmp_path / "t.zarr", planted_values())
     shutil.rmtree(path / "mask")
     with pytest.raises(StoreError, match=rf"^activation store {path} is damaged: it lacks the array 'mask'; "):
