@@ -125,6 +125,7 @@ def _setup_logging(log_file: Path | None) -> None:
         handlers.append(logging.FileHandler(log_file, mode="w"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=handlers, force=True)
+    logging.raiseExceptions = False  # a log file on a full disk drops its lines instead of printing tracebacks
 
 
 def _limit_threads(n: int) -> None:
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("pipeline").error("%s interrupted; run the workflow again to resume or redo it", args.command)
         return 130
     except Exception as err:
-        disk = _disk_error(err)
+        disk = _disk_error(err, getattr(args, "out", None))
         if disk is None:
             logging.getLogger("pipeline").exception("%s failed unexpectedly", args.command)
             return 2
@@ -170,14 +171,15 @@ DISK_FIXES = {
 }
 
 
-def _disk_error(err: BaseException) -> str | None:
+def _disk_error(err: BaseException, out: Path | None = None) -> str | None:
     """One line for a write the file system refused (full disk, quota, read-only, permissions), found in ``err`` or
-    the exceptions it was raised from; None for any other error."""
+    the exceptions it was raised from, naming the file (else the command's output ``out``); None for any other
+    error."""
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, OSError) and err.errno in DISK_FIXES:
-            where = f" ({err.filename})" if err.filename else ""
+            where = f" ({err.filename})" if err.filename else f" (writing {out})" if out else ""
             return f"{err.strerror}{where}; {DISK_FIXES[err.errno]}, then run the workflow again"
         err = err.__cause__ or err.__context__
     return None

@@ -129,15 +129,16 @@ def chained_read_only():
     (OSError(errno.ENOSPC, "No space left on device", "results/a.zarr/c.0.0"),
      "No space left on device (results/a.zarr/c.0.0); free space on that disk (for the workflow's own outputs, or set "
      "output_dir or report_dir to another one), then run the workflow again"),
-    (OSError(errno.ENOSPC, "No space left on device"),  # a write that names no file
-     "No space left on device; free space on that disk (for the workflow's own outputs, or set output_dir or "
-     "report_dir to another one), then run the workflow again"),
+    (OSError(errno.ENOSPC, "No space left on device"),  # a write that names no file: the command's output is named
+     "No space left on device (writing {out}); free space on that disk (for the workflow's own outputs, or set "
+     "output_dir or report_dir to another one), then run the workflow again"),
 ])
 def test_a_full_disk_ends_with_one_line(tmp_path, capsys, restore_logging, monkeypatch, error, expected):
     monkeypatch.setattr("pipeline.cli._dispatch", refusing_disk(error))
-    assert main(["show", str(tmp_path / "s.zarr")]) == 1
+    out = tmp_path / "s.zarr"
+    assert main(["stats", "--spec", "{}", "--store", str(tmp_path / "a.zarr"), "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.endswith(f"show failed: {expected}")
+    assert "\n" not in err and err.endswith(f"stats failed: {expected.format(out=out)}")
 
 
 def test_a_read_only_folder_found_behind_another_error_ends_with_one_line(tmp_path, capsys, restore_logging,
@@ -158,3 +159,12 @@ def test_other_os_errors_keep_their_traceback(tmp_path, capsys, restore_logging,
     assert main(["show", str(tmp_path / "s.zarr")]) == 2
     err = capsys.readouterr().err
     assert "show failed unexpectedly" in err and "Traceback" in err
+
+
+def test_a_log_file_on_a_full_disk_adds_no_tracebacks(tmp_path, capsys, restore_logging, monkeypatch):
+    monkeypatch.setattr("pipeline.cli._dispatch", refusing_disk(OSError(errno.ENOSPC, "No space left on device")))
+    monkeypatch.setattr(logging, "raiseExceptions", logging.raiseExceptions)  # restored after the test
+    out = tmp_path / "s.zarr"
+    assert main(["--log", "/dev/full", "stats", "--spec", "{}", "--store", str(out), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()  # /dev/full refuses every write with ENOSPC, as a full disk does
+    assert "Logging error" not in err and "\n" not in err and "stats failed: No space left on device" in err
