@@ -77,9 +77,8 @@ def sequence_hint(stim: StimulusSet, spec: dict) -> str | None:
     """A warning for an ``arrays`` set of integer inputs (stimulus, time) whose config leaves ``sequence`` out:
     token ids in a row are most often a sequence, and recorded as one position their outputs would be flattened
     into time x unit columns. Writing ``sequence: false`` silences it."""
-    if stim.kind != "arrays" or "sequence" in spec or stim.inputs.dtype.kind not in "iu" or stim.inputs.ndim != 2:
-        return None
-    if stim.inputs.shape[1] < 2:
+    if (stim.kind != "arrays" or "sequence" in spec or stim.inputs.dtype.kind not in "iu" or stim.inputs.ndim != 2
+            or stim.inputs.shape[1] < 2):
         return None
     return (f"stimulus set {stim.name!r} holds integer inputs of shape {stim.inputs.shape}, read as one position "
             f"per stimulus; if the second axis is time (tokens), set stimuli.{stim.name}.sequence to true, else set "

@@ -37,6 +37,16 @@ wildcard_constraints:
     stimuli=layout.NAME_PATTERN,
 
 
+def check_output_folders():
+    """The output and report folders can be written (the nearest folder that exists, for one not made yet)."""
+    for key in ("output_dir", "report_dir"):
+        folder = Path(config[key]).absolute()
+        existing = next(f for f in (folder, *folder.parents) if f.exists())
+        if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+            raise WorkflowError(f"config error: {key} {config[key]} cannot be written ({existing} is read-only or not a "
+                                f"writable folder); set {key} to a folder you can write")
+
+
 def check_named_files():
     """The stimulus files the config names (sentences, arrays) exist and read as stimulus sets, and its
     checkpoint series are usable (one clear line each, before any job runs); config validation already
@@ -96,16 +106,6 @@ def model_checkpoints(model, run):
 
 WAITING = waiting_models()
 MODELS = [model for model in config["models"] if model not in WAITING]  # the models this run records
-def check_output_folders():
-    """The output and report folders can be written (the nearest folder that exists, for one not made yet)."""
-    for key in ("output_dir", "report_dir"):
-        folder = Path(config[key]).absolute()
-        existing = next(f for f in (folder, *folder.parents) if f.exists())
-        if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
-            raise WorkflowError(f"config error: {key} {config[key]} cannot be written ({existing} is read-only or not a "
-                                f"writable folder); set {key} to a folder you can write")
-
-
 if workflow.is_main_process:  # not again in each cluster job, which would read every stimulus file anew
     check_output_folders()
     check_named_files()
