@@ -20,18 +20,28 @@ import zarr
 import zarr.api.asynchronous
 from zarr.core.sync import sync
 
-from pipeline.store import json_safe, partial_path, strings, writer_lock
+from pipeline.errors import StoreError
+from pipeline.store import chunk_damage, json_safe, partial_path, strings, writer_lock
 
 # chunk files named c.0.0 beside the array's metadata, not in nested folders c/0/0: a third of the folders to make
 FLAT_CHUNK_KEYS = {"name": "default", "separator": "."}
+# Every chunk is written, also one of only the fill value, so that a missing chunk file shows as damage instead of
+# reading as zeros; groups written so say it in this attribute (stores of earlier versions lack it).
+ALL_CHUNKS = "all_chunks_written"
 
 
 def read(group: zarr.Group, name: str, index=None) -> np.ndarray:
     """Array ``name`` of ``group`` as numpy, optionally only the rows ``index`` (ints) of its first axis.
 
-    Strings come back as a numpy unicode array.
+    Strings come back as a numpy unicode array. Raises StoreError for an array of a result store that lacks chunk
+    files, or has some cut short.
     """
     array = group[name]
+    if group.attrs.get(ALL_CHUNKS) and isinstance(group.store, zarr.storage.LocalStore):
+        damage = chunk_damage(array, Path(group.store.root) / array.path)
+        if damage:
+            raise StoreError(f"result store {group.store.root} is damaged: {array.path!r} {damage} (a copy cut "
+                             "short?); delete it and run the workflow again to remake it")
     values = array[...] if index is None else array.get_orthogonal_selection((np.asarray(index),))
     values = np.asarray(values)
     return strings(values) if values.dtype.kind in "OT" else values
@@ -84,7 +94,7 @@ def _coords(result: Result) -> dict[str, tuple[Any, Any]]:
 
 
 def _group_attrs(result: Result) -> dict:
-    attrs = json_safe(dict(result.attrs))
+    attrs = json_safe(dict(result.attrs)) | {ALL_CHUNKS: True}
     extra = [name for name, (d, _) in _coords(result).items() if _dim_names(d) != [name]]
     if extra:
         attrs["coordinates"] = " ".join(extra)
@@ -97,7 +107,7 @@ async def _write(path: Path, root: Result, groups: dict[str, Result]) -> None:
     subs = await asyncio.gather(*(top.create_group(name, attributes=_group_attrs(r)) for name, r in groups.items()))
     await asyncio.gather(*(
         group.create_array(name, data=_stored(values), compressors=None, chunk_key_encoding=FLAT_CHUNK_KEYS,
-                           dimension_names=_dim_names(d))
+                           dimension_names=_dim_names(d), config={"write_empty_chunks": True})
         for group, result in zip([top, *subs], [root, *groups.values()])
         for name, (d, values) in {**result.data, **_coords(result)}.items()
     ))

@@ -329,20 +329,27 @@ def _check_intact(group: zarr.Group, path: Path) -> None:
         except KeyError:
             raise StoreError(f"activation store {path} is damaged: it lacks the array {name!r}; delete it and run the "
                              "workflow again to record it anew") from None
-        if name not in sites or 0 in array.shape:
-            continue
-        expected = math.prod(math.ceil(size / chunk) for size, chunk in zip(array.shape, array.chunks, strict=True))
-        folder = path / name
-        chunk_files = [Path(parent) / file for parent, _, files in os.walk(folder) for file in files
-                       if CHUNK_FILE.fullmatch((Path(parent) / file).relative_to(folder).as_posix())]
-        damage = f"has {len(chunk_files)} of its {expected} chunk files" if len(chunk_files) < expected else None
-        if damage is None and not array.compressors and not array.filters:  # uncompressed: every chunk file whole
-            size = math.prod(array.chunks) * array.dtype.itemsize
-            short = sum(1 for file in chunk_files if file.stat().st_size != size)
-            damage = f"has {short} chunk files of other than {size} bytes" if short else None
+        damage = chunk_damage(array, path / name) if name in sites else None
         if damage:
             raise StoreError(f"activation store {path} is damaged: {name!r} {damage} (a copy cut short?); delete it "
                              "and run the workflow again to record it anew")
+
+
+def chunk_damage(array: zarr.Array, folder: Path) -> str | None:
+    """What is wrong with the chunk files of ``array`` (stored in ``folder``, written with every chunk, even those of
+    only the fill value), or None: too few files, or, uncompressed, files of other than one chunk's size."""
+    if 0 in array.shape:
+        return None
+    expected = math.prod(math.ceil(size / chunk) for size, chunk in zip(array.shape, array.chunks, strict=True))
+    chunk_files = [Path(parent) / file for parent, _, files in os.walk(folder) for file in files
+                   if CHUNK_FILE.fullmatch((Path(parent) / file).relative_to(folder).as_posix())]
+    if len(chunk_files) < expected:
+        return f"has {len(chunk_files)} of its {expected} chunk files"
+    if not array.compressors and not array.filters and array.dtype.kind in "biufc":  # fixed size: every file whole
+        size = math.prod(array.chunks) * array.dtype.itemsize
+        short = sum(1 for file in chunk_files if file.stat().st_size != size)
+        return f"has {short} chunk files of other than {size} bytes" if short else None
+    return None
 
 
 def open_store(path) -> xr.Dataset:

@@ -7,7 +7,7 @@ import zarr
 
 from pipeline.errors import StoreError
 from pipeline.jobs import read_json, write_json
-from pipeline.results import Result, dims, read, write_result
+from pipeline.results import ALL_CHUNKS, Result, ResultGroup, dims, read, write_result
 from pipeline.store import StoreWriter, open_group, open_store, partial_path, site_array
 
 
@@ -78,12 +78,13 @@ def test_result_store_reads_back_as_the_dataset_xarray_builds(tmp_path):
     assert not (tmp_path / "r.zarr.partial").exists()
 
     want = xr.Dataset(root.data, coords=root.coords,
-                      attrs={"analysis": "test", "n": 4, "scale": 0.5, "ranks": [0, 1, 2], "ok": True})
+                      attrs={"analysis": "test", "n": 4, "scale": 0.5, "ranks": [0, 1, 2], "ok": True,
+                             ALL_CHUNKS: True})
     got = xr.open_zarr(out, consolidated=False, zarr_format=3).load()
     xr.testing.assert_identical(got, want)
     assert got["site"].dtype.kind in "OUT" and got["count"].dtype == np.int64
     xr.testing.assert_identical(xr.open_zarr(out, group="y.z", consolidated=False, zarr_format=3).load(),
-                                xr.Dataset(site.data, coords=site.coords, attrs=site.attrs))
+                                xr.Dataset(site.data, coords=site.coords, attrs=site.attrs | {ALL_CHUNKS: True}))
 
 
 def test_result_store_replaces_an_old_one(tmp_path):
@@ -92,6 +93,25 @@ def test_result_store_replaces_an_old_one(tmp_path):
     write_result(out, Result({"new": (("j",), np.arange(2))}))
     got = xr.open_zarr(out, consolidated=False, zarr_format=3)
     assert list(got.data_vars) == ["new"]
+
+
+def test_a_result_store_missing_a_chunk_file_is_refused_not_read_as_zeros(tmp_path):
+    out = tmp_path / "r.zarr"
+    cka = np.zeros((3, 3))  # only the fill value: zarr would skip its chunk unless told to write it
+    write_result(out, Result({"cka": (("a", "b"), cka), "note": (("a",), np.array(["x", "yy", "z"]))}),
+                 {"site.1": Result({"factor": (("unit", "component"), np.ones((4, 2)))})})
+    np.testing.assert_array_equal(ResultGroup(out)["cka"], cka)
+    (out / "cka" / "c.0.0").unlink()
+    (out / "site.1" / "factor" / "c.0.0").write_bytes(b"\0" * 8)  # cut short
+    with pytest.raises(StoreError, match=rf"^result store {out} is damaged: 'cka' has 0 of its 1 chunk files "
+                                         r"\(a copy cut short\?\); delete it and run the workflow again to remake it$"):
+        ResultGroup(out)["cka"]
+    with pytest.raises(StoreError, match=r"is damaged: 'site.1/factor' has 1 chunk files of other than 64 bytes"):
+        ResultGroup(out, "site.1")["factor"]
+    assert ResultGroup(out)["note"].tolist() == ["x", "yy", "z"]  # strings: files of any size
+
+    zarr.open_group(out, mode="r+").attrs.pop(ALL_CHUNKS)  # a store of an earlier version: no way to tell
+    np.testing.assert_array_equal(ResultGroup(out)["cka"], cka)
 
 
 def test_a_damaged_or_missing_summary_is_named_with_the_fix(tmp_path):

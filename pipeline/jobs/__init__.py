@@ -248,12 +248,12 @@ def run_stats_across(results: list[Path], out: Path) -> None:
     Besides each summary scalar over training, records the drift of the per-unit means,
     ||mu_t - mu_(t-1)|| / ||mu_(t-1)||, between consecutive checkpoints.
     """
-    import zarr
+    from pipeline.results import ResultGroup
 
     entries = []
     for path in results:
         summary = read_json(layout.summary_path(Path(path)))
-        entries.append((summary, zarr.open_group(Path(path), mode="r")))
+        entries.append((summary, ResultGroup(path)))
     entries.sort(key=lambda e: provenance_order(e[0]["provenance"]))
     sites = list(entries[0][0]["sites"]) if entries else []
     series = {}
@@ -285,6 +285,6 @@ ACROSS_KEYS = ("status", "zero_fraction", "n_dead", "n_constant", "massive_count
 
 
 def _unit_means(group, site: str) -> np.ndarray | None:
-    """Per-unit means (units,) of ``site`` in a stats result store (a Zarr group), None when it has none."""
+    """Per-unit means (units,) of ``site`` in a stats result store, None when it has none."""
     name = f"{site}:mean"
-    return np.nan_to_num(np.asarray(group[name][...])) if name in group else None
+    return np.nan_to_num(group[name]) if name in group else None
