@@ -20,6 +20,7 @@ from pipeline.analyses.factorization import (
     factor_similarity,
     rank_ensemble,
     reconstruct,
+    replicate_similarity,
     suggest_rank,
     tucker,
 )
@@ -212,6 +213,10 @@ def test_factor_similarity_definition():
     score, perm = factor_similarity(a, c)
     assert list(perm) == [0, 1]
     assert score == pytest.approx((expected_0 + expected_1) / 2)
+    # one factor of a component negated negates the component: a different model, which scores 0 against it
+    d = CPResult(a.weights, [a.factors[0] * [1, -1], *a.factors[1:]], 0, 0, [])
+    assert factor_similarity(a, d)[0] == pytest.approx(0.5)
+    assert factor_similarity(a, CPResult(a.weights * [1, -1], d.factors, 0, 0, []))[0] == pytest.approx(1.0)
 
 
 def test_congruence_is_the_product_of_the_cosines():
@@ -334,6 +339,38 @@ def test_factor_similarity_with_a_zero_component():
     dead = CPResult(np.array([fit.weights[0], 0.0]), [np.stack([f[:, 0], np.zeros(f.shape[0])], axis=1)
                                                       for f in fit.factors], 0.0, 0, [])
     assert factor_similarity(dead, dead)[0] == pytest.approx(1.0)
+
+
+def test_replicate_similarity_leaves_out_failed_starts():
+    assert replicate_similarity([1.0, 0.98, 0.4], [0.100, 0.103, 0.46]) == pytest.approx(0.98)
+    assert replicate_similarity([1.0, 0.98, 0.4], [0.100, 0.2, 0.46]) is None  # no other start fits as well
+    assert replicate_similarity([1.0, 0.3], [1e-9, 1e-7]) == pytest.approx(0.3)  # both exact: neither failed
+    assert replicate_similarity([1.0], [0.1]) is None
+
+
+def test_suggest_rank_by_stability_is_not_swayed_by_one_failed_start():
+    # rank 3 planted; at rank 3 one of five random starts stops in a worse optimum (a stationary point: relative
+    # error 0.31 against 0.10), whose factors match the best fit's with similarity 0.42
+    rng = np.random.default_rng(0)
+    X = np.einsum("ir,jr,kr->ijk", *[rng.standard_normal((n, 3)) for n in (12, 15, 18)])
+    X += 0.1 * np.linalg.norm(X) / np.sqrt(X.size) * rng.standard_normal(X.shape)
+    ens = rank_ensemble(X, range(1, 7), replicates=5, random_state=0)
+    assert ens.objectives[3][-1] > 3 * ens.objectives[3][0] and ens.similarities[3][-1] < 0.5
+    assert np.mean(ens.similarities[3][1:]) < 0.9  # the mean over all starts would call rank 3 unstable
+    assert replicate_similarity(ens.similarities[3], ens.objectives[3]) > 0.99
+    assert suggest_rank(ensemble=ens) == 3
+
+
+def test_masked_als_takes_the_least_norm_update_for_a_slice_with_too_few_observed_entries():
+    # mode-1 slice 0 has one observed entry: the normal equations of its row are singular at rank 3
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((4, 6, 5))
+    mask = np.ones(X.shape, bool)
+    mask[:, 0, :] = False
+    mask[0, 0, 0] = True
+    for seed in range(12):
+        fit = cp(X, 3, mask=mask, init="random", random_state=seed, n_iter_max=50)
+        assert np.isfinite(fit.rel_error) and fit.rel_error == pytest.approx(direct_error(X, fit, mask), rel=1e-6)
 
 
 def test_suggest_rank_by_stability_ignores_the_best_replicate_itself():

@@ -356,15 +356,17 @@ def test_interrupted_extraction_is_reported_once_on_the_model_page(tmp_path):
 def test_report_cautions_at_the_largest_rank_fitted_and_for_unreproducible_components():
     from pipeline.report.factorization import rank_cautions
 
-    assert rank_cautions({"ranks": [1, 2, 3], "rank": 2, "similarity": [1.0, 0.97, 0.6]}, 3) == []
-    top, unstable = rank_cautions({"ranks": [1, 2, 3], "rank": 3, "similarity": [1.0, 0.97, 0.6]}, 3)
+    assert rank_cautions({"ranks": [1, 2, 3], "rank": 2, "similarity": [1.0, 0.97, 0.6]}, 3, 5) == []
+    top, unstable = rank_cautions({"ranks": [1, 2, 3], "rank": 3, "similarity": [1.0, 0.97, 0.6]}, 3, 5)
     assert "largest rank tried (3)" in top and "raise analyses.tca.max_rank" in top
     assert "mean similarity 0.60" in unstable
-    top, _ = rank_cautions({"ranks": [1, 2, 3], "rank": 3, "similarity": [1.0, 0.97, 0.6]}, 6)  # 3 checkpoints
+    top, _ = rank_cautions({"ranks": [1, 2, 3], "rank": 3, "similarity": [1.0, 0.97, 0.6]}, 6, 5)  # 3 checkpoints
     assert "smallest dimension allows no more" in top
-    assert rank_cautions({"ranks": [1, 2, 3], "rank": 1, "similarity": [None, 0.5, 0.4]}, 3) == []
-    (degenerate,) = rank_cautions({"ranks": [1, 2], "rank": 1, "similarity": [None, 1.0],
-                                   "degenerate_pairs": [[0, 2, -0.962]]}, 3)
+    assert rank_cautions({"ranks": [1], "rank": 1, "similarity": [None]}, 3, 1) == []  # one start: nothing to compare
+    (unknown,) = rank_cautions({"ranks": [1, 2, 3], "rank": 2, "similarity": [1.0, None, 0.4]}, 3, 5)
+    assert unknown.startswith("at this rank none of the other 4 random starts fits within 5% of the best one's error")
+    (degenerate,) = rank_cautions({"ranks": [1, 2], "rank": 1, "similarity": [1.0, 1.0],
+                                   "degenerate_pairs": [[0, 2, -0.962]]}, 3, 5)
     assert degenerate.startswith("components #1 and #3 cancel each other (congruence -0.96): a degenerate pair")
 
 

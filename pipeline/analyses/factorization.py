@@ -337,28 +337,32 @@ def _ridge(G, xp):
 
 
 def _update_als(M, V, xp):
-    """Least-squares factor: A = M V^-1 per replicate. M (I, B, R), V (B, R, R) -> (I, B, R).
-
-    V is a small symmetric positive (semi)definite Gram product, loaded by a tiny ridge. It is
-    nearly singular when the rank exceeds what the data hold; a solve stays accurate there, where
-    multiplying by an explicit inverse made the error grow between sweeps. Where it is still
-    singular to working precision (the solve fails or returns non-finite values), the update is
-    the least-norm solution.
-    """
-    V, Mt = _ridge(V, xp), xp.permute_dims(M, (1, 2, 0))  # Mt (B, R, I)
-    try:
-        solved = xp.linalg.solve(V, Mt)
-        singular = not bool(xp.all(xp.isfinite(solved)))  # CuPy returns non-finite values, numpy raises
-    except np.linalg.LinAlgError:
-        singular = True
-    if singular:
-        solved = xp.matmul(xp.linalg.pinv(V, rtol=V.shape[-1] * float(xp.finfo(V.dtype).eps)), Mt)
-    return xp.permute_dims(solved, (2, 0, 1))
+    """Least-squares factor: A = M V^-1 per replicate. M (I, B, R), V (B, R, R) -> (I, B, R)."""
+    return xp.permute_dims(_solve_gram(V, xp.permute_dims(M, (1, 2, 0)), xp), (2, 0, 1))
 
 
 def _update_als_rows(M, G, xp):
     """Row-wise weighted least squares. M (I, B, R), G (I, B, R, R) per-row Grams -> (I, B, R)."""
-    return xp.linalg.solve(_ridge(G, xp), M[..., None])[..., 0]
+    return _solve_gram(G, M[..., None], xp)[..., 0]
+
+
+def _solve_gram(G, rhs, xp):
+    """G^-1 rhs for a stack of small symmetric positive (semi)definite Gram products G (..., R, R), rhs (..., R, K).
+
+    G is loaded by a tiny ridge. It is nearly singular when the rank exceeds what the data hold (or, masked, what a
+    slice's few observed entries hold); a solve stays accurate there, where multiplying by an explicit inverse made
+    the error grow between sweeps. Where G is still singular to working precision (the solve fails or returns
+    non-finite values), the answer is the least-norm solution.
+    """
+    G = _ridge(G, xp)
+    try:
+        solved = xp.linalg.solve(G, rhs)
+        singular = not bool(xp.all(xp.isfinite(solved)))  # CuPy returns non-finite values, numpy raises
+    except np.linalg.LinAlgError:
+        singular = True
+    if singular:
+        solved = xp.matmul(xp.linalg.pinv(G, rtol=G.shape[-1] * float(xp.finfo(G.dtype).eps)), rhs)
+    return solved
 
 
 def _update_hals(A, M, V, xp):
@@ -609,10 +613,11 @@ def factor_similarity(a, b):
     """Similarity of two CP models after the best matching of their components.
 
     For components r of ``a`` and s of ``b`` the score is (Williams et al. 2018)
-    ``(1 - |w_r - w'_s| / max(w_r, w'_s)) * prod_n |cos(a_r^(n), b_s^(n))|``; the matching that
-    maximizes the summed score is found by the Hungarian algorithm, and the similarity is the
-    mean score over the components of the larger model (unmatched components count as 0).
-    Absolute cosines make the score blind to sign flips of factor pairs.
+    ``(1 - |w_r - w'_s| / max(|w_r|, |w'_s|)) * max(0, sign(w_r w'_s) prod_n cos(a_r^(n), b_s^(n)))``;
+    the matching that maximizes the summed score is found by the Hungarian algorithm, and the
+    similarity is the mean score over the components of the larger model (unmatched components
+    count as 0). Flipping the signs of two factors of a component leaves it, and the score,
+    unchanged; flipping one negates the component, which then scores 0 against the original.
 
     Parameters
     ----------
@@ -628,13 +633,15 @@ def factor_similarity(a, b):
     fa, fb = [_host_float(f) for f in a.factors], [_host_float(f) for f in b.factors]
     if len(fa) != len(fb) or any(x.shape[0] != y.shape[0] for x, y in zip(fa, fb, strict=True)):
         raise ValueError("a and b must have factors for the same tensor shape")
-    wa, wb = np.abs(_host_float(a.weights)), np.abs(_host_float(b.weights))
-    score = np.ones((wa.size, wb.size))
+    wa, wb = _host_float(a.weights), _host_float(b.weights)
+    score = np.outer(np.where(wa < 0, -1.0, 1.0), np.where(wb < 0, -1.0, 1.0))
     for x, y in zip(fa, fb, strict=True):
         (x, nx), (y, ny) = _unit_columns(x), _unit_columns(y)
-        cosine = np.abs(x.T @ y)
+        cosine = x.T @ y
         cosine[(nx == 0)[:, None] & (ny == 0)[None, :]] = 1.0  # two zero columns are the same column
         score *= cosine
+    score = np.maximum(score, 0.0)
+    wa, wb = np.abs(wa), np.abs(wb)
     top = np.maximum(wa[:, None], wb[None, :])
     score *= 1.0 - np.abs(wa[:, None] - wb[None, :]) / np.where(top > 0, top, 1.0)
     rows, cols = linear_sum_assignment(score, maximize=True)
@@ -705,7 +712,9 @@ def rank_ensemble(
     X : array, shape (I_0, ..., I_{N-1})
     ranks : int or iterable of int
     replicates : int
-    nonneg, mask, n_iter_max, tol : as in ``cp``
+    nonneg, mask, n_iter_max : as in ``cp``
+    tol : float
+        As in ``cp``, but looser by default: an ensemble fits many models.
     random_state : int or numpy Generator, optional
 
     Returns
@@ -780,26 +789,43 @@ def cross_validated_error(
 
 
 STABLE_SIMILARITY = 0.9  # replicates matching the best fit this well (mean similarity) reproduce it
+# A replicate whose relative error exceeds the best one's by more than this fraction of it (or of this value, for
+# near-exact fits) is a failed start, stuck in a clearly worse optimum.
+NEAR_BEST = 0.05
 
 
-def replicate_similarity(similarities) -> float | None:
-    """Mean similarity of the other replicates to the best one, from one rank's ``similarities``
-    (replicates,) of a RankEnsemble, whose first entry is the best model's to itself (1); None with a
-    single replicate."""
-    similarities = np.asarray(similarities)
-    return float(similarities[1:].mean()) if similarities.size > 1 else None
+def replicate_similarity(similarities, objectives, error_tol=NEAR_BEST) -> float | None:
+    """Mean similarity to the best replicate of the other replicates that fit about as well.
+
+    A replicate counts when its relative error is within ``error_tol * max(best, error_tol)`` of the best one's. A
+    start stuck in a clearly worse optimum is a failed start: it says nothing about whether the best fit is unique
+    (the cross-validated choice of rank ignores such starts too).
+
+    Parameters
+    ----------
+    similarities, objectives : arrays, shape (replicates,)
+        One rank's ``similarities`` and ``objectives`` of a RankEnsemble, best replicate first.
+    error_tol : float
+
+    Returns
+    -------
+    float, or None where no other replicate fits that well (or there is only one)
+    """
+    similarities, objectives = np.asarray(similarities), np.asarray(objectives)
+    near = objectives[1:] - objectives[0] <= error_tol * max(float(objectives[0]), error_tol)
+    return float(similarities[1:][near].mean()) if near.any() else None
 
 
-def suggest_rank(ensemble=None, cv=None, error_tol=0.05, similarity_threshold=STABLE_SIMILARITY) -> int:
+def suggest_rank(ensemble=None, cv=None, error_tol=NEAR_BEST, similarity_threshold=STABLE_SIMILARITY) -> int:
     """Suggest a CP rank from cross-validation or from replicate stability.
 
     Rule: with ``cv``, each rank is scored by the held-out error of its replicate with the
     lowest training error (failed starts stuck in poor local optima do not count against a
     rank); the suggestion is the smallest rank whose score is within ``error_tol`` (relative) of
     the best score over all ranks -- further components only fit noise. Without ``cv``, the
-    suggestion is the largest rank of ``ensemble`` whose replicates' mean similarity to its best
-    replicate is at least ``similarity_threshold``: beyond the true rank, fits stop being
-    reproducible.
+    suggestion is the largest rank of ``ensemble`` whose ``replicate_similarity`` (mean similarity to
+    the best replicate of the replicates that fit about as well, ``error_tol``) is at least
+    ``similarity_threshold``: beyond the true rank, fits stop being reproducible.
 
     Parameters
     ----------
@@ -820,9 +846,12 @@ def suggest_rank(ensemble=None, cv=None, error_tol=0.05, similarity_threshold=ST
         raise ValueError("pass ensemble (from rank_ensemble) or cv (from cross_validated_error)")
     if any(len(ensemble.similarities[r]) < 2 for r in ensemble.ranks):
         raise ValueError("replicate stability needs at least 2 replicates per rank; refit with replicates >= 2")
-    stable = [r for r in ensemble.ranks if replicate_similarity(ensemble.similarities[r]) >= similarity_threshold]
+    similarity = {r: replicate_similarity(ensemble.similarities[r], ensemble.objectives[r], error_tol)
+                  for r in ensemble.ranks}
+    stable = [r for r, value in similarity.items() if value is not None and value >= similarity_threshold]
     if not stable:
-        raise ValueError(f"no rank reaches mean similarity {similarity_threshold}; lower similarity_threshold")
+        raise ValueError(f"no rank reaches mean similarity {similarity_threshold}; lower similarity_threshold or fit "
+                         "more replicates")
     return max(stable)
 
 

@@ -109,7 +109,8 @@ def _tca_summary(fit: TCAFit, shape: tuple[int, ...], n_units: int, started: flo
     return {"status": "ok", "shape": list(shape), "n_units_recorded": n_units, "nonneg": fit.nonneg,
             "rank": fit.rank, "rel_error": fit.model.rel_error, "ranks": ranks,
             "objective": [float(fit.ensemble.objectives[r].min()) for r in ranks],
-            "similarity": [replicate_similarity(fit.ensemble.similarities[r]) for r in ranks],
+            "similarity": [replicate_similarity(fit.ensemble.similarities[r], fit.ensemble.objectives[r])
+                           for r in ranks],
             "cv_test_error": cv, "degenerate_pairs": [list(p) for p in degenerate_pairs(fit.model)],
             "runtime_seconds": round(time.perf_counter() - started, 3)}
 
@@ -261,7 +262,8 @@ def run_connectome(spec: dict, stores: list[Path], out: Path) -> None:
         sizes = np.bincount(found.assignment[found.assignment >= 0], minlength=found.weights.size)
         sites[site] = {"status": "ok", "n_units": int(units.size), "n_samples": int(rows.sum()),
                        "rank": int(found.weights.size), "rel_error": found.rel_error,
-                       "community_sizes": sizes.tolist(), "similarity": replicate_similarity(found.similarities),
+                       "community_sizes": sizes.tolist(),
+                       "similarity": replicate_similarity(found.similarities, found.objectives),
                        "runtime_seconds": round(time.perf_counter() - t0, 3)}
         log.info("connectome %s: %d units, community sizes %s", site, units.size, sizes.tolist())
     write_result(out, Result(coords=_checkpoint_coords(series), attrs={"analysis": "connectome"}), groups)

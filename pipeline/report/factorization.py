@@ -105,7 +105,8 @@ def diagnostics_figure(group: ResultGroup):
     ranks = group["rank"]
     rank = int(group.attrs["rank"])
     panels = [(name, title) for name, title in DIAGNOSTIC_PANELS if name in group]
-    labels = ["replicates (random starts)", "lowest error over replicates", "mean similarity to the best replicate",
+    labels = ["replicates (random starts)", "lowest error over replicates",
+              "mean similarity to the best replicate\n(of the starts that fit about as well)",
               f"stability threshold ({STABLE_SIMILARITY})", "train error (held-out fits)", f"chosen rank ({rank})"]
     fig, axes = figures.small_multiples(len(panels), ncols=3, panel_size=(2.4, 1.5),
                                         right=figures.legend_room(labels))
@@ -117,7 +118,8 @@ def diagnostics_figure(group: ResultGroup):
             ax.plot(ranks, values.min(axis=1), color="#4c72b0", label=labels[1])
         else:
             if values.shape[1] > 1:
-                ax.plot(ranks, [replicate_similarity(v) for v in values], color="#55a868", label=labels[2])
+                mean = [replicate_similarity(v, e) for v, e in zip(values, group["objective"], strict=True)]
+                ax.plot(ranks, [np.nan if m is None else m for m in mean], color="#55a868", label=labels[2])
             ax.axhline(STABLE_SIMILARITY, color="black", ls=":", lw=0.8, label=labels[3])
         if name == "cv_test_error":
             ax.plot(ranks, group["cv_train_error"].min(axis=1), color="#999", ls="--", label=labels[4])
@@ -137,10 +139,10 @@ def _failed(summary: dict) -> list[dict]:
     return [{"site": site, "error": r.get("error")} for site, r in sites.items() if r.get("status") != "ok"]
 
 
-def rank_cautions(result: dict, max_rank: int) -> list[str]:
+def rank_cautions(result: dict, max_rank: int, replicates: int) -> list[str]:
     """What to keep in mind reading a site's TCA at its chosen rank: a rank at the top of the range
-    searched (``max_rank``, or the tensor's smallest dimension), and components that the random starts
-    do not reproduce."""
+    searched (``max_rank``, or the tensor's smallest dimension), and components that the other random starts
+    (of ``replicates``) do not reproduce, or that none of them fits as well."""
     cautions = []
     ranks, rank = result["ranks"], result["rank"]
     if rank == max(ranks) and len(ranks) > 1:
@@ -155,6 +157,9 @@ def rank_cautions(result: dict, max_rank: int) -> list[str]:
         cautions.append(f"at this rank the other random starts match the best fit with mean similarity "
                         f"{similarity:.2f} (below {STABLE_SIMILARITY}): these components are not unique, "
                         "read them with care")
+    elif similarity is None and replicates > 1 and rank in ranks:
+        cautions.append(f"at this rank none of the other {replicates - 1} random starts fits within 5% of the best "
+                        "one's error: whether its components are unique is unknown (raise analyses.tca.replicates)")
     for r, s, c in result.get("degenerate_pairs", []):
         cautions.append(f"components #{r + 1} and #{s + 1} cancel each other (congruence {c:.2f}): a degenerate "
                         "pair whose weights and factors mean nothing on their own; a lower rank or a non-negative "
@@ -168,7 +173,7 @@ def _site_blocks(path: Path, summary: dict, modes: list[str], mode_labels: list[
         if result.get("status") != "ok":
             continue
         group = ResultGroup(path, site)
-        cautions = rank_cautions(result, summary["params"]["max_rank"])
+        cautions = rank_cautions(result, summary["params"]["max_rank"], summary["params"]["replicates"])
         sizes = group["size"].tolist() if "size" in group else None  # results written before sizes were stored
         blocks.append({"site": site, "result": result, "cautions": cautions, "weights": group["weight"].tolist(),
                        "sizes": sizes,
