@@ -495,6 +495,23 @@ def test_procrustes_invariances_and_metric():
         assert dab == pytest.approx(S.procrustes_distance(B, A), abs=TOL)
 
 
+@pytest.mark.parametrize("dtype, rel", [(np.float32, 1e-3), (np.float64, 1e-9)])
+def test_procrustes_keeps_its_digits_at_small_angles(dtype, rel):
+    # X and Y: k orthonormal centred columns each, Y turned by theta away from X's span: the distance is theta
+    g = rng(24)
+    n, k = 200, 20
+    Z = g.standard_normal((n, 2 * k))
+    basis = np.linalg.qr(Z - Z.mean(axis=0))[0]
+    X, away = basis[:, :k], basis[:, k:]
+    for theta in (1e-4, 1e-2, 0.029, 0.031, 0.5):  # either side of the switch to the chord
+        Y = (np.cos(theta) * X + np.sin(theta) * away) @ random_orthogonal(k, 25)
+        assert S.procrustes_distance(X.astype(dtype), Y.astype(dtype)) == pytest.approx(theta, rel=rel)
+        D = S.shape_distance_matrix([X.astype(dtype), Y[:, :k - 1].astype(dtype), Y.astype(dtype)])
+        assert D[0, 2] == pytest.approx(theta, rel=rel)
+    W = g.standard_normal((n, 50)).astype(dtype)
+    assert S.procrustes_distance(W, W @ random_orthogonal(50, 26).astype(dtype)) < 1e-3 * rel
+
+
 def test_shape_metric_differs_from_arccos_cka():
     X, Y = related_pair(40, 6, 6, noise=1.0, seed=23)
     assert abs(S.procrustes_distance(X, Y) - math.acos(S.cka(X, Y))) > 0.05

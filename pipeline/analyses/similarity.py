@@ -950,13 +950,29 @@ def _warn_if_fully_whitened_alike(xp, factors, alpha: float, n: int) -> None:
         )
 
 
+# Below this angle (radians) arccos of a ratio near 1 loses digits (in float32, 16% of an angle of 1e-3, 0.04% of
+# 1e-2, 0.007% of 3e-2): the angle comes from the residual of the optimal rotation instead, at the cost of an SVD
+# with its vectors.
+SMALL_ANGLE = 0.03
+
+
 def _shape_angle(xp, fx, fy) -> float:
-    """Angular distance of two representations from their ``_whitened_factors``."""
-    (Ux, wx), (Uy, wy) = fx, fy
-    M = wx[:, None] * xp.matmul(_mT(xp, Ux), Uy) * wy[None, :]
-    nuclear = float(xp.sum(xp.linalg.svdvals(M)))
-    ratio = nuclear / math.sqrt(float(xp.sum(wx * wx)) * float(xp.sum(wy * wy)))
-    return math.acos(min(1.0, max(-1.0, ratio)))
+    """Angular distance of two representations from their ``_whitened_factors``.
+
+    With unit-norm Xn = Ux diag(wx) / ||wx|| (n, kx) and Yn likewise, kx >= ky (else swapped), and the SVD
+    Xn^T Yn = P diag(s) R^T, the angle is arccos(sum(s)); for small angles it is 2 arcsin(||Xn - Yn R P^T||_F / 2),
+    the chord between Xn and Yn after the optimal rotation R P^T (ky, kx), which has orthonormal rows.
+    """
+    if fx[0].shape[1] < fy[0].shape[1]:
+        fx, fy = fy, fx
+    Xn, Yn = (U * (w / math.sqrt(float(xp.sum(w * w))))[None, :] for U, w in (fx, fy))
+    M = xp.matmul(_mT(xp, Xn), Yn)
+    angle = math.acos(min(1.0, max(-1.0, float(xp.sum(xp.linalg.svdvals(M))))))
+    if angle < SMALL_ANGLE:
+        P, _, Rt = xp.linalg.svd(M, full_matrices=False)
+        residual = Xn - xp.matmul(Yn, xp.matmul(_mT(xp, Rt), _mT(xp, P)))
+        angle = 2.0 * math.asin(min(1.0, float(xp.linalg.vector_norm(residual)) / 2.0))
+    return angle
 
 
 def shape_distance_matrix(reps, alpha: float = 1.0):
