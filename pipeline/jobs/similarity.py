@@ -45,7 +45,7 @@ def run_similarity(spec: dict, store: Path, out: Path) -> None:
     attrs = group.attrs.asdict()
     ids = read(group, "stimulus")
     candidates, drawn_from = analysed_stimuli(group)
-    _check_enough_stimuli(spec, attrs.get("stimulus_set"), len(candidates), drawn_from)
+    check_enough_stimuli(spec, attrs.get("stimulus_set"), attrs.get("stimulus_kind"), len(candidates), drawn_from)
     keep = candidates[stimulus_subset(len(candidates), spec["max_stimuli"], spec["seed"])]
     how = pooling(spec, attrs)
     mask = to_device(read(group, "mask", keep).astype(bool), xp)
@@ -134,18 +134,21 @@ def representation_name(site: str) -> str:
     return f"representation:{site}"
 
 
-def _check_enough_stimuli(spec: dict, stimulus_set: str, n: int, drawn_from: str) -> None:
-    """Refuse a stimulus set of fewer stimuli (in ``drawn_from``) than the analysis needs, naming the fix."""
+GROWS = {"sentences": "add sentences to its file (or raise its limit)", "arrays": "add stimuli to its file",
+         "digits": "raise its test_fraction", "flipflop": "raise its n_trials"}
+
+
+def check_enough_stimuli(spec: dict, stimulus_set: str, kind: str | None, n: int, drawn_from: str) -> None:
+    """Refuse a stimulus set (of ``kind``) of fewer stimuli (in ``drawn_from``) than the analysis needs, naming the
+    fix; also checked at the workflow's start for the stimulus files it reads there."""
     needed, why = (3, "fewer give RDMs of one entry or none")
     if spec["cka_debiased"]:
         needed, why = 4, "the debiased CKA needs 4"
     if n < needed:
         where = "" if drawn_from == "all stimuli" else f" in {drawn_from}"
-        raise StimulusError(
-            f"stimulus set {stimulus_set!r} has {n} stimuli{where}; similarity needs at least {needed} ({why}): give "
-            "the set more stimuli (e.g. a larger limit, n_trials or test_fraction) or leave it out of the models' "
-            "stimuli"
-        )
+        grow = GROWS.get(kind, "give it more stimuli")
+        raise StimulusError(f"stimulus set {stimulus_set!r} has {n} stimuli{where}; similarity needs at least "
+                            f"{needed} ({why}): {grow}, or leave it out of the models' stimuli")
 
 
 def _constant_site_error(group: zarr.Group, keep: np.ndarray) -> str:
