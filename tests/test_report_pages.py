@@ -292,7 +292,8 @@ def test_rank_diagnostics_name_every_line_and_draw_the_stability_threshold():
     (legend,) = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == [
         "replicates (random starts)", "lowest error over replicates",
-        "mean similarity to the best replicate\n(of the starts that fit about as well)", f"stability threshold ({STABLE_SIMILARITY})", "train error (held-out fits)", "chosen rank (4)"]
+        "mean similarity to the best replicate\n(of the starts that fit about as well)",
+        f"stability threshold ({STABLE_SIMILARITY})", "train error (held-out fits)", "chosen rank (4)"]
     similarity = next(ax for ax in fig.axes if ax.get_title() == "similarity to best replicate")
     assert [line.get_ydata()[0] for line in similarity.lines if line.get_linestyle() == ":"] == [STABLE_SIMILARITY]
 

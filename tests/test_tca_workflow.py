@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -193,6 +194,18 @@ def test_connectome_fails_a_site_with_nan_activations(tmp_path):
     factorization_jobs.run_connectome(CONNECTOME_SPEC, stores, out)
     site = json.loads(layout.summary_path(out).read_text())["sites"]["hidden.1"]
     assert site["status"] == "failed" and "step-0001 has NaN or inf" in site["error"]
+
+
+def test_a_warning_of_a_site_s_fit_is_logged_naming_the_site(tmp_path, caplog):
+    rng = np.random.default_rng(7)
+    stores = [write_store(tmp_path / f"c{k}.zarr", {"hidden.1": rng.standard_normal((40, 1, 3))}, {}, step=k,
+                          kind="digits") for k in range(4)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # none escapes as a bare Python warning
+        factorization_jobs.run_connectome({**CONNECTOME_SPEC, "rank": 4}, stores, tmp_path / "connectome.zarr")
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert logged == ["connectome of site hidden.1: rank 4 exceeds the smallest dimension of X (3, 3, 4); the model "
+                      "is not unique"]
 
 
 @pytest.mark.parametrize("job", ["run_tca_across", "run_connectome"])

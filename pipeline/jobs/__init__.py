@@ -9,11 +9,13 @@ apart so that each job imports only what it runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,17 @@ log = logging.getLogger(__name__)
 # Names of the three TCA modes for stimulus kinds whose position axis is a time course worth its own mode.
 SEQUENCE_MODES = {"flipflop": ("unit", "time step", "trial"), "sentences": ("unit", "token position", "sentence"),
                   "arrays": ("unit", "time step", "trial")}
+
+
+@contextlib.contextmanager
+def warnings_named(what: str):
+    """Log each distinct warning raised inside as one line that names ``what`` (an analysis of one site), which a bare
+    Python warning from deep in the analysis would not."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        log.warning("%s: %s", what, message)
 
 
 # ---------------------------------------------------------------- specs

@@ -30,6 +30,7 @@ from pipeline.jobs import (
     forward_order,
     provenance_order,
     store_provenance,
+    warnings_named,
     write_json,
 )
 from pipeline.results import Result, read, write_result
@@ -141,7 +142,8 @@ def run_tca(spec: dict, store: Path, out: Path) -> None:
             X = read(group, site, index)[:, positions]
             units = top_units(unit_variance(X, mask), spec["max_units"])
             T = np.transpose(X[:, :, units], (2, 1, 0))  # (unit, position, stimulus)
-            fit = _tca_fit(spec, T, np.broadcast_to(mask.T[None], T.shape))
+            with warnings_named(f"tca of site {site}"):
+                fit = _tca_fit(spec, T, np.broadcast_to(mask.T[None], T.shape))
         except ValueError as err:
             log.warning("tca of site %s failed: %s", site, err)
             sites[site] = {"status": "failed", "error": str(err)}
@@ -198,7 +200,8 @@ def run_tca_across(spec: dict, stores: list[Path], out: Path) -> None:
             units = top_units(pooled_variance(_position_means(series, site, index, mask)), spec["max_units"])
             Y = np.stack([m[:, units] for m in _position_means(series, site, index, mask)])
             T = np.transpose(Y, (2, 1, 0))  # (checkpoint, stimulus, unit) -> (unit, stimulus, checkpoint)
-            fit = _tca_fit(spec, T, None)
+            with warnings_named(f"tca across checkpoints of site {site}"):
+                fit = _tca_fit(spec, T, None)
         except ValueError as err:
             log.warning("tca across checkpoints of site %s failed: %s", site, err)
             sites[site] = {"status": "failed", "error": str(err)}
@@ -243,8 +246,9 @@ def run_connectome(spec: dict, stores: list[Path], out: Path) -> None:
             units = top_units(sum(_samples(d, site, index, rows).var(axis=0) for d in series), spec["max_units"])
             A = xp.stack([affinity(to_device(_samples(d, site, index, rows)[:, units], xp, spec["dtype"]),
                                    spec["affinity"]) for d in series], axis=-1)  # (unit, unit, checkpoint)
-            found = communities(A, spec["rank"], replicates=spec["replicates"], n_iter_max=spec["n_iter_max"],
-                                tol=spec["tol"], random_state=spec["seed"])
+            with warnings_named(f"connectome of site {site}"):
+                found = communities(A, spec["rank"], replicates=spec["replicates"], n_iter_max=spec["n_iter_max"],
+                                    tol=spec["tol"], random_state=spec["seed"])
         except ValueError as err:
             log.warning("connectome of site %s failed: %s", site, err)
             sites[site] = {"status": "failed", "error": str(err)}
