@@ -13,6 +13,7 @@ from pipeline.analyses.factorization import (
     CPResult,
     _ridge,
     _update_als,
+    _update_als_rows,
     congruence,
     cp,
     cross_validated_error,
@@ -371,6 +372,22 @@ def test_masked_als_takes_the_least_norm_update_for_a_slice_with_too_few_observe
     for seed in range(12):
         fit = cp(X, 3, mask=mask, init="random", random_state=seed, n_iter_max=50)
         assert np.isfinite(fit.rel_error) and fit.rel_error == pytest.approx(direct_error(X, fit, mask), rel=1e-6)
+
+
+def test_masked_row_update_is_least_norm_for_rows_observed_at_fewer_entries_than_the_rank():
+    # rows of 2 observed entries at rank 3: singular Grams, loaded by the ridge, on which a solve returns finite values
+    # far from the least-norm solution (its null-space part is rounding noise divided by the ridge)
+    rng = np.random.default_rng(3)
+    K = rng.standard_normal((200, 2, 3))  # (row, observed entry, rank): the Khatri-Rao rows each row sees
+    G = np.einsum("ipr,ips->irs", K, K)[:, None]  # (I, B=1, R, R)
+    M = np.einsum("ipr,ip->ir", K, rng.standard_normal((200, 2)))[:, None]  # (I, B, R)
+    want = np.einsum("irs,is->ir", np.linalg.pinv(G[:, 0]), M[:, 0])
+    few = np.ones(200, bool)
+    np.testing.assert_allclose(_update_als_rows(M, G, few, np)[:, 0], want, rtol=1e-6, atol=1e-8)
+    full = rng.standard_normal((200, 5, 3))  # rows of 5 observed entries: regular, solved as before
+    G2 = np.einsum("ipr,ips->irs", full, full)[:, None]
+    regular = np.linalg.solve(G2[:, 0], M[:, 0, :, None])[..., 0]
+    np.testing.assert_allclose(_update_als_rows(M, G2, ~few, np)[:, 0], regular, rtol=1e-8)
 
 
 def test_suggest_rank_by_stability_ignores_the_best_replicate_itself():

@@ -283,6 +283,19 @@ def test_drift_heatmaps_name_their_axes_inside_the_figure(monkeypatch, steps, ax
                 assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1
 
 
+def test_connectome_says_when_no_other_start_fits_as_well():
+    from pipeline.analyses.factorization import NEAR_BEST
+
+    block = {"site": "h", "figure": "", "single": [],
+             "result": {"n_units": 4, "n_samples": 10, "community_sizes": [2, 2], "rel_error": 0.5, "similarity": None}}
+    data = {"runs": [{"run": "r", "stimuli": "s", "failed": [], "blocks": [block]}], "params": {
+        "affinity": "abs_correlation", "max_units": 4, "rank": 2, "replicates": 3}, "near_best": NEAR_BEST}
+    assert ("no other random start fits within 5% of the best one's error, so whether these communities are unique "
+            "is unknown") in render("connectome", data)
+    block["result"]["similarity"] = 0.97
+    assert "replicate similarity 0.97" in render("connectome", data)
+
+
 def test_rank_diagnostics_name_every_line_and_draw_the_stability_threshold():
     ranks = np.arange(1, 5)
     group = Group({"rank": ranks, "objective": np.linspace(1, 0.5, 8).reshape(4, 2),

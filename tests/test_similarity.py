@@ -495,8 +495,8 @@ def test_procrustes_invariances_and_metric():
         assert dab == pytest.approx(S.procrustes_distance(B, A), abs=TOL)
 
 
-@pytest.mark.parametrize("dtype, rel", [(np.float32, 1e-3), (np.float64, 1e-9)])
-def test_procrustes_keeps_its_digits_at_small_angles(dtype, rel):
+@pytest.mark.parametrize("dtype, rel, floor", [(np.float32, 1e-3, 1e-6), (np.float64, 1e-9, 1e-14)])
+def test_procrustes_keeps_its_digits_at_small_angles(dtype, rel, floor):
     # X and Y: k orthonormal centred columns each, Y turned by theta away from X's span: the distance is theta
     g = rng(24)
     n, k = 200, 20
@@ -510,6 +510,18 @@ def test_procrustes_keeps_its_digits_at_small_angles(dtype, rel):
         assert D[0, 2] == pytest.approx(theta, rel=rel)
     W = g.standard_normal((n, 50)).astype(dtype)
     assert S.procrustes_distance(W, W @ random_orthogonal(50, 26).astype(dtype)) < 1e-3 * rel
+    # unequal widths at small angles, either one first: against the chord of scipy's optimal rotation (float64); the
+    # input's own rounding (floor) bounds what can be resolved
+    Xc = g.standard_normal((n, 6)) * np.linspace(1, 3, 6)
+    Xc -= Xc.mean(axis=0)
+    for eps in (1e-5, 1e-3, 2e-2):
+        Yc = np.hstack([Xc @ random_orthogonal(6, 27), eps * (away[:, :3] - away[:, :3].mean(axis=0))])
+        Xn, Yn = Xc / np.linalg.norm(Xc), Yc / np.linalg.norm(Yc)
+        Xpad = np.hstack([Xn, np.zeros((n, 3))])
+        rotation, _ = scipy.linalg.orthogonal_procrustes(Xpad, Yn)
+        want = 2 * np.arcsin(np.linalg.norm(Xpad @ rotation - Yn) / 2)
+        for a, b in ((Xc, Yc), (Yc, Xc)):
+            assert S.procrustes_distance(a.astype(dtype), b.astype(dtype)) == pytest.approx(want, rel=rel, abs=floor)
 
 
 def test_shape_metric_differs_from_arccos_cka():

@@ -200,12 +200,20 @@ def test_a_warning_of_a_site_s_fit_is_logged_naming_the_site(tmp_path, caplog):
     rng = np.random.default_rng(7)
     stores = [write_store(tmp_path / f"c{k}.zarr", {"hidden.1": rng.standard_normal((40, 1, 3))}, {}, step=k,
                           kind="digits") for k in range(4)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # none escapes as a bare Python warning
+    with warnings.catch_warnings(record=True) as escaped:
+        warnings.simplefilter("always")
         factorization_jobs.run_connectome({**CONNECTOME_SPEC, "rank": 4}, stores, tmp_path / "connectome.zarr")
+    assert escaped == []  # none as a bare Python warning
     logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert logged == ["connectome of site hidden.1: rank 4 exceeds the smallest dimension of X (3, 3, 4); the model "
                       "is not unique"]
+
+
+def test_warnings_raised_before_a_failure_are_logged_too(caplog):
+    with pytest.raises(ValueError, match="then this"), jobs.warnings_named("tca of site a"):
+        warnings.warn("first", stacklevel=1)
+        raise ValueError("then this")
+    assert [r.getMessage() for r in caplog.records] == ["tca of site a: first"]
 
 
 @pytest.mark.parametrize("job", ["run_tca_across", "run_connectome"])

@@ -255,6 +255,7 @@ class _Data:
         else:
             self.Xn = [_unfold(X, n, xp) for n in range(X.ndim)]
             self.Wn = [_unfold(self.W, n, xp) for n in range(X.ndim)]
+            self.observed = [xp.sum(W, axis=1) for W in self.Wn]  # observed entries of each row of each mode (I_n,)
 
 
 def _check_rank(rank, shape) -> int:
@@ -341,9 +342,16 @@ def _update_als(M, V, xp):
     return xp.permute_dims(_solve_gram(V, xp.permute_dims(M, (1, 2, 0)), xp), (2, 0, 1))
 
 
-def _update_als_rows(M, G, xp):
-    """Row-wise weighted least squares. M (I, B, R), G (I, B, R, R) per-row Grams -> (I, B, R)."""
-    return _solve_gram(G, M[..., None], xp)[..., 0]
+def _update_als_rows(M, G, few, xp):
+    """Row-wise weighted least squares. M (I, B, R), G (I, B, R, R) per-row Grams -> (I, B, R).
+
+    Rows observed at fewer than R entries (``few``, (I,) bool) have singular Grams, where a solve puts rounding
+    noise, magnified, into the directions no observed entry informs: they take the least-norm solution.
+    """
+    solved = _solve_gram(G, M[..., None], xp)[..., 0]
+    if bool(xp.any(few)):
+        solved = xp.where(few[:, None, None], _least_norm(_ridge(G, xp), M[..., None], xp)[..., 0], solved)
+    return solved
 
 
 def _solve_gram(G, rhs, xp):
@@ -360,9 +368,12 @@ def _solve_gram(G, rhs, xp):
         singular = not bool(xp.all(xp.isfinite(solved)))  # CuPy returns non-finite values, numpy raises
     except np.linalg.LinAlgError:
         singular = True
-    if singular:
-        solved = xp.matmul(xp.linalg.pinv(G, rtol=G.shape[-1] * float(xp.finfo(G.dtype).eps)), rhs)
-    return solved
+    return _least_norm(G, rhs, xp) if singular else solved
+
+
+def _least_norm(G, rhs, xp):
+    """Least-norm solution of G x = rhs for a stack of small symmetric Grams G (..., R, R), rhs (..., R, K)."""
+    return xp.matmul(xp.linalg.pinv(G, rtol=G.shape[-1] * float(xp.finfo(G.dtype).eps)), rhs)
 
 
 def _update_hals(A, M, V, xp):
@@ -442,7 +453,7 @@ def _sweep_masked(data, U, grams, nonneg):
         M = xp.reshape(xp.matmul(data.Xn[n], xp.reshape(K, (P, B * R))), (-1, B, R))
         pairs = xp.reshape(K[:, :, :, None] * K[:, :, None, :], (P, B * R * R))
         G = xp.reshape(xp.matmul(data.Wn[n], pairs), (-1, B, R, R))
-        U[n] = _update_hals_rows(U[n], M, G, xp) if nonneg else _update_als_rows(M, G, xp)
+        U[n] = _update_hals_rows(U[n], M, G, xp) if nonneg else _update_als_rows(M, G, data.observed[n] < R, xp)
         grams[n] = _gram(U[n], xp)
         if n == N - 1:
             inner = xp.sum(M * U[n], axis=(0, 2))
@@ -824,7 +835,7 @@ def suggest_rank(ensemble=None, cv=None, error_tol=NEAR_BEST, similarity_thresho
     rank); the suggestion is the smallest rank whose score is within ``error_tol`` (relative) of
     the best score over all ranks -- further components only fit noise. Without ``cv``, the
     suggestion is the largest rank of ``ensemble`` whose ``replicate_similarity`` (mean similarity to
-    the best replicate of the replicates that fit about as well, ``error_tol``) is at least
+    the best replicate of the replicates that fit about as well) is at least
     ``similarity_threshold``: beyond the true rank, fits stop being reproducible.
 
     Parameters
@@ -832,6 +843,8 @@ def suggest_rank(ensemble=None, cv=None, error_tol=NEAR_BEST, similarity_thresho
     ensemble : RankEnsemble, optional
     cv : CrossValidation, optional
     error_tol : float
+        With ``cv``, how far (relative) above the best held-out score a rank may score; with ``ensemble``, the
+        ``error_tol`` of ``replicate_similarity``.
     similarity_threshold : float
 
     Returns

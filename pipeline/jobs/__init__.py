@@ -42,10 +42,11 @@ def warnings_named(what: str):
     """Log each distinct warning raised inside as one line that names ``what`` (an analysis of one site), which a bare
     Python warning from deep in the analysis would not."""
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for message in dict.fromkeys(str(w.message) for w in caught):
-        log.warning("%s: %s", what, message)
+        try:
+            yield
+        finally:  # also those raised before the analysis failed
+            for message in dict.fromkeys(str(w.message) for w in caught):
+                log.warning("%s: %s", what, message)
 
 
 # ---------------------------------------------------------------- specs

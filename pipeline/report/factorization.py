@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from pipeline.analyses.factorization import STABLE_SIMILARITY, replicate_similarity
+from pipeline.analyses.factorization import NEAR_BEST, STABLE_SIMILARITY, replicate_similarity
 from pipeline.jobs import forward_order
 from pipeline.report import figures
 from pipeline.report.context import (
@@ -158,8 +158,9 @@ def rank_cautions(result: dict, max_rank: int, replicates: int) -> list[str]:
                         f"{similarity:.2f} (below {STABLE_SIMILARITY}): these components are not unique, "
                         "read them with care")
     elif similarity is None and replicates > 1 and rank in ranks:
-        cautions.append(f"at this rank none of the other {replicates - 1} random starts fits within 5% of the best "
-                        "one's error: whether its components are unique is unknown (raise analyses.tca.replicates)")
+        cautions.append(f"at this rank none of the other {replicates - 1} random starts fits within {NEAR_BEST:.0%} of "
+                        "the best one's error: whether its components are unique is unknown (raise "
+                        "analyses.tca.replicates)")
     for r, s, c in result.get("degenerate_pairs", []):
         cautions.append(f"components #{r + 1} and #{s + 1} cancel each other (congruence {c:.2f}): a degenerate "
                         "pair whose weights and factors mean nothing on their own; a lower rank or a non-negative "
@@ -191,7 +192,7 @@ def collect_tca(_ctx: ModelContext, page: CheckpointResults) -> dict | None:
     if not blocks and not _failed(summary):
         return None
     return {"blocks": blocks, "failed": _failed(summary), "params": summary["params"],
-            "mode_labels": summary["mode_labels"], "stable": STABLE_SIMILARITY,
+            "mode_labels": summary["mode_labels"], "stable": STABLE_SIMILARITY, "near_best": NEAR_BEST,
             "rare_positions": summary.get("rare_positions_left_out", 0)}
 
 
@@ -254,7 +255,7 @@ def collect_tca_across(ctx: ModelContext, _page=None) -> dict | None:
     if not runs and overview is None:
         return None
     return {"runs": runs, "overview": overview, "params": runs[0]["params"] if runs else None,
-            "stable": STABLE_SIMILARITY}
+            "stable": STABLE_SIMILARITY, "near_best": NEAR_BEST}
 
 
 def connectome_figure(group: ResultGroup):
@@ -318,4 +319,4 @@ def connectome_run(ctx: ModelContext, run: str, stimuli: str) -> dict | None:
 def collect_connectome(ctx: ModelContext, _page=None) -> dict | None:
     """Communities of co-active units per run and site, and when in training each is active."""
     runs = ctx.run_parts("connectome")
-    return {"runs": runs, "params": runs[0]["params"]} if runs else None
+    return {"runs": runs, "params": runs[0]["params"], "near_best": NEAR_BEST} if runs else None
