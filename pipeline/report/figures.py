@@ -37,8 +37,9 @@ def figure(width: float, height: float) -> Figure:
 
 
 def text_inches(labels, fontsize: float) -> float:
-    """Rough length in inches of the longest of ``labels`` written at ``fontsize`` points."""
-    return CHAR_WIDTH * fontsize / 72 * max((len(str(label)) for label in labels), default=0)
+    """Rough length in inches of the longest line of ``labels`` written at ``fontsize`` points."""
+    return CHAR_WIDTH * fontsize / 72 * max((len(line) for label in labels for line in str(label).splitlines()),
+                                            default=0)
 
 
 def place(fig: Figure, left: float, bottom: float, right: float = 0.15, top: float = 0.35, nrows: int = 1,
