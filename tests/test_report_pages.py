@@ -289,11 +289,15 @@ def test_connectome_says_when_no_other_start_fits_as_well():
     block = {"site": "h", "figure": "", "single": [],
              "result": {"n_units": 4, "n_samples": 10, "community_sizes": [2, 2], "rel_error": 0.5, "similarity": None}}
     data = {"runs": [{"run": "r", "stimuli": "s", "failed": [], "blocks": [block]}], "params": {
-        "affinity": "abs_correlation", "max_units": 4, "rank": 2, "replicates": 3}, "near_best": NEAR_BEST}
+        "affinity": "abs_correlation", "max_units": 4, "rank": 2, "replicates": 3}, "near_best": NEAR_BEST,
+        "stable": STABLE_SIMILARITY}
     assert ("no other random start fits within 5% of the best one's error, so whether these communities are unique "
             "is unknown") in render("connectome", data)
     block["result"]["similarity"] = 0.97
-    assert "replicate similarity 0.97" in render("connectome", data)
+    assert "replicate similarity 0.97" in render("connectome", data) and "not unique" not in render("connectome", data)
+    block["result"]["similarity"] = 0.35
+    assert ("replicate similarity 0.35.\n<span class=\"error\">The other random starts match the best fit with mean "
+            "similarity below 0.9: these communities are not unique") in render("connectome", data)
 
 
 def test_rank_diagnostics_name_every_line_and_draw_the_stability_threshold():
@@ -348,6 +352,7 @@ def test_connectome_axes_are_labelled_and_a_one_unit_community_is_flagged():
     assert [line.get_linestyle() for line in course.lines] == ["-", "--", "-"]  # community 2 has one unit
     block = {"site": "h", "single": [2], "figure": "data:", "result": {
         "n_units": 5, "n_samples": 10, "community_sizes": [2, 1, 2], "rel_error": 0.3, "similarity": 0.9}}
-    html = render("connectome", {"params": {"affinity": "abs_correlation", "max_units": 64, "rank": 3},
+    params = {"affinity": "abs_correlation", "max_units": 64, "rank": 3, "replicates": 3}
+    html = render("connectome", {"params": params, "stable": 0.9,
                                  "runs": [{"run": "r", "stimuli": "s", "failed": [], "blocks": [block]}]})
     assert "Community 2 has one unit: no within-community affinity." in html

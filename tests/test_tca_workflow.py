@@ -377,18 +377,34 @@ def test_interrupted_extraction_is_reported_once_on_the_model_page(tmp_path):
 def test_report_cautions_at_the_largest_rank_fitted_and_for_unreproducible_components():
     from pipeline.report.factorization import rank_cautions
 
-    assert rank_cautions({"ranks": [1, 2, 3], "rank": 2, "similarity": [1.0, 0.97, 0.6]}, 3, 5) == []
-    top, unstable = rank_cautions({"ranks": [1, 2, 3], "rank": 3, "similarity": [1.0, 0.97, 0.6]}, 3, 5)
+    params = {"max_rank": 3, "replicates": 5, "n_iter_max": 60, "tol": 1e-4}
+    assert rank_cautions({"ranks": [1, 2, 3], "rank": 2, "similarity": [1.0, 0.97, 0.6]}, params) == []
+    top, unstable = rank_cautions({"ranks": [1, 2, 3], "rank": 3, "similarity": [1.0, 0.97, 0.6],
+                                   "sweeps": [[5] * 5, [20] * 5, [60, 60, 31, 60, 12]]}, params)
     assert "largest rank tried (3)" in top and "raise analyses.tca.max_rank" in top
-    assert "mean similarity 0.60" in unstable
-    top, _ = rank_cautions({"ranks": [1, 2, 3], "rank": 3, "similarity": [1.0, 0.97, 0.6]}, 6, 5)  # 3 checkpoints
+    assert ("mean similarity 0.60 (below 0.9): these components may not be unique, or the fits stopped before "
+            "converging (3 of 5 starts ran all 60 sweeps; the others stopped when their error changed by less than "
+            "0.0001 between sweeps); raise analyses.tca.n_iter_max and lower tol") in unstable
+    _, unstable = rank_cautions({"ranks": [1, 2, 3], "rank": 3, "similarity": [1.0, 0.97, 0.6]}, params)
+    assert "converging; raise analyses.tca.n_iter_max" in unstable  # a summary of an earlier version: no sweeps
+    top, _ = rank_cautions({"ranks": [1, 2, 3], "rank": 3, "similarity": [1.0, 0.97, 0.6]},
+                           {**params, "max_rank": 6})  # 3 checkpoints
     assert "smallest dimension allows no more" in top
-    assert rank_cautions({"ranks": [1], "rank": 1, "similarity": [None]}, 3, 1) == []  # one start: nothing to compare
-    (unknown,) = rank_cautions({"ranks": [1, 2, 3], "rank": 2, "similarity": [1.0, None, 0.4]}, 3, 5)
+    one_start = {**params, "replicates": 1}
+    assert rank_cautions({"ranks": [1], "rank": 1, "similarity": [None]}, one_start) == []  # nothing to compare
+    (unknown,) = rank_cautions({"ranks": [1, 2, 3], "rank": 2, "similarity": [1.0, None, 0.4]}, params)
     assert unknown.startswith("at this rank none of the other 4 random starts fits within 5% of the best one's error")
     (degenerate,) = rank_cautions({"ranks": [1, 2], "rank": 1, "similarity": [1.0, 1.0],
-                                   "degenerate_pairs": [[0, 2, -0.962]]}, 3, 5)
+                                   "degenerate_pairs": [[0, 2, -0.962]]}, params)
     assert degenerate.startswith("components #1 and #3 cancel each other (congruence -0.96): a degenerate pair")
+
+
+def test_components_lying_mostly_on_masked_entries_are_named():
+    from pipeline.report.factorization import masked_caution
+
+    assert masked_caution([57.0, 45.0, 12.0], [57.0, 44.0, 11.9]) is None
+    caution = masked_caution([5.2e4, 30.0, 1.6e3], [57.0, 29.0, 12.0])
+    assert caution.startswith("components #1 (w 5.2e+04, size 57), #3 (w 1.6e+03, size 12) lie mostly on the masked")
 
 
 def test_a_single_rank_needs_no_rank_choice():

@@ -113,6 +113,7 @@ def _tca_summary(fit: TCAFit, shape: tuple[int, ...], n_units: int, started: flo
             "similarity": [replicate_similarity(fit.ensemble.similarities[r], fit.ensemble.objectives[r])
                            for r in ranks],
             "cv_test_error": cv, "degenerate_pairs": [list(p) for p in degenerate_pairs(fit.model)],
+            "sweeps": [[f.n_iter for f in fit.ensemble.results[r]] for r in ranks],
             "runtime_seconds": round(time.perf_counter() - started, 3)}
 
 

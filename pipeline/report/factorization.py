@@ -139,14 +139,19 @@ def _failed(summary: dict) -> list[dict]:
     return [{"site": site, "error": r.get("error")} for site, r in sites.items() if r.get("status") != "ok"]
 
 
-def rank_cautions(result: dict, max_rank: int, replicates: int) -> list[str]:
-    """What to keep in mind reading a site's TCA at its chosen rank: a rank at the top of the range
-    searched (``max_rank``, or the tensor's smallest dimension), and components that the other random starts
-    (of ``replicates``) do not reproduce, or that none of them fits as well."""
+# A component whose weight exceeds its size on the fitted entries this many times lies mostly (three quarters of its
+# squared norm, or more) on masked entries, where no data constrain its factors.
+MASKED_WEIGHT_RATIO = 2.0
+
+
+def rank_cautions(result: dict, params: dict) -> list[str]:
+    """What to keep in mind reading a site's TCA at its chosen rank: a rank at the top of the range searched
+    (``params["max_rank"]``, or the tensor's smallest dimension), components that the other random starts do not
+    reproduce (with how many of them ran out of sweeps), or that none of them fits as well, and degenerate pairs."""
     cautions = []
-    ranks, rank = result["ranks"], result["rank"]
+    ranks, rank, replicates = result["ranks"], result["rank"], params["replicates"]
     if rank == max(ranks) and len(ranks) > 1:
-        if max(ranks) >= max_rank:
+        if max(ranks) >= params["max_rank"]:
             cautions.append(f"the chosen rank is the largest rank tried ({rank}); the data may hold more components "
                             "(raise analyses.tca.max_rank)")
         else:
@@ -154,9 +159,15 @@ def rank_cautions(result: dict, max_rank: int, replicates: int) -> list[str]:
                             "(the tensor's smallest dimension allows no more)")
     similarity = result["similarity"][ranks.index(rank)] if rank in ranks else None
     if similarity is not None and similarity < STABLE_SIMILARITY:
+        sweeps = result["sweeps"][ranks.index(rank)] if "sweeps" in result else None  # not in earlier summaries
+        limit = "" if sweeps is None else (
+            f" ({sum(n >= params['n_iter_max'] for n in sweeps)} of {len(sweeps)} starts ran all "
+            f"{params['n_iter_max']} sweeps; the others stopped when their error changed by less than "
+            f"{params['tol']:g} between sweeps)")
         cautions.append(f"at this rank the other random starts match the best fit with mean similarity "
-                        f"{similarity:.2f} (below {STABLE_SIMILARITY}): these components are not unique, "
-                        "read them with care")
+                        f"{similarity:.2f} (below {STABLE_SIMILARITY}): these components may not be unique, or the "
+                        f"fits stopped before converging{limit}; raise analyses.tca.n_iter_max and lower tol to "
+                        "tell the two apart")
     elif similarity is None and replicates > 1 and rank in ranks:
         cautions.append(f"at this rank none of the other {replicates - 1} random starts fits within {NEAR_BEST:.0%} of "
                         "the best one's error: whether its components are unique is unknown (raise "
@@ -168,14 +179,28 @@ def rank_cautions(result: dict, max_rank: int, replicates: int) -> list[str]:
     return cautions
 
 
+def masked_caution(weights: list[float], sizes: list[float]) -> str | None:
+    """A caution naming the components (in figure order) that lie mostly on masked entries, or None."""
+    mostly = [k for k, (w, size) in enumerate(zip(weights, sizes, strict=True)) if w > MASKED_WEIGHT_RATIO * size]
+    if not mostly:
+        return None
+    listed = ", ".join(f"#{k + 1} (w {weights[k]:.3g}, size {sizes[k]:.3g})" for k in mostly)
+    return (f"{'component' if len(mostly) == 1 else 'components'} {listed} lie mostly on the masked (padded) entries, "
+            "where no data constrain their factors: their weight is more than twice their size on the fitted "
+            "entries; read their factors with care, or raise "
+            "analyses.tca.min_position_coverage")
+
+
 def _site_blocks(path: Path, summary: dict, modes: list[str], mode_labels: list[str]) -> list[dict]:
     blocks = []
     for site, result in by_site(summary["sites"], recorded_order(summary)).items():
         if result.get("status") != "ok":
             continue
         group = ResultGroup(path, site)
-        cautions = rank_cautions(result, summary["params"]["max_rank"], summary["params"]["replicates"])
+        cautions = rank_cautions(result, summary["params"])
         sizes = group["size"].tolist() if "size" in group else None  # results written before sizes were stored
+        masked = None if sizes is None else masked_caution(group["weight"].tolist(), sizes)
+        cautions += [masked] if masked else []
         blocks.append({"site": site, "result": result, "cautions": cautions, "weights": group["weight"].tolist(),
                        "sizes": sizes,
                        "factors": figures.to_data_uri(factor_figure(group, modes, mode_labels)),
@@ -319,4 +344,6 @@ def connectome_run(ctx: ModelContext, run: str, stimuli: str) -> dict | None:
 def collect_connectome(ctx: ModelContext, _page=None) -> dict | None:
     """Communities of co-active units per run and site, and when in training each is active."""
     runs = ctx.run_parts("connectome")
-    return {"runs": runs, "params": runs[0]["params"], "near_best": NEAR_BEST} if runs else None
+    if not runs:
+        return None
+    return {"runs": runs, "params": runs[0]["params"], "near_best": NEAR_BEST, "stable": STABLE_SIMILARITY}
