@@ -180,6 +180,9 @@ def test_connectome_finds_planted_communities_and_when_they_are_active(tmp_path)
         assert (members == members[0]).all() and members[0] not in found[groups != g]
         course = group["checkpoint_factor"].values[:, members[0]]
         assert course[active[g]].min() > 3 * course[~active[g]].max()
+    # sizes: the part of each community off the masked diagonal; for 8 units of equal loading, sqrt(1 - 1/8) of it
+    size, weight = group["size"].values, group["weight"].values
+    assert np.all(np.diff(size) <= 0) and np.all((0.9 < size / weight) & (size / weight < 0.97))
 
 
 def test_connectome_fails_a_site_with_nan_activations(tmp_path):

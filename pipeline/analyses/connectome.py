@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.analyses.factorization import rank_ensemble
+from pipeline.analyses.tca import observed_size
 from pipeline.backend import array_namespace, to_numpy
 
 AFFINITIES = ("abs_correlation", "squared_correlation")
@@ -28,7 +29,10 @@ class Communities:
 
     Attributes
     ----------
-    weights : ndarray, shape (rank,), decreasing
+    weights : ndarray, shape (rank,)
+    sizes : ndarray, shape (rank,), decreasing
+        Norm of each community's part of the model off the diagonal, the entries the fit sees (``tca.observed_size``):
+        a community of one unit lies mostly on the masked diagonal, with a weight far above its size.
     unit_factor : ndarray, shape (n_units, rank)
         Mean of the two (unit) factors, columns of unit norm.
     time_factor : ndarray, shape (n_times, rank)
@@ -44,6 +48,7 @@ class Communities:
     """
 
     weights: np.ndarray
+    sizes: np.ndarray
     unit_factor: np.ndarray
     time_factor: np.ndarray
     loading: np.ndarray
@@ -111,13 +116,14 @@ def communities(A, rank: int, replicates: int = 3, n_iter_max: int = 200, tol: f
                              tol=tol, random_state=random_state)
     best = ensemble.results[rank][0]
     weights = np.asarray(to_numpy(best.weights), dtype=np.float64)
+    sizes = np.asarray(to_numpy(observed_size(best, mask)), dtype=np.float64)
     f0, f1, ft = (np.asarray(to_numpy(f), dtype=np.float64) for f in best.factors)
-    order = np.argsort(-weights, kind="stable")
-    weights, f0, f1, ft = weights[order], f0[:, order], f1[:, order], ft[:, order]
+    order = np.argsort(-sizes, kind="stable")
+    weights, sizes, f0, f1, ft = weights[order], sizes[order], f0[:, order], f1[:, order], ft[:, order]
     unit = (f0 + f1) / 2
     unit = unit / np.where(np.linalg.norm(unit, axis=0) > 0, np.linalg.norm(unit, axis=0), 1.0)
     loading = unit * weights
     assignment = np.where(loading.max(axis=1) > 0, np.argmax(loading, axis=1), -1)
-    return Communities(weights=weights, unit_factor=unit, time_factor=ft, loading=loading, assignment=assignment,
-                       rel_error=float(best.rel_error), objectives=ensemble.objectives[rank],
+    return Communities(weights=weights, sizes=sizes, unit_factor=unit, time_factor=ft, loading=loading,
+                       assignment=assignment, rel_error=float(best.rel_error), objectives=ensemble.objectives[rank],
                        similarities=ensemble.similarities[rank])

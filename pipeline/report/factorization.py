@@ -292,7 +292,8 @@ def connectome_figure(group: ResultGroup):
     A = group["affinity"]
     steps, names = group["step"].tolist(), group["checkpoint"].tolist()
     labels = figures.checkpoint_labels(steps, names)[0]
-    course = group["checkpoint_factor"] * group["weight"]
+    scale = "size" if "size" in group else "weight"  # stores written before sizes were stored
+    course = group["checkpoint_factor"] * group[scale]
     sizes = np.bincount(community[community >= 0], minlength=course.shape[1])
     legend = [f"community {r + 1} ({n} unit{'s' if n != 1 else ''})" for r, n in enumerate(sizes)]
     bottom = 0.6 + figures.name_room(steps, names)
@@ -317,7 +318,7 @@ def connectome_figure(group: ResultGroup):
     for r in range(course.shape[1]):
         axes[2].plot(x, course[:, r], marker="o", ms=3, ls="--" if sizes[r] == 1 else "-", label=legend[r])
     axes[2].set_title("community activity over training", fontsize=9)
-    axes[2].set_ylabel("weight × checkpoint factor (a.u.)", fontsize=8)
+    axes[2].set_ylabel(f"{scale} × checkpoint factor (a.u.)", fontsize=8)
     axes[2].tick_params(labelsize=7)
     figures.side_legend(fig, *axes[2].get_legend_handles_labels())
     return fig
