@@ -1,5 +1,6 @@
 """Tests for pipeline.analyses.factorization (CP, Tucker, rank diagnostics)."""
 
+import dataclasses
 import warnings
 
 import array_api_strict as xps
@@ -19,6 +20,7 @@ from pipeline.analyses.factorization import (
     cross_validated_error,
     degenerate_pairs,
     factor_similarity,
+    observed_size,
     rank_ensemble,
     reconstruct,
     replicate_similarity,
@@ -340,6 +342,17 @@ def test_factor_similarity_with_a_zero_component():
     dead = CPResult(np.array([fit.weights[0], 0.0]), [np.stack([f[:, 0], np.zeros(f.shape[0])], axis=1)
                                                       for f in fit.factors], 0.0, 0, [])
     assert factor_similarity(dead, dead)[0] == pytest.approx(1.0)
+
+
+def test_masked_replicates_are_compared_by_their_size_on_the_observed_entries():
+    X, _ = planted(2, noise=0.05, shape=(12, 10, 8))
+    mask = np.ones(X.shape, bool)
+    mask[:, 7:, :4] = False  # the last positions of half the stimuli are padding
+    ens = rank_ensemble(X, [3], replicates=4, mask=mask, random_state=0, n_iter_max=40)
+    sized = [dataclasses.replace(f, weights=observed_size(f, mask)) for f in ens.results[3]]
+    want = [factor_similarity(sized[0], f)[0] for f in sized]
+    np.testing.assert_allclose(ens.similarities[3], want, rtol=1e-12)
+    assert not np.allclose(observed_size(ens.results[3][0], mask), ens.results[3][0].weights)  # sizes differ here
 
 
 def test_replicate_similarity_leaves_out_failed_starts():

@@ -302,17 +302,21 @@ def test_connectome_says_when_no_other_start_fits_as_well():
 
 def test_rank_diagnostics_name_every_line_and_draw_the_stability_threshold():
     ranks = np.arange(1, 5)
+    train, test = np.array([[0.5, 0.4]] * 4), np.array([[0.7, 0.6], [0.6, 0.65], [0.6, 0.5], [0.55, 0.6]])
     group = Group({"rank": ranks, "objective": np.linspace(1, 0.5, 8).reshape(4, 2),
-                   "similarity": np.full((4, 2), 0.95), "cv_test_error": np.full((4, 2), 0.6),
-                   "cv_train_error": np.full((4, 2), 0.5)}, rank=4)
+                   "similarity": np.full((4, 2), 0.95), "cv_test_error": test, "cv_train_error": train}, rank=4)
     fig = factorization.diagnostics_figure(group)
     (legend,) = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == [
         "replicates (random starts)", "lowest error over replicates",
+        "held-out error of the start\nwith the lowest train error",
         "mean similarity to the best replicate\n(of the starts that fit about as well)",
         f"stability threshold ({STABLE_SIMILARITY})", "train error (held-out fits)", "chosen rank (4)"]
     similarity = next(ax for ax in fig.axes if ax.get_title() == "similarity to best replicate")
     assert [line.get_ydata()[0] for line in similarity.lines if line.get_linestyle() == ":"] == [STABLE_SIMILARITY]
+    held_out = next(ax for ax in fig.axes if ax.get_title() == "held-out relative error")
+    (scored,) = [line for line in held_out.lines if line.get_label().startswith("held-out error of the start")]
+    np.testing.assert_array_equal(scored.get_ydata(), [0.6, 0.65, 0.5, 0.6])  # the start of lowest train error
 
 
 def test_rank_over_training_has_whole_number_ticks_and_counts_fits_at_the_largest_rank(monkeypatch):

@@ -11,8 +11,8 @@ import xarray as xr
 
 from pipeline import jobs, layout
 from pipeline.analyses.connectome import affinity
-from pipeline.analyses.factorization import CPResult, factor_similarity
-from pipeline.analyses.tca import fit_tca, observed_size
+from pipeline.analyses.factorization import CPResult, factor_similarity, observed_size
+from pipeline.analyses.tca import fit_tca
 from pipeline.jobs import factorization as factorization_jobs
 from pipeline.store import StoreWriter
 
@@ -316,7 +316,7 @@ def test_canonical_sorts_components_and_fixes_signs_without_changing_the_model()
 
 def test_components_are_ordered_by_their_size_on_the_fitted_entries():
     from pipeline.analyses.factorization import reconstruct
-    from pipeline.analyses.tca import canonical, observed_size
+    from pipeline.analyses.tca import canonical
 
     rng = np.random.default_rng(8)
     factors = [rng.random((5, 3)), rng.random((6, 3)), rng.random((4, 3))]
@@ -344,7 +344,7 @@ def test_components_are_ordered_by_their_size_on_the_fitted_entries():
 
 def test_helpers_run_in_a_strict_array_namespace():
     xps = pytest.importorskip("array_api_strict")
-    from pipeline.analyses.tca import observed_size, scale_units, unit_variance
+    from pipeline.analyses.tca import scale_units, unit_variance
 
     rng = np.random.default_rng(8)
     X, mask = rng.standard_normal((10, 4, 5)), rng.random((10, 4)) > 0.3

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.analyses.factorization import rank_ensemble
-from pipeline.analyses.tca import observed_size
+from pipeline.analyses.factorization import observed_size, rank_ensemble
 from pipeline.backend import array_namespace, to_numpy
 
 AFFINITIES = ("abs_correlation", "squared_correlation")
@@ -31,8 +30,9 @@ class Communities:
     ----------
     weights : ndarray, shape (rank,)
     sizes : ndarray, shape (rank,), decreasing
-        Norm of each community's part of the model off the diagonal, the entries the fit sees (``tca.observed_size``):
-        a community of one unit lies mostly on the masked diagonal, with a weight far above its size.
+        Norm of each community's part of the model off the diagonal, the entries the fit sees
+        (``factorization.observed_size``): a community of one unit lies mostly on the masked diagonal, with a
+        weight far above its size.
     unit_factor : ndarray, shape (n_units, rank)
         Mean of the two (unit) factors, columns of unit norm.
     time_factor : ndarray, shape (n_times, rank)

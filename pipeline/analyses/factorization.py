@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -92,7 +92,9 @@ class RankEnsemble:
     results : dict rank -> list of CPResult, sorted by ``rel_error`` (best first)
     objectives : dict rank -> ndarray, shape (replicates,), the sorted relative errors
     similarities : dict rank -> ndarray, shape (replicates,), ``factor_similarity`` of each
-        replicate to the best one (the first entry, the best model itself, is 1)
+        replicate to the best one (the first entry, the best model itself, is 1); with a mask, each
+        component weighs by its ``observed_size``, not by its weight, which also counts its factors at
+        the masked entries
     """
 
     ranks: list
@@ -620,6 +622,27 @@ def _unit_columns(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return f / np.where(norms > 0, norms, 1.0), norms
 
 
+def observed_size(model: CPResult, mask=None):
+    """Size of each component (R,) on the entries that were fitted: the norm of the component's
+    tensor w_r f_0[:, r] o f_1[:, r] o ... over the entries where ``mask`` is 1 (all without a mask).
+
+    Where padding is masked out, a component can take a large weight on the few observed entries of a
+    rarely observed position; its size here, not its weight, says how much of the data it describes.
+    """
+    xp = array_namespace(model.weights, *model.factors)
+    squares = [f * f for f in model.factors]
+    if mask is None:
+        per_mode = [xp.sum(s, axis=0) for s in squares]
+        total = per_mode[0]
+        for p in per_mode[1:]:
+            total = total * p
+    else:
+        M = _unfold(xp.astype(mask, squares[0].dtype), 0, xp)  # (I_0, prod of the other dims)
+        rest = xp.reshape(_khatri_rao([s[:, None, :] for s in squares[1:]], xp), (M.shape[1], -1))
+        total = xp.sum(squares[0] * xp.matmul(M, rest), axis=0)
+    return xp.abs(model.weights) * xp.sqrt(total)
+
+
 def factor_similarity(a, b):
     """Similarity of two CP models after the best matching of their components.
 
@@ -743,7 +766,8 @@ def rank_ensemble(
         fits = sorted(_fit_batch(data, U, nonneg, n_iter_max, tol), key=lambda r: r.rel_error)
         results[rank] = fits
         objectives[rank] = np.array([f.rel_error for f in fits])
-        similarities[rank] = np.array([factor_similarity(fits[0], f)[0] for f in fits])
+        sized = [f if data.W is None else replace(f, weights=observed_size(f, data.W)) for f in fits]
+        similarities[rank] = np.array([factor_similarity(sized[0], f)[0] for f in sized])
     return RankEnsemble(ranks=ranks, results=results, objectives=objectives, similarities=similarities)
 
 

@@ -18,9 +18,8 @@ from pipeline.analyses.factorization import (
     CPResult,
     CrossValidation,
     RankEnsemble,
-    _khatri_rao,
-    _unfold,
     cross_validated_error,
+    observed_size,
     rank_ensemble,
     suggest_rank,
 )
@@ -159,27 +158,6 @@ def scale_units(T, mask=None):
     scale = xp.max(xp.reshape(observed, (T.shape[0], -1)), axis=1)
     scale = xp.where(scale > 0, scale, xp.ones_like(scale))
     return T / xp.reshape(scale, (-1,) + (1,) * (T.ndim - 1)), scale
-
-
-def observed_size(model: CPResult, mask=None):
-    """Size of each component (R,) on the entries that were fitted: the norm of the component's
-    tensor w_r f_0[:, r] o f_1[:, r] o ... over the entries where ``mask`` is 1 (all without a mask).
-
-    Where padding is masked out, a component can take a large weight on the few observed entries of a
-    rarely observed position; its size here, not its weight, says how much of the data it describes.
-    """
-    xp = array_namespace(model.weights, *model.factors)
-    squares = [f * f for f in model.factors]
-    if mask is None:
-        per_mode = [xp.sum(s, axis=0) for s in squares]
-        total = per_mode[0]
-        for p in per_mode[1:]:
-            total = total * p
-    else:
-        M = _unfold(xp.astype(mask, squares[0].dtype), 0, xp)  # (I_0, prod of the other dims)
-        rest = xp.reshape(_khatri_rao([s[:, None, :] for s in squares[1:]], xp), (M.shape[1], -1))
-        total = xp.sum(squares[0] * xp.matmul(M, rest), axis=0)
-    return xp.abs(model.weights) * xp.sqrt(total)
 
 
 def canonical(model: CPResult, absorb: int = 1, mask=None) -> CPResult:

@@ -100,30 +100,36 @@ DIAGNOSTIC_PANELS = (("objective", "relative error (train)"), ("similarity", "si
 
 def diagnostics_figure(group: ResultGroup):
     """Objective, replicate similarity and held-out error against rank, with a legend beside the panels: the
-    replicates, the lowest error over replicates, their mean similarity to the best one with the stability
-    threshold, the training error of the held-out fits, and the chosen rank."""
+    replicates, the lowest error over replicates, the held-out error the rank rule reads, the replicates' mean
+    similarity to the best one with the stability threshold, the training error of the held-out fits, and the chosen
+    rank."""
     ranks = group["rank"]
     rank = int(group.attrs["rank"])
     panels = [(name, title) for name, title in DIAGNOSTIC_PANELS if name in group]
-    labels = ["replicates (random starts)", "lowest error over replicates",
-              "mean similarity to the best replicate\n(of the starts that fit about as well)",
-              f"stability threshold ({STABLE_SIMILARITY})", "train error (held-out fits)", f"chosen rank ({rank})"]
+    names = {"replicates": "replicates (random starts)", "lowest": "lowest error over replicates",
+             "scored": "held-out error of the start\nwith the lowest train error",
+             "similarity": "mean similarity to the best replicate\n(of the starts that fit about as well)",
+             "threshold": f"stability threshold ({STABLE_SIMILARITY})", "train": "train error (held-out fits)",
+             "rank": f"chosen rank ({rank})"}
+    labels = list(names.values())
     fig, axes = figures.small_multiples(len(panels), ncols=3, panel_size=(2.4, 1.5),
                                         right=figures.legend_room(labels))
     for ax, (name, title) in zip(axes, panels):
         values = group[name]
         ax.scatter(np.repeat(ranks, values.shape[1]), values.ravel(), s=10, color="#4c72b0", alpha=0.7,
-                   label=labels[0])
-        if name != "similarity":
-            ax.plot(ranks, values.min(axis=1), color="#4c72b0", label=labels[1])
-        else:
+                   label=names["replicates"])
+        if name == "cv_test_error":  # the score the rank rule reads
+            best = np.argmin(group["cv_train_error"], axis=1)
+            ax.plot(ranks, values[np.arange(len(ranks)), best], color="#4c72b0", label=names["scored"])
+            ax.plot(ranks, group["cv_train_error"].min(axis=1), color="#999", ls="--", label=names["train"])
+        elif name == "similarity":
             if values.shape[1] > 1:
                 mean = [replicate_similarity(v, e) for v, e in zip(values, group["objective"], strict=True)]
-                ax.plot(ranks, [np.nan if m is None else m for m in mean], color="#55a868", label=labels[2])
-            ax.axhline(STABLE_SIMILARITY, color="black", ls=":", lw=0.8, label=labels[3])
-        if name == "cv_test_error":
-            ax.plot(ranks, group["cv_train_error"].min(axis=1), color="#999", ls="--", label=labels[4])
-        ax.axvline(rank, color="#c44e52", lw=1, label=labels[5])
+                ax.plot(ranks, [np.nan if m is None else m for m in mean], color="#55a868", label=names["similarity"])
+            ax.axhline(STABLE_SIMILARITY, color="black", ls=":", lw=0.8, label=names["threshold"])
+        else:
+            ax.plot(ranks, values.min(axis=1), color="#4c72b0", label=names["lowest"])
+        ax.axvline(rank, color="#c44e52", lw=1, label=names["rank"])
         ax.set_xticks(ranks)
         ax.set_xlabel("rank", fontsize=8)
         ax.ticklabel_format(axis="y", style="plain", useOffset=False)  # an offset or x1e-6 would sit on the title
