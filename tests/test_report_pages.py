@@ -174,6 +174,19 @@ def test_checkpoint_list_names_the_flagged_sites_and_why():
     assert "2: <code>b.act</code> (2 dead units), <code>c.act</code> (3 NaN values; 1 dead units)" in html
 
 
+def test_checkpoint_list_flags_a_checkpoint_saved_twice():
+    def checkpoint(name, step, sha):
+        return CheckpointResults("r", name, "s", step, {"checkpoint_sha256": sha}, {})
+
+    rows = [checkpoint("step-2", 2, "a"), checkpoint("step-9", 9, "b"), checkpoint("step-9-copy", 9, "b"),
+            checkpoint("renamed", 40, "a"), checkpoint("x", -1, "c"), checkpoint("y", -1, "d")]
+    ctx = ModelContext("m", {"source": "checkpoints"}, {}, rows, {})
+    twins = {r["checkpoint"]: r["twin"] for r in sections._checkpoint_list(ctx)["rows"]}
+    assert twins == {"step-2": None, "step-9": None, "step-9-copy": "step-9", "renamed": "step-2", "x": None, "y": None}
+    html = render("checkpoints", sections._checkpoint_list(ctx))
+    assert "(like step-9: the same checkpoint saved twice? it counts twice in the views across training)" in html
+
+
 def comparisons_summary(**extra) -> dict:
     matrix = [[1.0, 0.4], [0.4, 1.0]]
     entries = [{"label": "mlp/relu", "checkpoint": "step-9", "step": 9},

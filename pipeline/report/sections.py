@@ -128,14 +128,19 @@ def _stats_across(ctx: ModelContext, _page=None) -> dict | None:
 
 def _checkpoint_list(ctx: ModelContext, _page=None) -> dict | None:
     """One row per checkpoint: its step, the sites its activation statistics flag and why, its metadata."""
-    rows = []
+    rows, seen = [], {}
     for c in sorted(ctx.checkpoints, key=lambda c: (c.run, c.stimuli, training_order(c.step, c.checkpoint))):
+        twin = None  # an earlier checkpoint of the run with the same weights, or the same recorded step: a copy?
+        for key in (("weights", c.provenance.get("checkpoint_sha256")), ("step", c.step if c.step >= 0 else None)):
+            if key[1] is not None:  # a step below 0: none recorded
+                twin = twin or seen.get((c.run, c.stimuli, *key))
+                seen.setdefault((c.run, c.stimuli, *key), c.checkpoint)
         stats = c.summaries.get("stats", {})
         sites = by_site(stats.get("sites", {}), recorded_order(stats))
         flagged = {site: "; ".join(s["flags"]) for site, s in sites.items() if s.get("flags")}
         href = layout.checkpoint_page("", c.run, c.checkpoint, c.stimuli).as_posix()
         rows.append({"run": c.run, "checkpoint": c.checkpoint, "stimuli": c.stimuli,
-                     "step": step_label(c.step, ctx.model["source"]), "href": href, "flagged": flagged,
+                     "step": step_label(c.step, ctx.model["source"]), "href": href, "flagged": flagged, "twin": twin,
                      "metadata": {k: v for k, v in c.provenance.get("checkpoint_metadata", {}).items()
                                   if (v is None or isinstance(v, (int, float, str))) and k != "params"}})
     return {"rows": rows} if rows else None
