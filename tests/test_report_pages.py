@@ -309,8 +309,9 @@ def test_connectome_says_when_no_other_start_fits_as_well():
     block["result"]["similarity"] = 0.97
     assert "replicate similarity 0.97" in render("connectome", data) and "not unique" not in render("connectome", data)
     block["result"]["similarity"] = 0.35
+    low = render("connectome", data)
     assert ("replicate similarity 0.35.\n<span class=\"error\">The other random starts match the best fit with mean "
-            "similarity below 0.9: these communities are not unique") in render("connectome", data)
+            "similarity below 0.9: these communities may not be unique, or the fits stopped before converging") in low
 
 
 def test_rank_diagnostics_name_every_line_and_draw_the_stability_threshold():
@@ -373,3 +374,8 @@ def test_connectome_axes_are_labelled_and_a_one_unit_community_is_flagged():
     html = render("connectome", {"params": params, "stable": 0.9,
                                  "runs": [{"run": "r", "stimuli": "s", "failed": [], "blocks": [block]}]})
     assert "Community 2 has one unit: no within-community affinity." in html
+    sized = connectome_group(np.array([0, 0, 1, 2, 2]))
+    sized["size"] = np.array([3.0, 0.5, 2.0])  # community 2 lies mostly on the masked diagonal
+    _, _, course = factorization.connectome_figure(sized).axes[:3]
+    assert course.get_ylabel() == "size × checkpoint factor (a.u.)"
+    assert [line.get_ydata()[0] for line in course.lines] == [3.0, 0.5, 2.0]

@@ -74,6 +74,7 @@ def test_tca_recovers_planted_unit_time_trial_factors(tmp_path):
     site = summary["sites"]["rnn"]
     assert site["status"] == "ok" and site["nonneg"] is True and site["rank"] == 3
     assert site["ranks"] == [1, 2, 3, 4] and len(site["cv_test_error"]) == 4
+    assert len(site["sweeps"]) == 4 and all(len(r) == 2 and all(1 <= n <= 150 for n in r) for r in site["sweeps"])
     group = open_group(out, "rnn")
     assert list(group["label"].values) == list(labels)
     assert group["objective"].shape == (4, 2) and group["similarity"].shape == (4, 2)
@@ -386,8 +387,13 @@ def test_report_cautions_at_the_largest_rank_fitted_and_for_unreproducible_compo
                                    "sweeps": [[5] * 5, [20] * 5, [60, 60, 31, 60, 12]]}, params)
     assert "largest rank tried (3)" in top and "raise analyses.tca.max_rank" in top
     assert ("mean similarity 0.60 (below 0.9): these components may not be unique, or the fits stopped before "
-            "converging (3 of 5 starts ran all 60 sweeps; the others stopped when their error changed by less than "
-            "0.0001 between sweeps); raise analyses.tca.n_iter_max and lower tol") in unstable
+            "converging (3 of 5 starts ran all 60 sweeps; the others stopped once the error changed between sweeps by "
+            "less than 0.0001 of itself); raise analyses.tca.n_iter_max and lower tol") in unstable
+    for sweeps, text in (([60] * 5, "(all 5 starts ran all 60 sweeps)"),
+                         ([9, 30, 12, 7, 40], "(every start stopped before its 60 sweeps, once the error changed")):
+        _, unstable = rank_cautions({"ranks": [1, 2, 3], "rank": 3, "similarity": [1.0, 0.97, 0.6],
+                                     "sweeps": [[5] * 5, [20] * 5, sweeps]}, params)
+        assert text in unstable
     _, unstable = rank_cautions({"ranks": [1, 2, 3], "rank": 3, "similarity": [1.0, 0.97, 0.6]}, params)
     assert "converging; raise analyses.tca.n_iter_max" in unstable  # a summary of an earlier version: no sweeps
     top, _ = rank_cautions({"ranks": [1, 2, 3], "rank": 3, "similarity": [1.0, 0.97, 0.6]},
@@ -408,6 +414,7 @@ def test_components_lying_mostly_on_masked_entries_are_named():
     assert masked_caution([57.0, 45.0, 12.0], [57.0, 44.0, 11.9]) is None
     caution = masked_caution([5.2e4, 30.0, 1.6e3], [57.0, 29.0, 12.0])
     assert caution.startswith("components #1 (w 5.2e+04, size 57), #3 (w 1.6e+03, size 12) lie mostly on the masked")
+    assert masked_caution([30.0, 1.6e3], [29.0, 12.0]).startswith("component #2 (w 1.6e+03, size 12) lies mostly on")
 
 
 def test_a_single_rank_needs_no_rank_choice():

@@ -38,7 +38,7 @@ class Communities:
     time_factor : ndarray, shape (n_times, rank)
         Unit-norm activity of each community over time (checkpoints).
     loading : ndarray, shape (n_units, rank)
-        ``unit_factor * weights``.
+        ``unit_factor * sizes``.
     assignment : ndarray of int, shape (n_units,)
         Community of each unit (argmax of its loading), -1 for units with no loading.
     rel_error : float
@@ -122,7 +122,7 @@ def communities(A, rank: int, replicates: int = 3, n_iter_max: int = 200, tol: f
     weights, sizes, f0, f1, ft = weights[order], sizes[order], f0[:, order], f1[:, order], ft[:, order]
     unit = (f0 + f1) / 2
     unit = unit / np.where(np.linalg.norm(unit, axis=0) > 0, np.linalg.norm(unit, axis=0), 1.0)
-    loading = unit * weights
+    loading = unit * sizes
     assignment = np.where(loading.max(axis=1) > 0, np.argmax(loading, axis=1), -1)
     return Communities(weights=weights, sizes=sizes, unit_factor=unit, time_factor=ft, loading=loading,
                        assignment=assignment, rel_error=float(best.rel_error), objectives=ensemble.objectives[rank],

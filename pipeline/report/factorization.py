@@ -120,7 +120,7 @@ def diagnostics_figure(group: ResultGroup):
                    label=names["replicates"])
         if name == "cv_test_error":  # the score the rank rule reads
             best = np.argmin(group["cv_train_error"], axis=1)
-            ax.plot(ranks, values[np.arange(len(ranks)), best], color="#4c72b0", label=names["scored"])
+            ax.plot(ranks, values[np.arange(len(ranks)), best], color="#dd8452", label=names["scored"])
             ax.plot(ranks, group["cv_train_error"].min(axis=1), color="#999", ls="--", label=names["train"])
         elif name == "similarity":
             if values.shape[1] > 1:
@@ -166,10 +166,7 @@ def rank_cautions(result: dict, params: dict) -> list[str]:
     similarity = result["similarity"][ranks.index(rank)] if rank in ranks else None
     if similarity is not None and similarity < STABLE_SIMILARITY:
         sweeps = result["sweeps"][ranks.index(rank)] if "sweeps" in result else None  # not in earlier summaries
-        limit = "" if sweeps is None else (
-            f" ({sum(n >= params['n_iter_max'] for n in sweeps)} of {len(sweeps)} starts ran all "
-            f"{params['n_iter_max']} sweeps; the others stopped when their error changed by less than "
-            f"{params['tol']:g} between sweeps)")
+        limit = "" if sweeps is None else _sweeps_text(sweeps, params)
         cautions.append(f"at this rank the other random starts match the best fit with mean similarity "
                         f"{similarity:.2f} (below {STABLE_SIMILARITY}): these components may not be unique, or the "
                         f"fits stopped before converging{limit}; raise analyses.tca.n_iter_max and lower tol to "
@@ -185,13 +182,27 @@ def rank_cautions(result: dict, params: dict) -> list[str]:
     return cautions
 
 
+def _sweeps_text(sweeps: list[int], params: dict) -> str:
+    """How the starts of one rank stopped: how many ran all ``n_iter_max`` sweeps, and the rule that stopped the
+    others."""
+    limit, full = params["n_iter_max"], sum(n >= params["n_iter_max"] for n in sweeps)
+    rule = f"once the error changed between sweeps by less than {params['tol']:g} of itself"
+    if full == len(sweeps):
+        return f" (all {full} starts ran all {limit} sweeps)"
+    if full == 0:
+        return f" (every start stopped before its {limit} sweeps, {rule})"
+    return f" ({full} of {len(sweeps)} starts ran all {limit} sweeps; the others stopped {rule})"
+
+
 def masked_caution(weights: list[float], sizes: list[float]) -> str | None:
     """A caution naming the components (in figure order) that lie mostly on masked entries, or None."""
     mostly = [k for k, (w, size) in enumerate(zip(weights, sizes, strict=True)) if w > MASKED_WEIGHT_RATIO * size]
     if not mostly:
         return None
     listed = ", ".join(f"#{k + 1} (w {weights[k]:.3g}, size {sizes[k]:.3g})" for k in mostly)
-    return (f"{'component' if len(mostly) == 1 else 'components'} {listed} lie mostly on the masked (padded) entries, "
+    one = len(mostly) == 1
+    return (f"{'component' if one else 'components'} {listed} {'lies' if one else 'lie'} mostly on the masked (padded) "
+            "entries, "
             "where no data constrain their factors: their weight is more than twice their size on the fitted "
             "entries; read their factors with care, or raise "
             "analyses.tca.min_position_coverage")
