@@ -202,10 +202,8 @@ def masked_caution(weights: list[float], sizes: list[float]) -> str | None:
     listed = ", ".join(f"#{k + 1} (w {weights[k]:.3g}, size {sizes[k]:.3g})" for k in mostly)
     one = len(mostly) == 1
     return (f"{'component' if one else 'components'} {listed} {'lies' if one else 'lie'} mostly on the masked (padded) "
-            "entries, "
-            "where no data constrain their factors: their weight is more than twice their size on the fitted "
-            "entries; read their factors with care, or raise "
-            "analyses.tca.min_position_coverage")
+            "entries, where no data constrain their factors: their weight is more than twice their size on the fitted "
+            "entries; read their factors with care, or raise analyses.tca.min_position_coverage")
 
 
 def _site_blocks(path: Path, summary: dict, modes: list[str], mode_labels: list[str]) -> list[dict]:
